@@ -1,0 +1,252 @@
+"""One typed configuration for the whole pipeline, and the named presets.
+
+A :class:`SCOTConfig` holds every algorithm option.  Options left as ``None`` are filled
+from the *preset* (``pfpascal``, ``pfwillow`` or ``spair``) for the chosen backbone when
+the model is built; :meth:`SCOTConfig.resolve` returns the concrete configuration that
+every output records.
+
+The ResNet presets are those of the SCOT paper's code (Liu et al., CVPR 2020); ResNet-50
+on PF-PASCAL/PF-WILLOW, for which SCOT gives none, uses Hyperpixel Flow's set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ScotError
+
+BACKBONES = ("resnet101", "resnet50", "efficientnet-lite0", "efficientnet-lite2")
+SINKHORN_MODES = ("plain", "log")
+COST_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Per-benchmark defaults: hyperpixel ids per backbone, the plan exponent and the PCK rule."""
+
+    name: str
+    exp2: float
+    hyperpixel_ids: dict[str, tuple[int, ...]]
+    pck_threshold: str  # "img" or "bbox"
+    description: str = ""
+
+
+_PF_IDS = {
+    "resnet101": (2, 22, 24, 25, 27, 28, 29),
+    "resnet50": (2, 7, 11, 12, 13),
+    # Provisional sets for the EfficientNet-Lite backbones (stride-4 grid first, then
+    # mid/deep blocks, mirroring the ResNet-101 choice).  Tuned sets ship as preset files.
+    "efficientnet-lite0": (3, 5, 8, 10, 11, 14, 15),
+    "efficientnet-lite2": (4, 7, 11, 13, 15, 18, 20),
+}
+
+PRESETS: dict[str, Preset] = {
+    "pfpascal": Preset("pfpascal", 0.5, dict(_PF_IDS), "img", "PF-PASCAL (SCOT paper settings)"),
+    "pfwillow": Preset("pfwillow", 0.5, dict(_PF_IDS), "bbox", "PF-WILLOW (SCOT paper settings)"),
+    "spair": Preset(
+        "spair",
+        1.0,
+        {
+            "resnet101": (0, 19, 27, 28, 29, 30),
+            "resnet50": (0, 11, 12, 13),
+            "efficientnet-lite0": (1, 9, 11, 13, 14, 15),
+            "efficientnet-lite2": (1, 13, 15, 17, 18, 19, 20),
+        },
+        "bbox",
+        "SPair-71k (SCOT paper settings)",
+    ),
+}
+DEFAULT_PRESET = "pfpascal"
+
+
+def parse_hyperpixel_ids(value: str | Iterable[int] | None) -> tuple[int, ...] | None:
+    """Parse ``"(2,22,24)"``, ``"2 22 24"`` or an iterable of ints into a tuple of ids."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if re.search(r"[^\d,\s()\[\]]", text):
+            raise ScotError(f"--hyperpixel: '{value}' is not a list of non-negative integers, e.g. '(2,22,24)'")
+        ids = tuple(int(tok) for tok in re.findall(r"\d+", text))
+    else:
+        try:
+            ids = tuple(int(v) for v in value)
+        except (TypeError, ValueError):
+            raise ScotError(f"hyperpixel ids {value!r} are not integers") from None
+    if not ids:
+        raise ScotError("--hyperpixel: the id list is empty")
+    if len(set(ids)) != len(ids):
+        raise ScotError(f"--hyperpixel: ids {ids} contain duplicates")
+    if any(i < 0 for i in ids):
+        raise ScotError(f"--hyperpixel: ids {ids} contain a negative id")
+    return ids
+
+
+@dataclass
+class SCOTConfig:
+    """Every option of the SCOT pipeline.  Defaults reproduce the paper's code."""
+
+    # --- backbone and hyperpixels -------------------------------------------------------
+    backbone: str = "auto"
+    """``resnet101``, ``resnet50``, ``efficientnet-lite0``, ``efficientnet-lite2`` or ``auto``
+    (ResNet-101 when its ImageNet weights are available, else EfficientNet-Lite2)."""
+    weights: str | None = None
+    """A state-dict file (torchvision/lukemelas key names), ``random`` or ``random:SEED``.
+    ``None`` uses the backbone's pretrained ImageNet weights."""
+    preset: str = DEFAULT_PRESET
+    hyperpixel_ids: tuple[int, ...] | None = None
+    """Selected feature layers (None: the preset's set for the backbone)."""
+    image_side: int = 300
+    """Images are resized so that their longest side is exactly this many pixels."""
+    device: str = "cpu"
+
+    # --- CAM and marginals --------------------------------------------------------------
+    cam: bool = True
+    cam_scales: tuple[float, ...] = (1.0, 1.5, 2.0)
+
+    # --- cost -------------------------------------------------------------------------
+    cost_dtype: str = "float32"
+    """Precision of the cosine-similarity matmul: ``float32`` or ``bfloat16``."""
+    exp1: float = 1.0
+    """Exponent on the clamped cosine when OT is off (HPF's 'cos' similarity)."""
+
+    # --- optimal transport -------------------------------------------------------------
+    ot: bool = True
+    eps: float = 0.05
+    sinkhorn_iters: int = 1
+    sinkhorn_tol: float | None = None
+    sinkhorn_mode: str = "plain"
+    unbalanced_tau: float | None = None
+    """KL weight of the relaxed marginals (None: balanced OT)."""
+    max_eps_doublings: int = 10
+    exp2: float | None = None
+    """Exponent on the rescaled plan, (n·P)^exp2 (None: the preset's value)."""
+
+    # --- regularized Hough matching ----------------------------------------------------
+    rhm: bool = True
+    rhm_cells: int = 8192
+    rhm_kernel: int = 7
+
+    # --- bookkeeping ------------------------------------------------------------------
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option; raise :class:`ScotError` naming the first bad one."""
+        if self.backbone != "auto" and self.backbone not in BACKBONES:
+            raise ScotError(f"--backbone: unknown backbone '{self.backbone}' (choose from auto, {', '.join(BACKBONES)})")
+        if self.preset not in PRESETS:
+            raise ScotError(f"--preset: unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
+        if self.hyperpixel_ids is not None:
+            self.hyperpixel_ids = parse_hyperpixel_ids(self.hyperpixel_ids)
+        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
+            raise ScotError(f"--eps: epsilon must be > 0, got {self.eps}")
+        if self.image_side < 32:
+            raise ScotError(f"--image-side: must be at least 32 px, got {self.image_side}")
+        if self.sinkhorn_iters < 1:
+            raise ScotError(f"--sinkhorn-iters: must be >= 1, got {self.sinkhorn_iters}")
+        if self.sinkhorn_tol is not None and self.sinkhorn_tol <= 0:
+            raise ScotError(f"--sinkhorn-tol: must be > 0, got {self.sinkhorn_tol}")
+        if self.sinkhorn_mode not in SINKHORN_MODES:
+            raise ScotError(f"--sinkhorn-mode: '{self.sinkhorn_mode}' is not one of {', '.join(SINKHORN_MODES)}")
+        if self.unbalanced_tau is not None and self.unbalanced_tau <= 0:
+            raise ScotError(f"--tau: the unbalanced-OT marginal weight must be > 0, got {self.unbalanced_tau}")
+        if self.max_eps_doublings < 0:
+            raise ScotError(f"max_eps_doublings must be >= 0, got {self.max_eps_doublings}")
+        if self.exp2 is not None and self.exp2 <= 0:
+            raise ScotError(f"--exp2: must be > 0, got {self.exp2}")
+        if self.exp1 <= 0:
+            raise ScotError(f"--exp1: must be > 0, got {self.exp1}")
+        if self.cost_dtype not in COST_DTYPES:
+            raise ScotError(f"--cost-dtype: '{self.cost_dtype}' is not one of {', '.join(COST_DTYPES)}")
+        if self.rhm_cells < 1:
+            raise ScotError(f"--rhm-cells: must be >= 1, got {self.rhm_cells}")
+        if self.rhm_kernel < 1 or self.rhm_kernel % 2 == 0:
+            raise ScotError(f"rhm_kernel must be a positive odd number, got {self.rhm_kernel}")
+        if not self.cam_scales or any(s <= 0 for s in self.cam_scales):
+            raise ScotError(f"cam_scales must be positive, got {self.cam_scales}")
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides: Any) -> "SCOTConfig":
+        """The configuration of a named preset, with keyword overrides."""
+        return cls(preset=preset, **overrides)
+
+    def replace(self, **changes: Any) -> "SCOTConfig":
+        return dataclasses.replace(self, **changes)
+
+    def resolve(self, backbone: str) -> "SCOTConfig":
+        """Fill preset-dependent options for a concrete backbone."""
+        preset = PRESETS[self.preset]
+        ids = self.hyperpixel_ids
+        if ids is None:
+            ids = preset.hyperpixel_ids.get(backbone)
+            if ids is None:
+                raise ScotError(f"--preset: preset '{self.preset}' has no hyperpixel ids for backbone '{backbone}'; pass --hyperpixel")
+        exp2 = preset.exp2 if self.exp2 is None else self.exp2
+        return dataclasses.replace(self, backbone=backbone, hyperpixel_ids=tuple(ids), exp2=exp2)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SCOTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ScotError(f"configuration: unknown option(s) {', '.join(unknown)}")
+        kwargs = dict(data)
+        for key in ("hyperpixel_ids", "cam_scales"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+def load_preset_file(path: str | Path, backbone: str | None = None) -> dict[str, Any]:
+    """Read a preset JSON written by ``scot search-layers``.
+
+    Returns the options it sets (``hyperpixel_ids``, and ``exp2``/``backbone`` when present).
+    The file holds either one result or a ``results`` list ranked best first; the best
+    entry for ``backbone`` (or the overall best) is used.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ScotError(f"--preset-file: {p} does not exist or is not a file")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ScotError(f"--preset-file: {p} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ScotError(f"--preset-file: {p} must hold a JSON object")
+    file_backbone = data.get("backbone")
+    if backbone is not None and file_backbone is not None and backbone != file_backbone and backbone != "auto":
+        raise ScotError(f"--preset-file: {p} was searched for backbone '{file_backbone}', not '{backbone}'")
+    entry = data
+    if "results" in data:
+        results = data["results"]
+        if not isinstance(results, list) or not results:
+            raise ScotError(f"--preset-file: {p} has an empty 'results' list")
+        entry = results[0]
+    if "hyperpixel_ids" not in entry:
+        raise ScotError(f"--preset-file: {p} has no 'hyperpixel_ids'")
+    out: dict[str, Any] = {"hyperpixel_ids": parse_hyperpixel_ids(entry["hyperpixel_ids"])}
+    for key in ("exp2",):
+        if key in data:
+            out[key] = float(data[key])
+    if file_backbone is not None:
+        out["backbone"] = file_backbone
+    return out
