@@ -1,0 +1,272 @@
+"""The ``scot`` command line (Typer).
+
+Commands: ``match`` (one pair or a list of pairs), ``layers`` (hyperpixel ids of a
+backbone).  Every command uses only the public :mod:`scot` API.  Problems with the
+input are reported as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Training-free semantic correspondence (SCOT: optimal transport + regularized Hough matching).",
+)
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into one line on stderr (exit 2), interrupts into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from scot.errors import ScotError
+
+        try:
+            return fn(*args, **kwargs)
+        except ScotError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            _err("interrupted")
+            raise typer.Exit(130)
+        except (typer.Exit, typer.Abort):
+            raise
+        except MemoryError:
+            _err("error: out of memory; try a smaller --image-side, fewer --hyperpixel ids or --cost-dtype bfloat16")
+            raise typer.Exit(1)
+        except Exception as exc:  # pragma: no cover - last resort, keeps the promise of one line
+            if os.environ.get("SCOT_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _err(f"error: unexpected {type(exc).__name__}: {first} (set SCOT_DEBUG=1 for the traceback)")
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------
+# Options shared by every command that runs the pipeline.
+BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="resnet101, resnet50, efficientnet-lite0, efficientnet-lite2 or auto (ResNet-101 if its weights are available, else EfficientNet-Lite2).")]
+WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="State-dict file for the backbone (torchvision / lukemelas keys), or 'random[:SEED]'.")]
+PresetOpt = Annotated[str, typer.Option("--preset", help="Named settings: pfpascal, pfwillow or spair (hyperpixel ids per backbone, exp2).")]
+PresetFileOpt = Annotated[Optional[Path], typer.Option("--preset-file", help="JSON written by 'scot search-layers'; sets the hyperpixel ids.")]
+HyperpixelOpt = Annotated[Optional[str], typer.Option("--hyperpixel", help="Hyperpixel ids, e.g. '(2,22,24,25,27,28,29)'. Overrides the preset.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+EpsOpt = Annotated[float, typer.Option("--eps", help="Entropic regularisation of Sinkhorn.")]
+Exp2Opt = Annotated[Optional[float], typer.Option("--exp2", help="Exponent of the rescaled plan (n·P)^exp2 (default: the preset's).")]
+ItersOpt = Annotated[int, typer.Option("--sinkhorn-iters", help="Sinkhorn iterations (the paper's code runs 1).")]
+TolOpt = Annotated[Optional[float], typer.Option("--sinkhorn-tol", help="Stop Sinkhorn early once the L1 marginal error is below this.")]
+ModeOpt = Annotated[str, typer.Option("--sinkhorn-mode", help="plain or log (log-domain, stable at small eps).")]
+TauOpt = Annotated[Optional[float], typer.Option("--tau", help="Unbalanced OT: KL weight of the relaxed marginals.")]
+CamOpt = Annotated[bool, typer.Option("--cam/--no-cam", help="Weight the OT marginals with class activation maps.")]
+RhmOpt = Annotated[bool, typer.Option("--rhm/--no-rhm", help="Regularized Hough matching.")]
+OtOpt = Annotated[bool, typer.Option("--ot/--no-ot", help="Optimal transport (off: nearest neighbour on cosine).")]
+CostDtypeOpt = Annotated[str, typer.Option("--cost-dtype", help="float32 or bfloat16 for the cosine matmul.")]
+SideOpt = Annotated[int, typer.Option("--image-side", help="Longest image side after resizing.")]
+
+
+def build_config(
+    backbone: str, weights: Optional[str], preset: str, preset_file: Optional[Path], hyperpixel: Optional[str],
+    device: str, eps: float, exp2: Optional[float], sinkhorn_iters: int, sinkhorn_tol: Optional[float],
+    sinkhorn_mode: str, tau: Optional[float], cam: bool, rhm: bool, ot: bool, cost_dtype: str, image_side: int,
+):
+    """SCOTConfig from the shared options (preset file < explicit --hyperpixel/--exp2)."""
+    from scot import SCOTConfig, load_preset_file, parse_hyperpixel_ids
+
+    extra: dict[str, Any] = {}
+    if preset_file is not None:
+        extra = load_preset_file(preset_file, backbone)
+        if backbone == "auto" and "backbone" in extra:
+            backbone = extra["backbone"]
+        extra.pop("backbone", None)
+    ids = parse_hyperpixel_ids(hyperpixel) if hyperpixel else extra.get("hyperpixel_ids")
+    return SCOTConfig(
+        backbone=backbone, weights=weights, preset=preset, hyperpixel_ids=ids, device=device,
+        eps=eps, exp2=exp2 if exp2 is not None else extra.get("exp2"), sinkhorn_iters=sinkhorn_iters,
+        sinkhorn_tol=sinkhorn_tol, sinkhorn_mode=sinkhorn_mode, unbalanced_tau=tau, cam=cam, rhm=rhm, ot=ot,
+        cost_dtype=cost_dtype, image_side=image_side,
+    )
+
+
+def _stem(path: str) -> str:
+    return Path(path).stem or "image"
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str, Optional[str]]]:
+    """Rows ``source,target[,keypoints]`` of a pairs CSV; relative paths resolve from the CSV's folder."""
+    from scot.errors import ScotError
+
+    if not path.is_file():
+        raise ScotError(f"--pairs: {path} does not exist or is not a file")
+    base = path.parent
+    pairs = []
+    with open(path, newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            cells = [c.strip() for c in row]
+            if not any(cells) or cells[0].startswith("#"):
+                continue
+            if lineno == 1 and cells[0].lower() in ("source", "src", "source_image", "imagea"):
+                continue
+            if len(cells) < 2 or not cells[0] or not cells[1]:
+                raise ScotError(f"--pairs: {path} line {lineno}: expected 'source,target[,keypoints]'")
+
+            def resolve(p: str) -> str:
+                q = Path(p)
+                return str(q if q.is_absolute() or q.exists() else base / q)
+
+            kp = resolve(cells[2]) if len(cells) > 2 and cells[2] else None
+            pairs.append((resolve(cells[0]), resolve(cells[1]), kp))
+    if not pairs:
+        raise ScotError(f"--pairs: {path} lists no pairs")
+    return pairs
+
+
+def _write_match_outputs(model, result, out_dir: Path, stem: str, top_k: int, src_path: str, trg_path: str) -> tuple[Path, Path]:
+    """The PNG visualisation and the JSON record of one matched pair."""
+    import scot
+    from scot.image import load_image
+    from scot.io import atomic_write_json
+    from scot.viz2d import plot_matches
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, js = out_dir / f"{stem}.png", out_dir / f"{stem}.json"
+    record = {"scot_version": scot.__version__, **model.describe(), **result.to_dict(top_k)}
+    record["source"]["path"], record["target"]["path"] = src_path, trg_path
+    record["top_k"] = top_k
+    record["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
+    atomic_write_json(js, record)
+
+    matches = result.matches(top_k)
+    n_kp = 0 if result.keypoints is None else len(result.keypoints)
+    subtitle = (f"{model.backbone.name} | top {len(matches)} of {result.src.n} matches"
+                + (f" | {n_kp} keypoints" if n_kp else ""))
+    plot_matches(
+        load_image(src_path).tensor, load_image(trg_path).tensor, matches,
+        result.keypoints, result.transferred,
+        title=f"{Path(src_path).name}  ->  {Path(trg_path).name}", subtitle=subtitle, path=png,
+    )
+    return png, js
+
+
+@app.command()
+@cli_errors
+def match(
+    src: Annotated[Optional[str], typer.Argument(help="Source image.")] = None,
+    trg: Annotated[Optional[str], typer.Argument(help="Target image.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the PNG and JSON outputs.")] = Path("."),
+    keypoints: Annotated[Optional[Path], typer.Option("--keypoints", "-k", help="Source keypoints to transfer: JSON [[x, y], ...] or CSV x,y rows.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Number of most confident matches to draw and save.")] = 100,
+    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="CSV of 'source,target[,keypoints]' rows to match in one run.")] = None,
+    backbone: BackboneOpt = "auto",
+    weights: WeightsOpt = None,
+    preset: PresetOpt = "pfpascal",
+    preset_file: PresetFileOpt = None,
+    hyperpixel: HyperpixelOpt = None,
+    device: DeviceOpt = "cpu",
+    eps: EpsOpt = 0.05,
+    exp2: Exp2Opt = None,
+    sinkhorn_iters: ItersOpt = 1,
+    sinkhorn_tol: TolOpt = None,
+    sinkhorn_mode: ModeOpt = "plain",
+    tau: TauOpt = None,
+    cam: CamOpt = True,
+    rhm: RhmOpt = True,
+    ot: OtOpt = True,
+    cost_dtype: CostDtypeOpt = "float32",
+    image_side: SideOpt = 300,
+) -> None:
+    """Match two images (or every pair of --pairs); write a PNG visualisation and a JSON of the matches."""
+    from scot import SCOT
+    from scot.errors import ScotError
+    from scot.io import read_keypoints
+
+    if top_k < 1:
+        raise ScotError(f"--top-k: must be at least 1, got {top_k}")
+    if pairs is not None:
+        if src or trg:
+            raise ScotError("give either SRC TRG or --pairs, not both")
+        jobs = _read_pairs(pairs)
+    else:
+        if not src or not trg:
+            raise ScotError("missing SRC and TRG images (or use --pairs FILE)")
+        jobs = [(src, trg, str(keypoints) if keypoints else None)]
+    if output.exists() and not output.is_dir():
+        raise ScotError(f"--output: {output} exists and is not a directory")
+
+    cfg = build_config(backbone, weights, preset, preset_file, hyperpixel, device, eps, exp2, sinkhorn_iters,
+                       sinkhorn_tol, sinkhorn_mode, tau, cam, rhm, ot, cost_dtype, image_side)
+    t_load = time.perf_counter()
+    model = SCOT(cfg, notice=_err)
+    load_time = time.perf_counter() - t_load
+
+    if len(jobs) == 1:
+        s, t, kp_file = jobs[0]
+        kps = read_keypoints(kp_file) if kp_file else None
+        t0 = time.perf_counter()
+        result = model(s, t, keypoints=kps)
+        run_time = time.perf_counter() - t0
+        png, js = _write_match_outputs(model, result, output, f"{_stem(s)}__{_stem(t)}", top_k, s, t)
+        kp_text = f", {len(kps)} keypoints transferred" if kps is not None else ""
+        typer.echo(
+            f"matched {Path(s).name} -> {Path(t).name}: {result.src.n}x{result.trg.n} hyperpixels{kp_text} "
+            f"[{model.backbone.name}, model {load_time:.1f}s, match {run_time:.2f}s]"
+        )
+        typer.echo(f"  {png}\n  {js}")
+        return
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    written = 0
+    t0 = time.perf_counter()
+    with Progress(TextColumn("matching"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeRemainingColumn(), transient=False) as progress:
+        task = progress.add_task("pairs", total=len(jobs), rate="")
+        for idx, (s, t, kp_file) in enumerate(jobs):
+            kps = read_keypoints(kp_file) if kp_file else None
+            result = model(s, t, keypoints=kps)
+            _write_match_outputs(model, result, output, f"{idx:04d}_{_stem(s)}__{_stem(t)}", top_k, s, t)
+            written += 1
+            elapsed = time.perf_counter() - t0
+            progress.update(task, advance=1, rate=f"{written / elapsed:.2f} pairs/s")
+    typer.echo(f"matched {written} pairs [{model.backbone.name}] in {time.perf_counter() - t0:.1f}s; outputs in {output}")
+
+
+@app.command()
+@cli_errors
+def layers(
+    backbone: BackboneOpt = "efficientnet-lite2",
+    weights: WeightsOpt = None,
+    image_side: SideOpt = 300,
+) -> None:
+    """List a backbone's hyperpixel ids with their stride, receptive field and channels."""
+    from scot.backbones import build_backbone
+
+    bb = build_backbone(backbone, weights, notice=_err)
+    typer.echo(f"{bb.name} ({bb.weights_source}): ids 0..{bb.num_ids - 1}, grid for a {image_side}x{image_side} image")
+    typer.echo(f"{'id':>3}  {'stride':>6}  {'rf':>4}  {'channels':>8}  {'grid':>7}  layer")
+    for hid, name in enumerate(bb.id_names()):
+        g = bb.geometry(hid, image_side, image_side)
+        typer.echo(f"{hid:>3}  {g.jump:>6}  {g.rf:>4}  {bb.channels(hid):>8}  {g.height:>3}x{g.width:<3}  {name}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,265 @@
+"""The public API: ``SCOT(config)(src, trg, keypoints)`` -> :class:`MatchResult`.
+
+The call runs the pipeline in the order the package is laid out::
+
+    features  ->  cost  ->  ot  ->  rhm  ->  transfer
+    (+ cam for the OT marginals)
+
+:meth:`SCOT.extract` and :meth:`SCOT.match` expose the two halves separately, so callers
+that see an image in many pairs (``scot eval``) extract it once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .backbones import Backbone, build_backbone
+from .config import SCOTConfig
+from .cost import cost_matrix
+from .errors import ScotError
+from .features import Hyperpixels, box_centres, extract_hyperpixels
+from .image import ImageLike, load_image, resize_longest_side
+from .ot import scot_votes
+from .rhm import rhm_grid
+from .transfer import best_matches, transfer_keypoints
+
+logger = logging.getLogger("scot")
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ScotError(f"--device: '{name}' is not a device (use cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ScotError("--device: CUDA was requested but no CUDA GPU is available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ScotError(f"--device: '{name}' is not supported (use cpu or cuda)")
+    return device
+
+
+def as_keypoints(keypoints: Any, size: tuple[int, int] | None = None, name: str = "keypoints") -> torch.Tensor:
+    """Validate (K, 2) keypoints (x, y) in original pixels; ``size`` = (W, H) bounds them."""
+    try:
+        kps = torch.as_tensor(np.asarray(keypoints, dtype=np.float64), dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise ScotError(f"{name}: keypoints must be numbers arranged as (K, 2) x, y pairs") from None
+    if kps.numel() == 0:
+        return kps.reshape(0, 2)
+    if kps.dim() != 2 or kps.shape[1] != 2:
+        raise ScotError(f"{name}: keypoints must have shape (K, 2), got {tuple(kps.shape)}")
+    if not bool(torch.isfinite(kps).all()):
+        raise ScotError(f"{name}: keypoints contain NaN or infinite values")
+    if size is not None:
+        w, h = size
+        outside = (kps[:, 0] < 0) | (kps[:, 1] < 0) | (kps[:, 0] > w) | (kps[:, 1] > h)
+        if bool(outside.any()):
+            k = int(torch.nonzero(outside)[0])
+            x, y = kps[k].tolist()
+            raise ScotError(f"{name}: keypoint {k} at ({x:g}, {y:g}) lies outside the {w}x{h} source image")
+    return kps
+
+
+@dataclass
+class MatchResult:
+    """The outcome of matching one image pair.
+
+    Coordinates in the resized frames (``*_resized``) are what the pipeline works in;
+    :meth:`matches` and :attr:`transferred` are in original image pixels.
+    """
+
+    src: Hyperpixels
+    trg: Hyperpixels
+    best: torch.Tensor  # (N,) matched target hyperpixel of every source hyperpixel
+    best_confidence: torch.Tensor  # (N,)
+    plan: torch.Tensor | None = None  # (N, M) transport votes (N·P)^exp2, if kept
+    confidence: torch.Tensor | None = None  # (N, M) RHM confidences, if kept
+    keypoints: torch.Tensor | None = None  # (K, 2) source keypoints, original px
+    transferred: torch.Tensor | None = None  # (K, 2) predicted target keypoints, original px
+    transferred_resized: torch.Tensor | None = None  # (K, 2) in the resized target frame
+    config: SCOTConfig | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    eps_used: float | None = None
+
+    def matches(self, top_k: int | None = None) -> torch.Tensor:
+        """(k, 5) rows ``src_x, src_y, trg_x, trg_y, confidence`` in original pixels, most confident first."""
+        order = torch.argsort(self.best_confidence.float().cpu(), descending=True, stable=True)
+        if top_k is not None:
+            order = order[:top_k]
+        src_xy = self.src.centres[order] / self.src.ratio
+        trg_xy = self.trg.centres[self.best.cpu()[order]] / self.trg.ratio
+        conf = self.best_confidence.float().cpu()[order].unsqueeze(1)
+        return torch.cat((src_xy, trg_xy, conf), dim=1)
+
+    def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
+        """A JSON-ready summary (matches, keypoints, sizes, config)."""
+        m = self.matches(top_k)
+        out: dict[str, Any] = {
+            "source": {"name": self.src.name, "width": self.src.original_size[0], "height": self.src.original_size[1],
+                       "resized": list(self.src.size), "hyperpixels": self.src.n},
+            "target": {"name": self.trg.name, "width": self.trg.original_size[0], "height": self.trg.original_size[1],
+                       "resized": list(self.trg.size), "hyperpixels": self.trg.n},
+            "config": self.config.to_dict() if self.config else None,
+            "matches": [
+                {"source": [round(r[0], 3), round(r[1], 3)], "target": [round(r[2], 3), round(r[3], 3)], "confidence": r[4]}
+                for r in m.tolist()
+            ],
+            "keypoints": None,
+        }
+        if self.keypoints is not None and self.transferred is not None:
+            out["keypoints"] = [
+                {"index": k, "source": [round(s[0], 3), round(s[1], 3)], "target": [round(t[0], 3), round(t[1], 3)]}
+                for k, (s, t) in enumerate(zip(self.keypoints.tolist(), self.transferred.tolist()))
+            ]
+        return out
+
+
+class SCOT:
+    """Semantic correspondence by optimal transport (Liu et al., CVPR 2020).
+
+    >>> model = SCOT(SCOTConfig(backbone="efficientnet-lite2"))  # doctest: +SKIP
+    >>> result = model("cat1.jpg", "cat2.jpg", keypoints=[[40, 60]])  # doctest: +SKIP
+    >>> result.transferred  # (1, 2) in the target's pixels  # doctest: +SKIP
+    """
+
+    default_conf = SCOTConfig()
+
+    def __init__(
+        self,
+        config: SCOTConfig | None = None,
+        *,
+        backbone: Backbone | None = None,
+        notice: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ) -> None:
+        cfg = config if config is not None else SCOTConfig()
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        cfg.validate()
+        self.device = resolve_device(cfg.device)
+        if backbone is None:
+            backbone = build_backbone(cfg.backbone, cfg.weights, notice=notice or logger.warning)
+        self.backbone = backbone.to(self.device).eval()
+        self.config = cfg.resolve(backbone.name)
+        assert self.config.hyperpixel_ids is not None
+        self.backbone.check_ids(self.config.hyperpixel_ids)
+        self.feature_dtype = torch.bfloat16 if self.config.cost_dtype == "bfloat16" else torch.float32
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def hyperpixel_ids(self) -> tuple[int, ...]:
+        assert self.config.hyperpixel_ids is not None
+        return self.config.hyperpixel_ids
+
+    @torch.inference_mode()
+    def extract(self, image: ImageLike, name: str | None = None) -> Hyperpixels:
+        """Load, resize and describe one image (features, boxes, CAM weights)."""
+        loaded = load_image(image, name)
+        resized, ratio = resize_longest_side(loaded.tensor, self.config.image_side)
+        return extract_hyperpixels(
+            self.backbone,
+            resized,
+            self.hyperpixel_ids,
+            ratio=ratio,
+            original_size=loaded.size,
+            use_cam=self.config.cam,
+            cam_scales=self.config.cam_scales,
+            feature_dtype=self.feature_dtype,
+            name=loaded.name,
+        )
+
+    @torch.inference_mode()
+    def match(
+        self,
+        src: Hyperpixels,
+        trg: Hyperpixels,
+        keypoints: Any = None,
+        keep_plan: bool = True,
+        check_bounds: bool = True,
+    ) -> MatchResult:
+        """Match two extracted images and transfer ``keypoints`` (K, 2) given in source pixels.
+
+        ``keep_plan=False`` lets RHM overwrite the plan (less memory; ``plan`` and
+        ``confidence`` are then not returned).  ``check_bounds=False`` accepts keypoints
+        outside the source image (benchmark annotations sometimes are).
+        """
+        cfg = self.config
+        kps = None
+        if keypoints is not None:
+            kps = as_keypoints(keypoints, src.original_size if check_bounds else None)
+
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        cost = cost_matrix(src.features, trg.features, cfg.cost_dtype)
+        timings["cost"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        eps_used = None
+        if cfg.ot:
+            dev = cost.device
+            mu = (src.weights / src.weights.sum()).to(dev)
+            nu = (trg.weights / trg.weights.sum()).to(dev)
+            votes, stats = scot_votes(
+                cost, mu, nu,
+                eps=cfg.eps, exp2=float(cfg.exp2 if cfg.exp2 is not None else 1.0),
+                num_iters=cfg.sinkhorn_iters, tol=cfg.sinkhorn_tol,
+                log_domain=cfg.sinkhorn_mode == "log", tau=cfg.unbalanced_tau,
+                max_doublings=cfg.max_eps_doublings, consume_cost=True, cost_bound=1.0,
+            )
+            eps_used = stats.eps_used[0]
+        else:  # HPF's similarity: clamp(cos, 0) ** exp1 = (1 - C) ** exp1
+            votes = cost.neg_().add_(1.0)
+            if cfg.exp1 != 1.0:
+                votes.pow_(cfg.exp1)
+        timings["ot"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if cfg.rhm:
+            confidence = rhm_grid(
+                votes, src.xs, src.ys, trg.xs, trg.ys, src.size, trg.size,
+                ncells=cfg.rhm_cells, kernel_side=cfg.rhm_kernel, out=None if keep_plan else votes,
+            )
+        else:
+            confidence = votes
+        timings["rhm"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        best, best_conf = best_matches(confidence)
+        best, best_conf = best.cpu(), best_conf.float().cpu()
+        result = MatchResult(
+            src=src, trg=trg, best=best, best_confidence=best_conf,
+            plan=votes if keep_plan else None, confidence=confidence if keep_plan else None,
+            config=cfg, timings=timings, eps_used=eps_used,
+        )
+        if kps is not None:
+            pred = transfer_keypoints(src.boxes, trg.boxes, best, kps * src.ratio)
+            result.keypoints = kps
+            result.transferred_resized = pred
+            result.transferred = pred / trg.ratio
+        timings["transfer"] = time.perf_counter() - t0
+        return result
+
+    def __call__(self, src: ImageLike, trg: ImageLike, keypoints: Any = None, keep_plan: bool = True) -> MatchResult:
+        """Match two images given as paths, PIL images, arrays or tensors."""
+        t0 = time.perf_counter()
+        s = self.extract(src)
+        t = self.extract(trg)
+        features_time = time.perf_counter() - t0
+        result = self.match(s, t, keypoints, keep_plan=keep_plan)
+        result.timings = {"features": features_time, **result.timings}
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """Backbone name, weights source and resolved options, for recording in outputs."""
+        return {
+            "backbone": self.backbone.name,
+            "weights": self.backbone.weights_source,
+            "device": str(self.device),
+            "config": self.config.to_dict(),
+        }
