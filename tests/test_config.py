@@ -1,0 +1,126 @@
+"""Configuration, presets and input validation of the API."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scot import PRESETS, SCOT, SCOTConfig, ScotError, load_preset_file, parse_hyperpixel_ids
+from scot.io import read_keypoints
+from scot.model import as_keypoints
+
+
+def test_presets_resolve_per_backbone():
+    cfg = SCOTConfig(preset="pfwillow").resolve("resnet101")
+    assert cfg.hyperpixel_ids == (2, 22, 24, 25, 27, 28, 29) and cfg.exp2 == 0.5
+    cfg = SCOTConfig(preset="spair").resolve("resnet101")
+    assert cfg.hyperpixel_ids == (0, 19, 27, 28, 29, 30) and cfg.exp2 == 1.0
+    assert SCOTConfig(preset="spair").resolve("resnet50").hyperpixel_ids == (0, 11, 12, 13)
+    # explicit options win over the preset
+    cfg = SCOTConfig(preset="spair", hyperpixel_ids=(3, 4), exp2=0.7).resolve("resnet101")
+    assert cfg.hyperpixel_ids == (3, 4) and cfg.exp2 == 0.7
+    for preset in PRESETS.values():
+        for backbone in ("resnet101", "resnet50", "efficientnet-lite0", "efficientnet-lite2"):
+            assert preset.hyperpixel_ids[backbone]
+
+
+def test_paper_defaults():
+    cfg = SCOTConfig()
+    assert (cfg.eps, cfg.sinkhorn_iters, cfg.cam, cfg.rhm, cfg.ot, cfg.image_side, cfg.rhm_cells) == (0.05, 1, True, True, True, 300, 8192)
+    assert cfg.cam_scales == (1.0, 1.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"backbone": "vgg"}, "--backbone: unknown backbone 'vgg'"),
+        ({"preset": "caltech"}, "--preset: unknown preset 'caltech'"),
+        ({"eps": 0.0}, "--eps: epsilon must be > 0"),
+        ({"eps": -1.0}, "--eps: epsilon must be > 0"),
+        ({"hyperpixel_ids": "2,x"}, "--hyperpixel: '2,x' is not a list"),
+        ({"hyperpixel_ids": (2, 2)}, "duplicates"),
+        ({"sinkhorn_mode": "fast"}, "--sinkhorn-mode"),
+        ({"sinkhorn_iters": 0}, "--sinkhorn-iters"),
+        ({"cost_dtype": "float16"}, "--cost-dtype"),
+        ({"unbalanced_tau": 0.0}, "--tau"),
+    ],
+)
+def test_invalid_options(kwargs, message):
+    with pytest.raises(ScotError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SCOTConfig(**kwargs)
+
+
+def test_parse_hyperpixel_ids():
+    assert parse_hyperpixel_ids("(2,22, 24)") == (2, 22, 24)
+    assert parse_hyperpixel_ids("2 22 24") == (2, 22, 24)
+    assert parse_hyperpixel_ids([0, 5]) == (0, 5)
+    with pytest.raises(ScotError):
+        parse_hyperpixel_ids("(-1, 3)")
+
+
+def test_hyperpixel_ids_out_of_range():
+    with pytest.raises(ScotError, match=r"id\(s\) \[40\] out of range for resnet101, which has ids 0..33"):
+        SCOT(SCOTConfig(backbone="resnet101", weights="random", hyperpixel_ids=(2, 40)))
+    with pytest.raises(ScotError, match="out of range for efficientnet-lite0, which has ids 0..16"):
+        SCOT(SCOTConfig(backbone="efficientnet-lite0", hyperpixel_ids=(17,)))
+
+
+def test_cuda_unavailable_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ScotError, match="--device: CUDA was requested but no CUDA GPU is available"):
+        SCOT(SCOTConfig(backbone="efficientnet-lite0", device="cuda"))
+
+
+def test_keypoint_validation():
+    assert as_keypoints([[1, 2], [3, 4]], (10, 10)).shape == (2, 2)
+    with pytest.raises(ScotError, match=r"shape \(K, 2\)"):
+        as_keypoints([1, 2, 3])
+    with pytest.raises(ScotError, match="NaN"):
+        as_keypoints([[1, float("nan")]])
+    with pytest.raises(ScotError, match=r"keypoint 1 at \(50, 2\) lies outside the 40x30 source image"):
+        as_keypoints([[1, 2], [50, 2]], (40, 30))
+    with pytest.raises(ScotError, match="numbers"):
+        as_keypoints([["a", "b"]])
+
+
+def test_keypoint_files(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([[1, 2], [3.5, 4]]))
+    (tmp_path / "b.json").write_text(json.dumps({"keypoints": [{"x": 1, "y": 2}]}))
+    (tmp_path / "c.csv").write_text("x,y\n1,2\n3,4\n")
+    np.testing.assert_allclose(read_keypoints(tmp_path / "a.json"), [[1, 2], [3.5, 4]])
+    np.testing.assert_allclose(read_keypoints(tmp_path / "b.json"), [[1, 2]])
+    np.testing.assert_allclose(read_keypoints(tmp_path / "c.csv"), [[1, 2], [3, 4]])
+    (tmp_path / "bad.json").write_text("[[1, 2], [3")
+    with pytest.raises(ScotError, match=r"bad\.json is not valid JSON"):
+        read_keypoints(tmp_path / "bad.json")
+    (tmp_path / "bad.csv").write_text("1,2,3\n")
+    with pytest.raises(ScotError, match=r"bad\.csv must hold \(K, 2\)"):
+        read_keypoints(tmp_path / "bad.csv")
+    (tmp_path / "words.csv").write_text("a,b\n")
+    with pytest.raises(ScotError, match="numeric"):
+        read_keypoints(tmp_path / "words.csv")
+    with pytest.raises(ScotError, match="does not exist"):
+        read_keypoints(tmp_path / "none.json")
+
+
+def test_preset_file(tmp_path):
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"backbone": "efficientnet-lite0", "results": [{"hyperpixel_ids": [3, 5, 9], "pck": 0.7}]}))
+    assert load_preset_file(f) == {"hyperpixel_ids": (3, 5, 9), "backbone": "efficientnet-lite0"}
+    with pytest.raises(ScotError, match="searched for backbone 'efficientnet-lite0', not 'resnet101'"):
+        load_preset_file(f, "resnet101")
+    (tmp_path / "q.json").write_text("{}")
+    with pytest.raises(ScotError, match="no 'hyperpixel_ids'"):
+        load_preset_file(tmp_path / "q.json")
+
+
+def test_config_dict_roundtrip():
+    cfg = SCOTConfig(backbone="resnet50", hyperpixel_ids=(1, 2), eps=0.1)
+    again = SCOTConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(ScotError, match="unknown option"):
+        SCOTConfig.from_dict({"bogus": 1})
