@@ -16,13 +16,18 @@ Two precisions:
   the product computes the *cost* directly through augmented vectors
   ``[f, 1] · [-g, 1] = 1 - f·g``: small costs, the ones that matter, keep bf16's
   *relative* precision (±0.2 %).
+
+Operands are zero-padded to a multiple of 16 rows: MKL's GEMM runs about 1.5x faster on
+such shapes (3,750 x 6,400 x 3,750 took 1.37 s, 3,752 x 6,400 x 3,752 0.93 s here).  The
+padded rows get zero transport mass, which leaves every real entry unchanged.
 """
 
 from __future__ import annotations
 
 import torch
 
-_PAD = 16  # pad the bf16 feature dimension to a multiple of this for fast GEMM kernels
+PAD_ROWS = 16  # operands are zero-padded to a multiple of 16 rows: GEMM runs ~1.5x faster
+_PAD_COLS = 16  # and the bf16 feature dimension (after the constant column) likewise
 
 
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:
@@ -31,35 +36,53 @@ def l2_normalize(features: torch.Tensor) -> torch.Tensor:
     return features / norms.clamp_min(torch.finfo(features.dtype).tiny)
 
 
-def augment_for_bf16(features: torch.Tensor, negate: bool) -> torch.Tensor:
-    """``[±f, 1, 0, …]`` in bfloat16, zero-padded so the width is a multiple of 16.
+def padded_rows(n: int) -> int:
+    return -(-n // PAD_ROWS) * PAD_ROWS
 
-    ``augment(F, False) @ augment(G, True)ᵀ = 1 - F Gᵀ`` up to bf16 input rounding.
+
+def make_operand(features: torch.Tensor, role: str, dtype: str = "float32") -> torch.Tensor:
+    """The matmul operand of unit-norm features (n, D), zero-padded to a multiple of 16 rows.
+
+    ``float32``: the features themselves.  ``bfloat16``: ``[f, 1, 0…]`` for the source and
+    ``[-g, 1, 0…]`` for the target, so that their product is the cost ``1 - f·g``
+    accumulated in fp32 and rounded to bf16 only at the end.  Padded rows are all zero.
     """
-    d = features.shape[-1]
-    width = -(-(d + 1) // _PAD) * _PAD
-    out = features.new_zeros(*features.shape[:-1], width, dtype=torch.bfloat16)
-    out[..., :d].copy_(features)
-    if negate:
-        out[..., :d].neg_()
-    out[..., d] = 1.0
-    return out
+    n, d = features.shape
+    rows = padded_rows(n)
+    if dtype == "float32":
+        out = features.new_zeros(rows, d, dtype=torch.float32)
+        out[:n] = features
+        return out
+    if dtype == "bfloat16":
+        width = -(-(d + 1) // _PAD_COLS) * _PAD_COLS
+        out = features.new_zeros(rows, width, dtype=torch.bfloat16)
+        out[:n, :d] = features
+        if role == "trg":
+            out[:n, :d].neg_()
+        elif role != "src":
+            raise ValueError(f"role must be 'src' or 'trg', got {role!r}")
+        out[:n, d] = 1.0
+        return out
+    raise ValueError(f"unknown cost dtype {dtype!r}")
 
 
-def similarity(src: torch.Tensor, trg: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of unit-norm features: (…, n, D) x (…, m, D) -> (…, n, m)."""
-    return torch.matmul(src, trg.transpose(-1, -2))
+def cost_from_operands(src: torch.Tensor, trg: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
+    """The float32 cost ``1 - clamp(cos, 0)`` from operands of :func:`make_operand`.
+
+    Shapes (…, N, D') x (…, M, D') -> (…, N, M).  Entries of padded rows are meaningless;
+    the solver gives those rows zero mass.
+    """
+    product = torch.matmul(src, trg.transpose(-1, -2))
+    if dtype == "float32":
+        return product.clamp_(min=0.0).neg_().add_(1.0)
+    if dtype == "bfloat16":
+        # (padded rows lack the constant column and come out as 0; they carry no mass)
+        return product.float().clamp_(min=0.0, max=1.0)
+    raise ValueError(f"unknown cost dtype {dtype!r}")
 
 
 def cost_matrix(src: torch.Tensor, trg: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
-    """The SCOT cost ``1 - clamp(cos, 0)`` between unit-norm features, as float32.
-
-    ``src`` (…, n, D) and ``trg`` (…, m, D) must be L2-normalised (:func:`l2_normalize`).
-    """
-    if dtype == "float32":
-        cost = similarity(src.float(), trg.float())
-        return cost.clamp_(min=0.0).neg_().add_(1.0)
-    if dtype == "bfloat16":
-        cost = similarity(augment_for_bf16(src, negate=False), augment_for_bf16(trg, negate=True)).float()
-        return cost.clamp_(min=0.0, max=1.0)
-    raise ValueError(f"unknown cost dtype {dtype!r}")
+    """The SCOT cost ``1 - clamp(cos, 0)`` between unit-norm features (n, D) and (m, D)."""
+    n, m = src.shape[-2], trg.shape[-2]
+    cost = cost_from_operands(make_operand(src, "src", dtype), make_operand(trg, "trg", dtype), dtype)
+    return cost[:n, :m]

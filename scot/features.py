@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .backbones import Backbone, Geometry
 from .cam import class_activation_map, marginal_weights
-from .cost import l2_normalize
+from .cost import l2_normalize, make_operand
 
 
 @dataclass
@@ -44,6 +44,8 @@ class Hyperpixels:
     name: str = "image"
     cam: torch.Tensor | None = None  # (H, W) on CPU
     top_classes: list[int] = field(default_factory=list)
+    cost_dtype: str = "float32"
+    _operands: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -59,8 +61,20 @@ class Hyperpixels:
         """(n, 2) box centres (x, y), row-major over the grid."""
         return box_centres(self.boxes)
 
+    def operand(self, role: str) -> torch.Tensor:
+        """The padded matmul operand for this image as ``src`` or ``trg`` (built once, kept)."""
+        key = role if self.cost_dtype == "bfloat16" else "any"
+        op = self._operands.get(key)
+        if op is None:
+            op = make_operand(self.features, role, self.cost_dtype)
+            self._operands[key] = op
+        return op
+
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.nelement() for t in (self.features, self.boxes, self.weights))
+        tensors = [self.boxes, self.weights, *self._operands.values()]
+        if not any(self.features.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in self._operands.values()):
+            tensors.append(self.features)
+        return sum(t.element_size() * t.nelement() for t in tensors)
 
 
 def box_centres(boxes: torch.Tensor) -> torch.Tensor:
@@ -99,7 +113,7 @@ def extract_hyperpixels(
     original_size: tuple[int, int],
     use_cam: bool = True,
     cam_scales: Sequence[float] = (1.0, 1.5, 2.0),
-    feature_dtype: torch.dtype = torch.float32,
+    cost_dtype: str = "float32",
     name: str = "image",
 ) -> Hyperpixels:
     """Hyperpixels of a resized RGB image (3, H, W) in [0, 1] on the backbone's device."""
@@ -110,7 +124,11 @@ def extract_hyperpixels(
 
     fused = fuse([out.features[i] for i in ids])[0]  # (D, h, w)
     d, h, w = fused.shape
-    features = l2_normalize(fused.reshape(d, h * w).t()).to(feature_dtype).contiguous()
+    unit = l2_normalize(fused.reshape(d, h * w).t())
+    # Keep the features only inside their (padded) source operand: no second copy.
+    src_operand = make_operand(unit, "src", cost_dtype)
+    del unit, fused
+    features = src_operand[: h * w, :d]
 
     H, W = int(image01.shape[1]), int(image01.shape[2])
     geometry = backbone.geometry(ids[0], H, W)
@@ -141,4 +159,6 @@ def extract_hyperpixels(
         name=name,
         cam=cam,
         top_classes=top_classes,
+        cost_dtype=cost_dtype,
+        _operands={"src" if cost_dtype == "bfloat16" else "any": src_operand},
     )

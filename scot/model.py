@@ -21,7 +21,7 @@ import torch
 
 from .backbones import Backbone, build_backbone
 from .config import SCOTConfig
-from .cost import cost_matrix
+from .cost import cost_from_operands
 from .errors import ScotError
 from .features import Hyperpixels, box_centres, extract_hyperpixels
 from .image import ImageLike, load_image, resize_longest_side
@@ -120,6 +120,22 @@ class MatchResult:
         return out
 
 
+def _stack(images: Sequence[Hyperpixels], role: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, D') padded matmul operands and (B, N) marginal weights, zero beyond each image's n."""
+    ops = [h.operand(role) for h in images]
+    rows = max(op.shape[0] for op in ops)
+    if len(images) == 1:
+        feats = ops[0].to(device, non_blocking=True).unsqueeze(0)
+    else:
+        feats = torch.zeros(len(images), rows, ops[0].shape[1], dtype=ops[0].dtype, device=device)
+        for i, op in enumerate(ops):
+            feats[i, : op.shape[0]] = op.to(device, non_blocking=True)
+    weights = torch.zeros(len(images), rows, device=device)
+    for i, h in enumerate(images):
+        weights[i, : h.n] = h.weights.to(device)
+    return feats, weights
+
+
 class SCOT:
     """Semantic correspondence by optimal transport (Liu et al., CVPR 2020).
 
@@ -149,7 +165,6 @@ class SCOT:
         self.config = cfg.resolve(backbone.name)
         assert self.config.hyperpixel_ids is not None
         self.backbone.check_ids(self.config.hyperpixel_ids)
-        self.feature_dtype = torch.bfloat16 if self.config.cost_dtype == "bfloat16" else torch.float32
 
     # ------------------------------------------------------------------------------------
     @property
@@ -170,7 +185,7 @@ class SCOT:
             original_size=loaded.size,
             use_cam=self.config.cam,
             cam_scales=self.config.cam_scales,
-            feature_dtype=self.feature_dtype,
+            cost_dtype=self.config.cost_dtype,
             name=loaded.name,
         )
 
@@ -189,22 +204,38 @@ class SCOT:
         ``confidence`` are then not returned).  ``check_bounds=False`` accepts keypoints
         outside the source image (benchmark annotations sometimes are).
         """
-        cfg = self.config
-        kps = None
-        if keypoints is not None:
-            kps = as_keypoints(keypoints, src.original_size if check_bounds else None)
+        return self.match_batch([(src, trg, keypoints)], keep_plan=keep_plan, check_bounds=check_bounds)[0]
 
+    @torch.inference_mode()
+    def match_batch(
+        self,
+        items: Sequence[tuple[Hyperpixels, Hyperpixels, Any]],
+        keep_plan: bool = False,
+        check_bounds: bool = True,
+    ) -> list[MatchResult]:
+        """Match several (src, trg, keypoints) pairs through the batched cost and solver.
+
+        Pairs of different sizes are zero-padded; padded hyperpixels carry no mass, so every
+        pair's result equals matching it alone.  The timings of the batch are shared by its
+        results.
+        """
+        cfg = self.config
+        kps_list = [
+            None if k is None else as_keypoints(k, s.original_size if check_bounds else None) for s, _, k in items
+        ]
         timings: dict[str, float] = {}
+
         t0 = time.perf_counter()
-        cost = cost_matrix(src.features, trg.features, cfg.cost_dtype)
+        src_f, src_w = _stack([s for s, _, _ in items], "src", self.device)
+        trg_f, trg_w = _stack([t for _, t, _ in items], "trg", self.device)
+        cost = cost_from_operands(src_f, trg_f, cfg.cost_dtype)  # (B, N, M), padded
         timings["cost"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        eps_used = None
+        eps_used = [None] * len(items)
         if cfg.ot:
-            dev = cost.device
-            mu = (src.weights / src.weights.sum()).to(dev)
-            nu = (trg.weights / trg.weights.sum()).to(dev)
+            mu = src_w / src_w.sum(-1, keepdim=True)
+            nu = trg_w / trg_w.sum(-1, keepdim=True)
             votes, stats = scot_votes(
                 cost, mu, nu,
                 eps=cfg.eps, exp2=float(cfg.exp2 if cfg.exp2 is not None else 1.0),
@@ -212,7 +243,7 @@ class SCOT:
                 log_domain=cfg.sinkhorn_mode == "log", tau=cfg.unbalanced_tau,
                 max_doublings=cfg.max_eps_doublings, consume_cost=True, cost_bound=1.0,
             )
-            eps_used = stats.eps_used[0]
+            eps_used = stats.eps_used
         else:  # HPF's similarity: clamp(cos, 0) ** exp1 = (1 - C) ** exp1
             votes = cost.neg_().add_(1.0)
             if cfg.exp1 != 1.0:
@@ -220,30 +251,36 @@ class SCOT:
         timings["ot"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        if cfg.rhm:
-            confidence = rhm_grid(
-                votes, src.xs, src.ys, trg.xs, trg.ys, src.size, trg.size,
-                ncells=cfg.rhm_cells, kernel_side=cfg.rhm_kernel, out=None if keep_plan else votes,
-            )
-        else:
-            confidence = votes
+        confidences, bests = [], []
+        for b, (s, t, _) in enumerate(items):
+            v = votes[b, : s.n, : t.n]
+            if cfg.rhm:
+                conf = rhm_grid(v, s.xs, s.ys, t.xs, t.ys, s.size, t.size, ncells=cfg.rhm_cells,
+                                kernel_side=cfg.rhm_kernel, out=None if keep_plan else v)
+            else:
+                conf = v
+            confidences.append(conf)
+            bests.append(best_matches(conf))
         timings["rhm"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        best, best_conf = best_matches(confidence)
-        best, best_conf = best.cpu(), best_conf.float().cpu()
-        result = MatchResult(
-            src=src, trg=trg, best=best, best_confidence=best_conf,
-            plan=votes if keep_plan else None, confidence=confidence if keep_plan else None,
-            config=cfg, timings=timings, eps_used=eps_used,
-        )
-        if kps is not None:
-            pred = transfer_keypoints(src.boxes, trg.boxes, best, kps * src.ratio)
-            result.keypoints = kps
-            result.transferred_resized = pred
-            result.transferred = pred / trg.ratio
+        results = []
+        for b, (s, t, _) in enumerate(items):
+            best, best_conf = bests[b]
+            result = MatchResult(
+                src=s, trg=t, best=best.cpu(), best_confidence=best_conf.float().cpu(),
+                plan=votes[b, : s.n, : t.n] if keep_plan else None, confidence=confidences[b] if keep_plan else None,
+                config=cfg, timings=timings, eps_used=eps_used[b],
+            )
+            kps = kps_list[b]
+            if kps is not None:
+                pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio)
+                result.keypoints = kps
+                result.transferred_resized = pred
+                result.transferred = pred / t.ratio
+            results.append(result)
         timings["transfer"] = time.perf_counter() - t0
-        return result
+        return results
 
     def __call__(self, src: ImageLike, trg: ImageLike, keypoints: Any = None, keep_plan: bool = True) -> MatchResult:
         """Match two images given as paths, PIL images, arrays or tensors."""

@@ -13,6 +13,7 @@ projection and the skip connection; MBConv has no activation there).
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -150,7 +151,7 @@ class EfficientNetLiteBackbone(Backbone):
             self.net = EfficientNetLite(name)
             path = weights if weights is not None else embedded_weights_path(name)
             load_into(self.net, read_state_dict(path), str(path), name)
-            self.weights_source = str(path) if weights is not None else f"embedded ImageNet weights ({path})"
+            self.weights_source = str(path) if weights is not None else f"embedded ImageNet weights ({Path(path).name})"
         self.net.eval()
 
     @property
