@@ -1,7 +1,7 @@
 """The ``scot`` command line (Typer).
 
-Commands: ``match`` (one pair or a list of pairs), ``layers`` (hyperpixel ids of a
-backbone).  Every command uses only the public :mod:`scot` API.  Problems with the
+Commands: ``match`` (one pair or a list of pairs), ``eval`` (benchmark PCK), ``layers``
+(hyperpixel ids of a backbone).  Every command uses only the public :mod:`scot` API.  Problems with the
 input are reported as one line on stderr with exit status 2.
 """
 
@@ -244,6 +244,120 @@ def match(
             elapsed = time.perf_counter() - t0
             progress.update(task, advance=1, rate=f"{written / elapsed:.2f} pairs/s")
     typer.echo(f"matched {written} pairs [{model.backbone.name}] in {time.perf_counter() - t0:.1f}s; outputs in {output}")
+
+
+@app.command("eval")
+@cli_errors
+def eval_(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="spair, pfpascal or pfwillow.")],
+    datapath: Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")] = Path("data"),
+    split: Annotated[str, typer.Option("--split", help="test, val or trn (PF-PASCAL, SPair-71k).")] = "test",
+    pair_list: Annotated[Optional[Path], typer.Option("--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet-style PF-PASCAL csv).")] = None,
+    thres: Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox (default: the dataset's, as in the paper).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs (after --category).")] = None,
+    category: Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per batched solve (0: 1 on CPU, 8 on CUDA).")] = 0,
+    cache_gb: Annotated[float, typer.Option("--cache-gb", help="Memory budget of the per-image feature cache.")] = 2.0,
+    save_viz: Annotated[int, typer.Option("--save-viz", help="Also draw the N worst and N best pairs.")] = 0,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run folder (default results/<dataset>-<backbone>-<time>).")] = None,
+    results: Annotated[Path, typer.Option("--results", help="Where run folders are created.")] = Path("results"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this dataset and backbone (or --output-dir).")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing, without asking.")] = False,
+    backbone: BackboneOpt = "auto",
+    weights: WeightsOpt = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Named settings (default: the dataset's own preset).")] = None,
+    preset_file: PresetFileOpt = None,
+    hyperpixel: HyperpixelOpt = None,
+    device: DeviceOpt = "cpu",
+    eps: EpsOpt = 0.05,
+    exp2: Exp2Opt = None,
+    sinkhorn_iters: ItersOpt = 1,
+    sinkhorn_tol: TolOpt = None,
+    sinkhorn_mode: ModeOpt = "plain",
+    tau: TauOpt = None,
+    cam: CamOpt = True,
+    rhm: RhmOpt = True,
+    ot: OtOpt = True,
+    cost_dtype: CostDtypeOpt = "float32",
+    image_side: SideOpt = 300,
+) -> None:
+    """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it."""
+    from scot import SCOT
+    from scot.datasets import DATASET_NAMES, SOURCES, DatasetMissingError, download_dataset, load_dataset
+    from scot.errors import ScotError
+    from scot.evaluate import EvalSettings, evaluate, find_resumable, format_table
+
+    if dataset not in DATASET_NAMES:
+        raise ScotError(f"--dataset: unknown dataset '{dataset}' (choose from {', '.join(DATASET_NAMES)})")
+    if thres is not None and thres not in ("img", "bbox"):
+        raise ScotError(f"--thres: must be img or bbox, got '{thres}'")
+    if cache_gb <= 0:
+        raise ScotError(f"--cache-gb: must be > 0, got {cache_gb}")
+    if save_viz < 0 or batch_size < 0:
+        raise ScotError("--save-viz and --batch-size must not be negative")
+    try:
+        data = load_dataset(dataset, datapath, split, pair_list)
+    except DatasetMissingError as exc:
+        src = SOURCES[dataset]
+        ask = not download and sys.stdin is not None and sys.stdin.isatty()
+        if not download and not (ask and typer.confirm(f"{exc}. Download {src.folder} ({src.approx_size}) into {datapath}?", default=False)):
+            raise ScotError(f"{exc}; or rerun with --download to fetch it ({src.approx_size}) from {src.urls[0]}") from None
+        _download_with_progress(dataset, datapath)
+        data = load_dataset(dataset, datapath, split, pair_list)
+    data = data.select(category, limit)
+
+    cfg = build_config(backbone, weights, preset or dataset, preset_file, hyperpixel, device, eps, exp2, sinkhorn_iters,
+                       sinkhorn_tol, sinkhorn_mode, tau, cam, rhm, ot, cost_dtype, image_side)
+    model = SCOT(cfg, notice=_err)
+    bs = batch_size or (8 if model.device.type == "cuda" else 1)
+    settings = EvalSettings(thres=thres or data.default_thres, batch_size=bs, cache_bytes=int(cache_gb * 2**30), save_viz=save_viz)
+
+    if output_dir is None and resume:
+        output_dir = find_resumable(results, dataset, model.backbone.name)
+        if output_dir is None:
+            raise ScotError(f"--resume: no unfinished {dataset} run with {model.backbone.name} in {results}")
+    if output_dir is None:
+        output_dir = results / f"{dataset}-{model.backbone.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    selection = {"category": category, "limit": limit, "pairs": len(data)}
+    typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
+               f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {output_dir}")
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[pck]}"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), transient=False)
+    task = progress.add_task(data.name, total=len(data), rate="", pck="")
+
+    def on_progress(done: int, total: int, rate: float, pck: float) -> None:
+        progress.update(task, completed=done, rate=f"{rate:.2f} pairs/s", pck=f"PCK@0.1 {pck:.1f}%")
+
+    try:
+        with progress:
+            summary = evaluate(model, data, output_dir, settings, selection, resume=resume, on_progress=on_progress)
+    except KeyboardInterrupt:
+        _err(f"interrupted; scored pairs are saved in {output_dir}; continue with the same command plus --resume -o {output_dir}")
+        raise typer.Exit(130)
+    typer.echo(format_table(summary))
+    head = summary["headline"]["value"]
+    t = summary["timing"]
+    typer.echo(f"PCK@0.10 (mean over {summary['pairs_scored']} pairs): {head:.2f}% | "
+               f"{t['seconds_per_pair']:.3f} s/pair, {t['images_per_second'] or 0:.2f} images/s")
+    typer.echo(f"results: {output_dir}")
+
+
+def _download_with_progress(dataset: str, datapath: Path) -> None:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from scot.datasets import SOURCES, download_dataset
+
+    with Progress(TextColumn(f"downloading {SOURCES[dataset].folder}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()) as prog:
+        task = prog.add_task("dl", total=None)
+
+        def update(done: int, total: int | None) -> None:
+            prog.update(task, completed=done, total=total)
+
+        download_dataset(dataset, datapath, progress=update)
 
 
 @app.command()
