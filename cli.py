@@ -136,7 +136,8 @@ def _read_pairs(path: Path) -> list[tuple[str, str, Optional[str]]]:
     return pairs
 
 
-def _write_match_outputs(model, result, out_dir: Path, stem: str, top_k: int, src_path: str, trg_path: str) -> tuple[Path, Path]:
+def _write_match_outputs(model, result, out_dir: Path, stem: str, top_k: int, foreground: bool,
+                         src_path: str, trg_path: str) -> tuple[Path, Path]:
     """The PNG visualisation and the JSON record of one matched pair."""
     import scot
     from scot.image import load_image
@@ -145,15 +146,16 @@ def _write_match_outputs(model, result, out_dir: Path, stem: str, top_k: int, sr
 
     out_dir.mkdir(parents=True, exist_ok=True)
     png, js = out_dir / f"{stem}.png", out_dir / f"{stem}.json"
-    record = {"scot_version": scot.__version__, **model.describe(), **result.to_dict(top_k)}
+    record = {"scot_version": scot.__version__, **model.describe(), **result.to_dict()}
     record["source"]["path"], record["target"]["path"] = src_path, trg_path
-    record["top_k"] = top_k
+    record["drawn"] = {"top_k": top_k, "foreground_only": foreground}
     record["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
     atomic_write_json(js, record)
 
-    matches = result.matches(top_k)
+    matches = result.matches(top_k, foreground_only=foreground)
     n_kp = 0 if result.keypoints is None else len(result.keypoints)
-    subtitle = (f"{model.backbone.name} | top {len(matches)} of {result.src.n} matches"
+    where = " on the object" if foreground and model.config.cam else ""
+    subtitle = (f"{model.backbone.name} | {len(matches)} most confident of {result.src.n} matches{where}"
                 + (f" | {n_kp} keypoints" if n_kp else ""))
     plot_matches(
         load_image(src_path).tensor, load_image(trg_path).tensor, matches,
@@ -170,7 +172,8 @@ def match(
     trg: Annotated[Optional[str], typer.Argument(help="Target image.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the PNG and JSON outputs.")] = Path("."),
     keypoints: Annotated[Optional[Path], typer.Option("--keypoints", "-k", help="Source keypoints to transfer: JSON [[x, y], ...] or CSV x,y rows.")] = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="Number of most confident matches to draw and save.")] = 100,
+    top_k: Annotated[int, typer.Option("--top-k", help="Number of most confident matches to draw.")] = 100,
+    foreground: Annotated[bool, typer.Option("--foreground/--anywhere", help="Draw only matches of hyperpixels on the object (CAM > 0.4), or rank all.")] = True,
     pairs: Annotated[Optional[Path], typer.Option("--pairs", help="CSV of 'source,target[,keypoints]' rows to match in one run.")] = None,
     backbone: BackboneOpt = "auto",
     weights: WeightsOpt = None,
@@ -220,7 +223,7 @@ def match(
         t0 = time.perf_counter()
         result = model(s, t, keypoints=kps)
         run_time = time.perf_counter() - t0
-        png, js = _write_match_outputs(model, result, output, f"{_stem(s)}__{_stem(t)}", top_k, s, t)
+        png, js = _write_match_outputs(model, result, output, f"{_stem(s)}__{_stem(t)}", top_k, foreground, s, t)
         kp_text = f", {len(kps)} keypoints transferred" if kps is not None else ""
         typer.echo(
             f"matched {Path(s).name} -> {Path(t).name}: {result.src.n}x{result.trg.n} hyperpixels{kp_text} "
@@ -239,7 +242,7 @@ def match(
         for idx, (s, t, kp_file) in enumerate(jobs):
             kps = read_keypoints(kp_file) if kp_file else None
             result = model(s, t, keypoints=kps)
-            _write_match_outputs(model, result, output, f"{idx:04d}_{_stem(s)}__{_stem(t)}", top_k, s, t)
+            _write_match_outputs(model, result, output, f"{idx:04d}_{_stem(s)}__{_stem(t)}", top_k, foreground, s, t)
             written += 1
             elapsed = time.perf_counter() - t0
             progress.update(task, advance=1, rate=f"{written / elapsed:.2f} pairs/s")

@@ -87,19 +87,37 @@ class MatchResult:
     timings: dict[str, float] = field(default_factory=dict)
     eps_used: float | None = None
 
-    def matches(self, top_k: int | None = None) -> torch.Tensor:
-        """(k, 5) rows ``src_x, src_y, trg_x, trg_y, confidence`` in original pixels, most confident first."""
-        order = torch.argsort(self.best_confidence.float().cpu(), descending=True, stable=True)
+    def foreground(self) -> torch.Tensor:
+        """(N,) bool: source hyperpixels on the object, i.e. CAM above 0.4 (all if CAM is off)."""
+        w = self.src.weights
+        if self.config is not None and not self.config.cam:
+            return torch.ones_like(w, dtype=torch.bool)
+        return w >= 0.8
+
+    def matches(self, top_k: int | None = None, foreground_only: bool = False) -> torch.Tensor:
+        """(k, 5) rows ``src_x, src_y, trg_x, trg_y, confidence`` in original pixels, most confident first.
+
+        Every source hyperpixel has one match (its most confident target).  With
+        ``foreground_only``, hyperpixels off the object (CAM <= 0.4) are left out; image
+        borders otherwise collect confident but meaningless matches.
+        """
+        conf = self.best_confidence.float().cpu()
+        order = torch.argsort(conf, descending=True, stable=True)
+        if foreground_only:
+            keep = self.foreground()[order]
+            if int(keep.sum()) > 0:
+                order = order[keep]
         if top_k is not None:
             order = order[:top_k]
         src_xy = self.src.centres[order] / self.src.ratio
         trg_xy = self.trg.centres[self.best.cpu()[order]] / self.trg.ratio
-        conf = self.best_confidence.float().cpu()[order].unsqueeze(1)
-        return torch.cat((src_xy, trg_xy, conf), dim=1)
+        return torch.cat((src_xy, trg_xy, conf[order].unsqueeze(1)), dim=1)
 
-    def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
-        """A JSON-ready summary (matches, keypoints, sizes, config)."""
-        m = self.matches(top_k)
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record: image sizes, config, every match and the transferred keypoints."""
+        order = torch.argsort(self.best_confidence.float().cpu(), descending=True, stable=True)
+        fg = self.foreground()[order].tolist()
+        m = self.matches()
         out: dict[str, Any] = {
             "source": {"name": self.src.name, "width": self.src.original_size[0], "height": self.src.original_size[1],
                        "resized": list(self.src.size), "hyperpixels": self.src.n},
@@ -107,8 +125,9 @@ class MatchResult:
                        "resized": list(self.trg.size), "hyperpixels": self.trg.n},
             "config": self.config.to_dict() if self.config else None,
             "matches": [
-                {"source": [round(r[0], 3), round(r[1], 3)], "target": [round(r[2], 3), round(r[3], 3)], "confidence": r[4]}
-                for r in m.tolist()
+                {"source": [round(r[0], 3), round(r[1], 3)], "target": [round(r[2], 3), round(r[3], 3)],
+                 "confidence": r[4], "foreground": f}
+                for r, f in zip(m.tolist(), fg)
             ],
             "keypoints": None,
         }

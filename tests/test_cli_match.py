@@ -19,14 +19,18 @@ runner = CliRunner()
 
 def check_match_json(doc: dict, top_k: int, n_keypoints: int | None) -> None:
     """The documented schema of the JSON written by ``scot match``."""
-    for key in ("scot_version", "backbone", "weights", "device", "config", "source", "target", "matches", "keypoints", "timings", "top_k"):
+    for key in ("scot_version", "backbone", "weights", "device", "config", "source", "target", "matches", "keypoints", "timings", "drawn"):
         assert key in doc, key
+    assert doc["drawn"]["top_k"] == top_k and isinstance(doc["drawn"]["foreground_only"], bool)
     for side in ("source", "target"):
         info = doc[side]
         assert isinstance(info["width"], int) and isinstance(info["height"], int) and info["path"]
         assert len(info["resized"]) == 2 and max(info["resized"]) == doc["config"]["image_side"]
     assert doc["config"]["backbone"] == doc["backbone"]
-    assert len(doc["matches"]) == top_k
+    assert len(doc["matches"]) == doc["source"]["hyperpixels"]  # one match per source hyperpixel
+    assert all(isinstance(m["foreground"], bool) for m in doc["matches"])
+    if not doc["config"]["cam"]:
+        assert all(m["foreground"] for m in doc["matches"])
     confidences = [m["confidence"] for m in doc["matches"]]
     assert confidences == sorted(confidences, reverse=True)
     for m in doc["matches"]:
