@@ -1,7 +1,7 @@
 """The ``scot`` command line (Typer).
 
-Commands: ``match`` (one pair or a list of pairs), ``eval`` (benchmark PCK), ``layers``
-(hyperpixel ids of a backbone).  Every command uses only the public :mod:`scot` API.  Problems with the
+Commands: ``match`` (one pair or a list of pairs), ``eval`` (benchmark PCK), ``bench``
+(speed and memory), ``layers`` (hyperpixel ids of a backbone).  Every command uses only the public :mod:`scot` API.  Problems with the
 input are reported as one line on stderr with exit status 2.
 """
 
@@ -78,6 +78,19 @@ RhmOpt = Annotated[bool, typer.Option("--rhm/--no-rhm", help="Regularized Hough 
 OtOpt = Annotated[bool, typer.Option("--ot/--no-ot", help="Optimal transport (off: nearest neighbour on cosine).")]
 CostDtypeOpt = Annotated[str, typer.Option("--cost-dtype", help="float32 or bfloat16 for the cosine matmul.")]
 SideOpt = Annotated[int, typer.Option("--image-side", help="Longest image side after resizing.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch (default: PyTorch's choice, one per core).")]
+
+
+def set_threads(threads: Optional[int]) -> None:
+    from scot.errors import ScotError
+
+    if threads is None:
+        return
+    if threads < 1:
+        raise ScotError(f"--threads: must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def build_config(
@@ -192,6 +205,7 @@ def match(
     ot: OtOpt = True,
     cost_dtype: CostDtypeOpt = "float32",
     image_side: SideOpt = 300,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Match two images (or every pair of --pairs); write a PNG visualisation and a JSON of the matches."""
     from scot import SCOT
@@ -200,6 +214,7 @@ def match(
 
     if top_k < 1:
         raise ScotError(f"--top-k: must be at least 1, got {top_k}")
+    set_threads(threads)
     if pairs is not None:
         if src or trg:
             raise ScotError("give either SRC TRG or --pairs, not both")
@@ -283,6 +298,7 @@ def eval_(
     ot: OtOpt = True,
     cost_dtype: CostDtypeOpt = "float32",
     image_side: SideOpt = 300,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it."""
     from scot import SCOT
@@ -298,6 +314,7 @@ def eval_(
         raise ScotError(f"--cache-gb: must be > 0, got {cache_gb}")
     if save_viz < 0 or batch_size < 0:
         raise ScotError("--save-viz and --batch-size must not be negative")
+    set_threads(threads)
     try:
         data = load_dataset(dataset, datapath, split, pair_list)
     except DatasetMissingError as exc:
@@ -361,6 +378,140 @@ def _download_with_progress(dataset: str, datapath: Path) -> None:
             prog.update(task, completed=done, total=total)
 
         download_dataset(dataset, datapath, progress=update)
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Measure speed and memory, stage by stage.")
+app.add_typer(bench_app, name="bench")
+
+
+def _print_stage_table(rows: list[tuple[str, Any]]) -> None:
+    for name, stat in rows:
+        typer.echo(f"  {name:<13}{stat.ms()}")
+
+
+@bench_app.command("synthetic")
+@cli_errors
+def bench_synthetic_cmd(
+    n: Annotated[int, typer.Option("--n", help="Hyperpixels per image (a grid of about this many cells).")] = 4000,
+    dim: Annotated[int, typer.Option("--dim", help="Feature dimension D.")] = 6400,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after two warm-up runs).")] = 5,
+    cost_dtype: Annotated[str, typer.Option("--cost-dtype", help="float32, bfloat16 or both.")] = "both",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Matching stages on random features vs the bare cosine matmul (the floor)."""
+    from scot.bench import bench_synthetic, format_bytes
+    from scot.errors import ScotError
+    from scot.model import resolve_device
+
+    set_threads(threads)
+    resolve_device(device)
+    dtypes = ("float32", "bfloat16") if cost_dtype == "both" else (cost_dtype,)
+    if any(d not in ("float32", "bfloat16") for d in dtypes):
+        raise ScotError(f"--cost-dtype: must be float32, bfloat16 or both, got '{cost_dtype}'")
+    if n < 16 or dim < 1 or repeats < 1:
+        raise ScotError("--n must be >= 16, --dim and --repeats >= 1")
+    res = bench_synthetic(n, dim, repeats, dtypes, device)
+    typer.echo(f"synthetic match: n={res['n']} x m={res['m']}, D={res['dim']}, {res['threads']} threads, {res['device']}, "
+               f"median [min-max] of {repeats}")
+    for dtype, r in res["dtypes"].items():
+        typer.echo(f"cost dtype {dtype} (operand width {r['operand_width']}):")
+        _print_stage_table(list(r["stages"].items()))
+        typer.echo(f"  {'after feats':<13}{r['after_features'].ms()}")
+        typer.echo(f"  {'matmul alone':<13}{r['matmul'].ms()}  = {r['gflops']:.0f} GFLOP/s")
+        typer.echo(f"  ratio after-features / matmul alone: {r['ratio']:.3f}")
+        if "ratio_vs_fp32_matmul" in r:
+            typer.echo(f"  ratio vs the fp32 matmul: {r['ratio_vs_fp32_matmul']:.3f}, vs the bf16 matmul: {r['ratio_vs_bf16_matmul']:.3f}")
+        typer.echo(f"  peak RSS: {format_bytes(r['peak_rss'])} (the process held {format_bytes(res['baseline_rss'])} "
+                   f"before any operand: Python, PyTorch and its CUDA libraries)")
+
+
+@bench_app.command("pairs")
+@cli_errors
+def bench_pairs_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Benchmark to take pairs from.")] = "pfwillow",
+    datapath: Annotated[Path, typer.Option("--datapath", help="Folder holding the dataset.")] = Path("data"),
+    pairs: Annotated[int, typer.Option("--pairs", help="Number of pairs (the first ones).")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after one warm-up round).")] = 3,
+    backbone: BackboneOpt = "auto",
+    weights: WeightsOpt = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Named settings (default: the dataset's).")] = None,
+    hyperpixel: HyperpixelOpt = None,
+    cam: CamOpt = True,
+    cost_dtype: CostDtypeOpt = "float32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Every stage on real pairs: load, backbone, CAM, fusion, cost, Sinkhorn, RHM, transfer."""
+    from scot import SCOT
+    from scot.bench import bench_pairs, format_bytes
+    from scot.datasets import load_dataset
+
+    set_threads(threads)
+    data = load_dataset(dataset, datapath).select(limit=pairs)
+    cfg = build_config(backbone, weights, preset or dataset, None, hyperpixel, device, 0.05, None, 1, None, "plain",
+                       None, cam, True, True, cost_dtype, 300)
+    model = SCOT(cfg, notice=_err)
+    res = bench_pairs(model, [(p.src, p.trg, p.src_kps) for p in data.pairs], repeats)
+    typer.echo(f"{res['pairs']} {dataset} pairs x {repeats} repeats | {res['backbone']} | cost {res['cost_dtype']} | "
+               f"{res['threads']} threads, {res['device']} | median [min-max]")
+    _print_stage_table(list(res["stages"].items()))
+    typer.echo(f"  per image (load..fusion): {res['per_image_seconds']:.3f} s; per pair matching: "
+               f"{res['per_pair_matching_seconds']:.3f} s; per pair without cache: {res['per_pair_seconds_uncached']:.3f} s")
+    typer.echo(f"  after features {res['after_features'].ms()}; matmul alone {res['matmul'].ms()}; ratio {res['ratio']:.3f}")
+    typer.echo(f"  peak RSS: {format_bytes(res['peak_rss'])}")
+
+
+@bench_app.command("precision")
+@cli_errors
+def bench_precision_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Benchmark to take pairs from.")] = "pfwillow",
+    datapath: Annotated[Path, typer.Option("--datapath", help="Folder holding the dataset.")] = Path("data"),
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs.")] = None,
+    backbone: BackboneOpt = "auto",
+    weights: WeightsOpt = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Named settings (default: the dataset's).")] = None,
+    hyperpixel: HyperpixelOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """bfloat16 vs float32 cost matmul on real pairs: keypoints within 1 px, and PCK."""
+    from scot import SCOT
+    from scot.bench import bench_precision
+    from scot.datasets import load_dataset
+
+    set_threads(threads)
+    data = load_dataset(dataset, datapath).select(limit=limit)
+    cfg = build_config(backbone, weights, preset or dataset, None, hyperpixel, "cpu", 0.05, None, 1, None, "plain",
+                       None, True, True, True, "float32", 300)
+    model = SCOT(cfg, notice=_err)
+    res = bench_precision(model, data.pairs)
+    typer.echo(f"{res['pairs']} {dataset} pairs, {res['keypoints']} keypoints | {model.backbone.name}")
+    typer.echo(f"  bf16 keypoints within 1 px of fp32: {100 * res['within_1px']:.2f}% (max {res['max_px']:.2f} px)")
+    for name, by in res["pck"].items():
+        typer.echo(f"  PCK {name:<9} " + "  ".join(f"@{a}: {v:.2f}" for a, v in by.items())
+                   + f"   matching {res['matching_seconds'][name]:.1f} s")
+
+
+@bench_app.command("memory")
+@cli_errors
+def bench_memory_cmd(
+    pairs: Annotated[int, typer.Option("--pairs", help="Pairs in the synthetic evaluation.")] = 2000,
+    images: Annotated[int, typer.Option("--images", help="Distinct generated images.")] = 400,
+    side: Annotated[int, typer.Option("--image-side", help="Image side (small keeps the run short).")] = 96,
+    cache_gb: Annotated[float, typer.Option("--cache-gb", help="Feature cache budget (small: constant eviction).")] = 0.02,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Resident memory along a long synthetic evaluation: it must stay flat."""
+    from scot.bench import bench_memory_run, format_bytes
+
+    set_threads(threads)
+    res = bench_memory_run(pairs, images, side, cache_gb)
+    typer.echo(f"synthetic evaluation: {res['pairs']} pairs over {res['images']} images ({side}px), cache {cache_gb} GB, "
+               f"{res['seconds']:.0f} s")
+    typer.echo("  pairs done -> RSS: " + ", ".join(f"{d}: {format_bytes(r)}" for d, r in res["samples"]))
+    typer.echo(f"  after warm-up: first {format_bytes(res['rss_first'])}, last {format_bytes(res['rss_last'])}, "
+               f"min {format_bytes(res['rss_min'])}, max {format_bytes(res['rss_max'])}")
+
 
 
 @app.command()

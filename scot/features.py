@@ -17,6 +17,7 @@ metadata) are computed once and reused for every pair the image appears in.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from .backbones import Backbone, Geometry
 from .cam import class_activation_map, marginal_weights
-from .cost import l2_normalize, make_operand
+from .cost import make_operand, normalize_rows_, padded_rows
 
 
 @dataclass
@@ -77,6 +78,23 @@ class Hyperpixels:
         return sum(t.element_size() * t.nelement() for t in tensors)
 
 
+class _Clock:
+    """Accumulates stage durations into an optional dict (synchronising CUDA first)."""
+
+    def __init__(self, sink: dict[str, float] | None) -> None:
+        self.sink = sink
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.sink is None:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.sink[name] = self.sink.get(name, 0.0) + now - self.t
+        self.t = now
+
+
 def box_centres(boxes: torch.Tensor) -> torch.Tensor:
     """Centres ``x1 + (x2 - x1) // 2`` of (n, 4) boxes, as the reference computes them."""
     x = boxes[:, 0] + torch.div(boxes[:, 2] - boxes[:, 0], 2, rounding_mode="floor")
@@ -94,13 +112,29 @@ def receptive_field_boxes(geometry: Geometry, height: int, width: int) -> torch.
     return torch.stack((xx - half, yy - half, xx + half, yy + half), dim=1)
 
 
-def fuse(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Upsample (bilinear, align_corners=True) to the first map's grid and concatenate: (1, D, h, w)."""
-    size = tuple(maps[0].shape[-2:])
-    resized = [maps[0]] + [
-        m if tuple(m.shape[-2:]) == size else F.interpolate(m, size, mode="bilinear", align_corners=True) for m in maps[1:]
-    ]
-    return torch.cat(resized, dim=1)
+def fuse(maps: Sequence[torch.Tensor], rows: int | None = None) -> torch.Tensor:
+    """The hyperpixel table: maps upsampled to the first map's grid, concatenated per cell.
+
+    Each map is upsampled bilinearly (``align_corners=True``) in channels-last memory
+    (an order of magnitude faster on CPU than NCHW, bit-identical) and written straight
+    into its column block of a (rows, D) table whose row ``y * w + x`` is grid cell
+    (x, y); rows beyond ``h * w`` (padding, see :mod:`scot.cost`) are zero.  No
+    intermediate list or concatenation is materialised.
+    """
+    _, _, h, w = maps[0].shape
+    n = h * w
+    d = sum(int(m.shape[1]) for m in maps)
+    table = torch.empty(rows or n, d, dtype=maps[0].dtype, device=maps[0].device)
+    table[n:].zero_()
+    col = 0
+    for m in maps:
+        c = int(m.shape[1])
+        m = m.contiguous(memory_format=torch.channels_last)
+        if tuple(m.shape[-2:]) != (h, w):
+            m = F.interpolate(m, (h, w), mode="bilinear", align_corners=True)
+        table[:n, col : col + c].copy_(m.permute(0, 2, 3, 1).reshape(n, c))
+        col += c
+    return table
 
 
 @torch.inference_mode()
@@ -115,20 +149,33 @@ def extract_hyperpixels(
     cam_scales: Sequence[float] = (1.0, 1.5, 2.0),
     cost_dtype: str = "float32",
     name: str = "image",
+    timings: dict[str, float] | None = None,
 ) -> Hyperpixels:
-    """Hyperpixels of a resized RGB image (3, H, W) in [0, 1] on the backbone's device."""
+    """Hyperpixels of a resized RGB image (3, H, W) in [0, 1] on the backbone's device.
+
+    ``timings``, if given, receives the seconds spent in ``backbone``, ``fusion`` and
+    ``cam`` (the extra CAM scales included).
+    """
     ids = sorted(ids)
     device = next(backbone.parameters()).device
-    x = backbone.normalize(image01.unsqueeze(0).to(device))
+    clock = _Clock(timings)
+    x = backbone.normalize(image01.unsqueeze(0).to(device)).contiguous(memory_format=torch.channels_last)
     out = backbone.extract(x, ids, head=use_cam)
+    clock.lap("backbone")
 
-    fused = fuse([out.features[i] for i in ids])[0]  # (D, h, w)
-    d, h, w = fused.shape
-    unit = l2_normalize(fused.reshape(d, h * w).t())
-    # Keep the features only inside their (padded) source operand: no second copy.
-    src_operand = make_operand(unit, "src", cost_dtype)
-    del unit, fused
+    maps = [out.features[i] for i in ids]
+    h, w = maps[0].shape[-2:]
+    table = fuse(maps, rows=padded_rows(h * w))
+    del maps, out.features
+    d = table.shape[1]
+    # The features live only inside their (padded, normalised) source operand: no second copy.
+    if cost_dtype == "float32":
+        src_operand = normalize_rows_(table)
+    else:
+        src_operand = make_operand(table[: h * w], "src", cost_dtype, normalize=True)
+        del table
     features = src_operand[: h * w, :d]
+    clock.lap("fusion")
 
     H, W = int(image01.shape[1]), int(image01.shape[2])
     geometry = backbone.geometry(ids[0], H, W)
@@ -145,6 +192,7 @@ def extract_hyperpixels(
         cam = cam.float().cpu()
     else:
         weights = torch.ones(h * w)
+    clock.lap("cam")
 
     return Hyperpixels(
         features=features,

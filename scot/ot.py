@@ -48,6 +48,7 @@ class SinkhornResult:
     plan: torch.Tensor  # (B, N, M)
     iterations: int
     marginal_error: torch.Tensor | None  # (B,) L1 column-marginal violation, when measured
+    scalings_finite: bool = True  # plain solver: a and b finite, i.e. the plan has no NaN
 
 
 def _batched(x: torch.Tensor, dims: int) -> torch.Tensor:
@@ -118,7 +119,7 @@ def sinkhorn(
     return result
 
 
-def _sinkhorn_plain(C, mu, nu, eps, num_iters, tol, fi, inplace) -> SinkhornResult:
+def _sinkhorn_plain(C, mu, nu, eps, num_iters, tol, fi, inplace, row_scale=None) -> SinkhornResult:
     K = C.mul_(-1.0 / eps).exp_() if inplace else torch.exp(C * (-1.0 / eps))
     a = _initial_a(mu)
     err = None
@@ -138,8 +139,11 @@ def _sinkhorn_plain(C, mu, nu, eps, num_iters, tol, fi, inplace) -> SinkhornResu
                 err = (a - a_prev).abs().amax(-1) / a.abs().amax(-1).clamp_min(1.0)
             if bool((err < tol).all()):
                 break
+    if row_scale is not None:  # fold a constant per-problem factor into a: saves a pass over P
+        a = a * row_scale.unsqueeze(-1)
+    finite = bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())
     plan = K.mul_(a.unsqueeze(-1)).mul_(b.unsqueeze(-2)) if inplace else a.unsqueeze(-1) * K * b.unsqueeze(-2)
-    return SinkhornResult(plan, it, err)
+    return SinkhornResult(plan, it, err, finite)
 
 
 def _lse(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -221,12 +225,21 @@ def scot_votes(
     else:
         bound = float(C.amax()) if cost_bound is None else float(cost_bound)
         inplace = consume_cost and num_iters == 1 and bound / eps <= _SAFE_EXPONENT
-        res = sinkhorn(C, mu_b, nu_b, eps, num_iters, tol, tau=tau, inplace=inplace)
+        if inplace:
+            # Fast path: K overwrites C, and the rescaling by N is folded into the scalings.
+            fi = 1.0 if tau is None else tau / (tau + eps)
+            res = _sinkhorn_plain(C, mu_b, nu_b, eps, 1, tol, fi, True, row_scale=n_rows)
+            plan = res.plan
+            # With K finite and positive, P has NaN exactly when a scaling is not finite,
+            # which the bound above excludes; checking the O(N + M) scalings suffices.
+            if not res.scalings_finite:
+                raise RuntimeError("Sinkhorn produced NaN although exp(-C/eps) cannot underflow")
+            votes = plan if exp2 == 1.0 else (plan.sqrt_() if exp2 == 0.5 else plan.pow_(exp2))
+            return (votes[0] if cost.dim() == 2 else votes), VoteStats(eps_used, res.iterations, False)
+        res = sinkhorn(C, mu_b, nu_b, eps, num_iters, tol, tau=tau)
         plan = res.plan
         bad = torch.isnan(plan).flatten(1).any(-1)
         if bool(bad.any()):
-            if inplace:  # excluded by the bound above
-                raise RuntimeError("Sinkhorn produced NaN although exp(-C/eps) cannot underflow")
             for i in torch.nonzero(bad).flatten().tolist():
                 e, solved = float(eps), None
                 for _ in range(max_doublings):
