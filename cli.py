@@ -78,6 +78,7 @@ RhmOpt = Annotated[bool, typer.Option("--rhm/--no-rhm", help="Regularized Hough 
 OtOpt = Annotated[bool, typer.Option("--ot/--no-ot", help="Optimal transport (off: nearest neighbour on cosine).")]
 CostDtypeOpt = Annotated[str, typer.Option("--cost-dtype", help="float32 or bfloat16 for the cosine matmul.")]
 SideOpt = Annotated[int, typer.Option("--image-side", help="Longest image side after resizing.")]
+LowMemOpt = Annotated[bool, typer.Option("--low-memory", help="Stream the cost in blocks: no N x M matrix in memory (about 3x the matmul work).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch (default: PyTorch's choice, one per core).")]
 
 
@@ -97,6 +98,7 @@ def build_config(
     backbone: str, weights: Optional[str], preset: str, preset_file: Optional[Path], hyperpixel: Optional[str],
     device: str, eps: float, exp2: Optional[float], sinkhorn_iters: int, sinkhorn_tol: Optional[float],
     sinkhorn_mode: str, tau: Optional[float], cam: bool, rhm: bool, ot: bool, cost_dtype: str, image_side: int,
+    low_memory: bool = False,
 ):
     """SCOTConfig from the shared options (preset file < explicit --hyperpixel/--exp2)."""
     from scot import SCOTConfig, load_preset_file, parse_hyperpixel_ids
@@ -112,7 +114,7 @@ def build_config(
         backbone=backbone, weights=weights, preset=preset, hyperpixel_ids=ids, device=device,
         eps=eps, exp2=exp2 if exp2 is not None else extra.get("exp2"), sinkhorn_iters=sinkhorn_iters,
         sinkhorn_tol=sinkhorn_tol, sinkhorn_mode=sinkhorn_mode, unbalanced_tau=tau, cam=cam, rhm=rhm, ot=ot,
-        cost_dtype=cost_dtype, image_side=image_side,
+        cost_dtype=cost_dtype, image_side=image_side, stream_block=1024 if low_memory else 0,
     )
 
 
@@ -206,6 +208,7 @@ def match(
     cost_dtype: CostDtypeOpt = "float32",
     image_side: SideOpt = 300,
     threads: ThreadsOpt = None,
+    low_memory: LowMemOpt = False,
 ) -> None:
     """Match two images (or every pair of --pairs); write a PNG visualisation and a JSON of the matches."""
     from scot import SCOT
@@ -227,7 +230,7 @@ def match(
         raise ScotError(f"--output: {output} exists and is not a directory")
 
     cfg = build_config(backbone, weights, preset, preset_file, hyperpixel, device, eps, exp2, sinkhorn_iters,
-                       sinkhorn_tol, sinkhorn_mode, tau, cam, rhm, ot, cost_dtype, image_side)
+                       sinkhorn_tol, sinkhorn_mode, tau, cam, rhm, ot, cost_dtype, image_side, low_memory)
     t_load = time.perf_counter()
     model = SCOT(cfg, notice=_err)
     load_time = time.perf_counter() - t_load
@@ -299,6 +302,7 @@ def eval_(
     cost_dtype: CostDtypeOpt = "float32",
     image_side: SideOpt = 300,
     threads: ThreadsOpt = None,
+    low_memory: LowMemOpt = False,
 ) -> None:
     """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it."""
     from scot import SCOT
@@ -327,7 +331,7 @@ def eval_(
     data = data.select(category, limit)
 
     cfg = build_config(backbone, weights, preset or dataset, preset_file, hyperpixel, device, eps, exp2, sinkhorn_iters,
-                       sinkhorn_tol, sinkhorn_mode, tau, cam, rhm, ot, cost_dtype, image_side)
+                       sinkhorn_tol, sinkhorn_mode, tau, cam, rhm, ot, cost_dtype, image_side, low_memory)
     model = SCOT(cfg, notice=_err)
     bs = batch_size or (8 if model.device.type == "cuda" else 1)
     settings = EvalSettings(thres=thres or data.default_thres, batch_size=bs, cache_bytes=int(cache_gb * 2**30), save_viz=save_viz)

@@ -134,6 +134,11 @@ class SCOTConfig:
     rhm_cells: int = 8192
     rhm_kernel: int = 7
 
+    # --- execution ----------------------------------------------------------------------
+    stream_block: int = 0
+    """Low-memory mode: stream cost, Sinkhorn and RHM over blocks of about this many source
+    hyperpixels (0: hold the whole N x M matrix; ~3x the matmul work when on)."""
+
     # --- bookkeeping ------------------------------------------------------------------
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -173,6 +178,11 @@ class SCOTConfig:
             raise ScotError(f"--rhm-cells: must be >= 1, got {self.rhm_cells}")
         if self.rhm_kernel < 1 or self.rhm_kernel % 2 == 0:
             raise ScotError(f"rhm_kernel must be a positive odd number, got {self.rhm_kernel}")
+        if self.stream_block < 0:
+            raise ScotError(f"--low-memory: block size must be >= 0, got {self.stream_block}")
+        if self.stream_block and (not self.ot or self.sinkhorn_mode == "log" or self.sinkhorn_tol is not None):
+            raise ScotError("--low-memory streams plain Sinkhorn with a fixed iteration count; "
+                            "it cannot be combined with --no-ot, --sinkhorn-mode log or --sinkhorn-tol")
         if not self.cam_scales or any(s <= 0 for s in self.cam_scales):
             raise ScotError(f"cam_scales must be positive, got {self.cam_scales}")
 

@@ -26,7 +26,8 @@ from .errors import ScotError
 from .features import Hyperpixels, box_centres, extract_hyperpixels
 from .image import ImageLike, load_image, resize_longest_side
 from .ot import scot_votes
-from .rhm import rhm_grid
+from .rhm import GridHough, rhm_grid
+from .streaming import streamed_best_matches
 from .transfer import best_matches, transfer_keypoints
 
 logger = logging.getLogger("scot")
@@ -243,6 +244,8 @@ class SCOT:
         kps_list = [
             None if k is None else as_keypoints(k, s.original_size if check_bounds else None) for s, _, k in items
         ]
+        if cfg.stream_block:
+            return [self._match_streamed(s, t, k) for (s, t, _), k in zip(items, kps_list)]
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
@@ -301,6 +304,31 @@ class SCOT:
             results.append(result)
         timings["transfer"] = time.perf_counter() - t0
         return results
+
+    def _match_streamed(self, s: Hyperpixels, t: Hyperpixels, kps: torch.Tensor | None) -> MatchResult:
+        """Low-memory matching (config.stream_block > 0): no N x M matrix is ever held."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        src_op, src_w = _stack([s], "src", self.device)
+        trg_op, trg_w = _stack([t], "trg", self.device)
+        hough = None
+        if cfg.rhm:
+            hough = GridHough.build(s.xs, s.ys, t.xs, t.ys, s.size, t.size, cfg.rhm_cells, self.device)
+        best, best_conf, eps_used = streamed_best_matches(
+            src_op[0], trg_op[0], src_w[0] / src_w.sum(), trg_w[0] / trg_w.sum(), s.n, t.n,
+            dtype=cfg.cost_dtype, eps=cfg.eps, exp2=float(cfg.exp2 if cfg.exp2 is not None else 1.0),
+            num_iters=cfg.sinkhorn_iters, tau=cfg.unbalanced_tau, hough=hough, kernel_side=cfg.rhm_kernel,
+            block_rows=cfg.stream_block, max_doublings=cfg.max_eps_doublings,
+        )
+        timings = {"cost": 0.0, "ot": time.perf_counter() - t0, "rhm": 0.0}
+        result = MatchResult(src=s, trg=t, best=best.cpu(), best_confidence=best_conf.float().cpu(),
+                             config=cfg, timings=timings, eps_used=eps_used)
+        t0 = time.perf_counter()
+        if kps is not None:
+            pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio)
+            result.keypoints, result.transferred_resized, result.transferred = kps, pred, pred / t.ratio
+        timings["transfer"] = time.perf_counter() - t0
+        return result
 
     def __call__(self, src: ImageLike, trg: ImageLike, keypoints: Any = None, keep_plan: bool = True) -> MatchResult:
         """Match two images given as paths, PIL images, arrays or tensors."""

@@ -25,6 +25,7 @@ handles arbitrary box centres and is the readable definition.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,57 @@ def rhm_dense(
     return votes * smoothed[bins].view_as(votes)
 
 
+@dataclass
+class GridHough:
+    """The Hough space of one pair of grids and its separable bin tables.
+
+    ``bx[xs, xt]`` is the x-bin of source column xs voting for target column xt and
+    ``by[ys, yt]`` the y-bin of a row pair; a match's bin is ``(by, bx)``.
+    """
+
+    nbx: int
+    nby: int
+    bx: torch.Tensor  # (ws, wt) long
+    by: torch.Tensor  # (hs, ht) long
+    src_shape: tuple[int, int]  # (hs, ws)
+    trg_shape: tuple[int, int]  # (ht, wt)
+
+    @classmethod
+    def build(cls, src_xs, src_ys, trg_xs, trg_ys, src_size, trg_size, ncells=8192, device=None) -> "GridHough":
+        nbx, nby, cell = hough_space(src_size, trg_size, ncells)
+        bx = _axis_bins(src_size[0], src_xs, trg_xs, cell, nbx).to(device)
+        by = _axis_bins(src_size[1], src_ys, trg_ys, cell, nby).to(device)
+        return cls(nbx, nby, bx, by, (len(src_ys), len(src_xs)), (len(trg_ys), len(trg_xs)))
+
+    def vote(self, votes: torch.Tensor, hist: torch.Tensor, row0: int = 0) -> None:
+        """Add the votes of source grid rows ``row0 .. row0 + r`` (an (r * ws, M) block) to ``hist``."""
+        ws = self.src_shape[1]
+        ht, wt = self.trg_shape
+        r = votes.shape[0] // ws
+        v4 = votes.view(r, ws, ht, wt)
+        # first collapse column pairs into x-bins, then row pairs into y-bins
+        partial = votes.new_zeros(r, ht, self.nbx)
+        for xs in range(ws):
+            partial.index_add_(2, self.bx[xs], v4[:, xs])
+        hist.index_add_(0, self.by[row0 : row0 + r].reshape(-1), partial.view(r * ht, self.nbx))
+
+    def reweight(self, votes: torch.Tensor, smoothed: torch.Tensor, out: torch.Tensor, row0: int = 0) -> torch.Tensor:
+        """``out = votes * smoothed[bin]`` for a block of source grid rows, one source column at a time."""
+        ws = self.src_shape[1]
+        ht, wt = self.trg_shape
+        r = votes.shape[0] // ws
+        rows = smoothed[self.by[row0 : row0 + r]]  # (r, ht, nbx)
+        v4, o4 = votes.view(r, ws, ht, wt), out.view(r, ws, ht, wt)
+        for xs in range(ws):
+            torch.mul(v4[:, xs], rows.index_select(2, self.bx[xs]), out=o4[:, xs])
+        return out
+
+
+def smooth_histogram(hist: torch.Tensor, kernel_side: int = 7) -> torch.Tensor:
+    """The vote histogram convolved with the normalised Gaussian (zero padding)."""
+    return _smooth(hist, gaussian_kernel(kernel_side, hist.device))
+
+
 def rhm_grid(
     votes: torch.Tensor,
     src_xs: torch.Tensor,
@@ -106,24 +158,8 @@ def rhm_grid(
     Returns:
         The (N, M) confidences, equal to :func:`rhm_dense` on the grids' centres.
     """
-    hs, ws, ht, wt = len(src_ys), len(src_xs), len(trg_ys), len(trg_xs)
-    nbx, nby, cell = hough_space(src_size, trg_size, ncells)
-    bx = _axis_bins(src_size[0], src_xs, trg_xs, cell, nbx).to(votes.device)  # (ws, wt)
-    by = _axis_bins(src_size[1], src_ys, trg_ys, cell, nby).to(votes.device)  # (hs, ht)
-    v4 = votes.view(hs, ws, ht, wt)
-
-    # Vote: first collapse column pairs into x-bins, then row pairs into y-bins.
-    partial = votes.new_zeros(hs, ht, nbx)
-    for xs in range(ws):
-        partial.index_add_(2, bx[xs], v4[:, xs])
-    hist = votes.new_zeros(nby, nbx)
-    hist.index_add_(0, by.reshape(-1), partial.view(hs * ht, nbx))
-    smoothed = _smooth(hist, gaussian_kernel(kernel_side, votes.device))
-
-    # Gather each match's smoothed vote and re-weight, one source column at a time.
-    rows = smoothed[by]  # (hs, ht, nbx)
-    result = out if out is not None else torch.empty_like(votes)
-    r4 = result.view(hs, ws, ht, wt)
-    for xs in range(ws):
-        torch.mul(v4[:, xs], rows.index_select(2, bx[xs]), out=r4[:, xs])
-    return result
+    hough = GridHough.build(src_xs, src_ys, trg_xs, trg_ys, src_size, trg_size, ncells, votes.device)
+    hist = votes.new_zeros(hough.nby, hough.nbx)
+    hough.vote(votes, hist)
+    smoothed = smooth_histogram(hist, kernel_side)
+    return hough.reweight(votes, smoothed, out if out is not None else torch.empty_like(votes))

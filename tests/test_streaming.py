@@ -1,0 +1,40 @@
+"""The low-memory streamed path equals the in-memory pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scot import SCOT, SCOTConfig, ScotError
+
+
+@pytest.fixture(scope="module")
+def lite0_pair(willow_rows):
+    model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow"))
+    row = willow_rows[61]
+    return model, model.extract(row["src"]), model.extract(row["trg"]), row["src_kps"]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"sinkhorn_iters": 3}, {"unbalanced_tau": 0.5}, {"rhm": False},
+                                       {"cost_dtype": "bfloat16"}, {"exp2": 1.0}])
+def test_streamed_equals_in_memory(lite0_pair, overrides):
+    base, s, t, kps = lite0_pair
+    cfg = base.config.replace(**overrides)
+    if cfg.cost_dtype != "float32":
+        import dataclasses
+
+        s = dataclasses.replace(s, cost_dtype=cfg.cost_dtype, _operands={})
+        t = dataclasses.replace(t, cost_dtype=cfg.cost_dtype, _operands={})
+    in_memory = SCOT(cfg, backbone=base.backbone).match(s, t, kps, keep_plan=False)
+    streamed = SCOT(cfg.replace(stream_block=333), backbone=base.backbone).match(s, t, kps)
+    assert float((in_memory.best == streamed.best).float().mean()) >= 0.999
+    torch.testing.assert_close(streamed.best_confidence, in_memory.best_confidence, rtol=1e-4, atol=0)
+    torch.testing.assert_close(streamed.transferred, in_memory.transferred, atol=0.5, rtol=0)
+    assert streamed.plan is None and streamed.confidence is None
+
+
+def test_streaming_rejects_incompatible_options():
+    with pytest.raises(ScotError, match="--low-memory"):
+        SCOTConfig(stream_block=512, sinkhorn_mode="log")
+    with pytest.raises(ScotError, match="--low-memory"):
+        SCOTConfig(stream_block=512, ot=False)
