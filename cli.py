@@ -76,7 +76,7 @@ TauOpt = Annotated[Optional[float], typer.Option("--tau", help="Unbalanced OT: K
 CamOpt = Annotated[bool, typer.Option("--cam/--no-cam", help="Weight the OT marginals with class activation maps.")]
 RhmOpt = Annotated[bool, typer.Option("--rhm/--no-rhm", help="Regularized Hough matching.")]
 OtOpt = Annotated[bool, typer.Option("--ot/--no-ot", help="Optimal transport (off: nearest neighbour on cosine).")]
-CostDtypeOpt = Annotated[str, typer.Option("--cost-dtype", help="float32 or bfloat16 for the cosine matmul.")]
+CostDtypeOpt = Annotated[str, typer.Option("--cost-dtype", help="float32, bfloat16, or tf32 (CUDA) for the cosine matmul.")]
 SideOpt = Annotated[int, typer.Option("--image-side", help="Longest image side after resizing.")]
 LowMemOpt = Annotated[bool, typer.Option("--low-memory", help="Stream the cost in blocks: no N x M matrix in memory (about 3x the matmul work).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch (default: PyTorch's choice, one per core).")]

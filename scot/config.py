@@ -22,7 +22,7 @@ from .errors import ScotError
 
 BACKBONES = ("resnet101", "resnet50", "efficientnet-lite0", "efficientnet-lite2")
 SINKHORN_MODES = ("plain", "log")
-COST_DTYPES = ("float32", "bfloat16")
+COST_DTYPES = ("float32", "bfloat16", "tf32")
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class SCOTConfig:
 
     # --- cost -------------------------------------------------------------------------
     cost_dtype: str = "float32"
-    """Precision of the cosine-similarity matmul: ``float32`` or ``bfloat16``."""
+    """Precision of the cosine-similarity matmul: ``float32``, ``bfloat16`` or ``tf32`` (CUDA)."""
     exp1: float = 1.0
     """Exponent on the clamped cosine when OT is off (HPF's 'cos' similarity)."""
 
@@ -174,6 +174,8 @@ class SCOTConfig:
             raise ScotError(f"--exp1: must be > 0, got {self.exp1}")
         if self.cost_dtype not in COST_DTYPES:
             raise ScotError(f"--cost-dtype: '{self.cost_dtype}' is not one of {', '.join(COST_DTYPES)}")
+        if self.cost_dtype == "tf32" and not str(self.device).startswith("cuda"):
+            raise ScotError("--cost-dtype tf32 is a CUDA tensor-core format; use it with --device cuda")
         if self.rhm_cells < 1:
             raise ScotError(f"--rhm-cells: must be >= 1, got {self.rhm_cells}")
         if self.rhm_kernel < 1 or self.rhm_kernel % 2 == 0:

@@ -7,9 +7,10 @@ Features are stored L2-normalised (a zero-norm feature stays the zero vector, so
 cosine with anything is 0), which turns the cosine into a single matrix product, the only
 unavoidable cost of the whole matching stage.
 
-Two precisions:
+Three precisions:
 
 * ``float32``: ``S = F Gᵀ`` then ``C = 1 - clamp(S, 0)``, as the reference computes it.
+* ``tf32`` (CUDA only): the same with TF32 tensor-core matmuls (10-bit mantissa inputs).
 * ``bfloat16``: the product runs on bf16 inputs (several times faster on CPUs with
   AVX512-BF16/AMX and on GPUs), but PyTorch rounds the CPU result to bf16.  Rounding
   ``S`` near 1 would be coarse (spacing 2^-8, i.e. ±4 % on ``exp(-C/ε)`` at ε = 0.05), so
@@ -23,6 +24,8 @@ padded rows get zero transport mass, which leaves every real entry unchanged.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -61,7 +64,7 @@ def make_operand(features: torch.Tensor, role: str, dtype: str = "float32", norm
     scale = None
     if normalize:
         scale = torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min_(torch.finfo(features.dtype).tiny)
-    if dtype == "float32":
+    if dtype in ("float32", "tf32"):
         out = torch.empty(rows, d, dtype=torch.float32, device=features.device)
         if scale is None:
             out[:n].copy_(features)
@@ -90,13 +93,28 @@ def cost_from_operands(src: torch.Tensor, trg: torch.Tensor, dtype: str = "float
     the solver gives those rows zero mass.
     """
     # bmm/mm rather than matmul: for 3-D bf16 operands matmul takes a path ~20 % slower on CPU
-    product = torch.bmm(src, trg.transpose(-1, -2)) if src.dim() == 3 else torch.mm(src, trg.t())
-    if dtype == "float32":
+    with _tf32(dtype == "tf32"):
+        product = torch.bmm(src, trg.transpose(-1, -2)) if src.dim() == 3 else torch.mm(src, trg.t())
+    if dtype in ("float32", "tf32"):
         return product.clamp_(min=0.0).neg_().add_(1.0)
     if dtype == "bfloat16":
         # (padded rows lack the constant column and come out as 0; they carry no mass)
         return product.float().clamp_(min=0.0, max=1.0)
     raise ValueError(f"unknown cost dtype {dtype!r}")
+
+
+@contextlib.contextmanager
+def _tf32(enable: bool):
+    """Let CUDA matmuls use TF32 tensor cores inside the block (no effect on CPU)."""
+    if not enable:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def cost_matrix(src: torch.Tensor, trg: torch.Tensor, dtype: str = "float32") -> torch.Tensor:

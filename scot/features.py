@@ -159,7 +159,9 @@ def extract_hyperpixels(
     ids = sorted(ids)
     device = next(backbone.parameters()).device
     clock = _Clock(timings)
-    x = backbone.normalize(image01.unsqueeze(0).to(device)).contiguous(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        image01 = image01.pin_memory()  # page-locked, so the copy below is asynchronous
+    x = backbone.normalize(image01.unsqueeze(0).to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
     out = backbone.extract(x, ids, head=use_cam)
     clock.lap("backbone")
 
@@ -169,7 +171,7 @@ def extract_hyperpixels(
     del maps, out.features
     d = table.shape[1]
     # The features live only inside their (padded, normalised) source operand: no second copy.
-    if cost_dtype == "float32":
+    if cost_dtype != "bfloat16":  # float32 / tf32: the table is the operand
         src_operand = normalize_rows_(table)
     else:
         src_operand = make_operand(table[: h * w], "src", cost_dtype, normalize=True)

@@ -140,16 +140,25 @@ class MatchResult:
         return out
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move to ``device``; host tensors go through page-locked memory to a GPU."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _stack(images: Sequence[Hyperpixels], role: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N, D') padded matmul operands and (B, N) marginal weights, zero beyond each image's n."""
-    ops = [h.operand(role) for h in images]
+    ops = [_to_device(h.operand(role), device) for h in images]
     rows = max(op.shape[0] for op in ops)
     if len(images) == 1:
-        feats = ops[0].to(device, non_blocking=True).unsqueeze(0)
+        feats = ops[0].unsqueeze(0)
     else:
         feats = torch.zeros(len(images), rows, ops[0].shape[1], dtype=ops[0].dtype, device=device)
         for i, op in enumerate(ops):
-            feats[i, : op.shape[0]] = op.to(device, non_blocking=True)
+            feats[i, : op.shape[0]] = op
     weights = torch.zeros(len(images), rows, device=device)
     for i, h in enumerate(images):
         weights[i, : h.n] = h.weights.to(device)
