@@ -1,7 +1,8 @@
 """The ``scot`` command line (Typer).
 
 Commands: ``match`` (one pair or a list of pairs), ``eval`` (benchmark PCK), ``bench``
-(speed and memory), ``layers`` (hyperpixel ids of a backbone).  Every command uses only the public :mod:`scot` API.  Problems with the
+(speed and memory), ``search-layers`` (beam search over hyperpixel ids), ``layers``
+(hyperpixel ids of a backbone).  Every command uses only the public :mod:`scot` API.  Problems with the
 input are reported as one line on stderr with exit status 2.
 """
 
@@ -66,18 +67,23 @@ WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="State-dict
 PresetOpt = Annotated[str, typer.Option("--preset", help="Named settings: pfpascal, pfwillow or spair (hyperpixel ids per backbone, exp2).")]
 PresetFileOpt = Annotated[Optional[Path], typer.Option("--preset-file", help="JSON written by 'scot search-layers'; sets the hyperpixel ids.")]
 HyperpixelOpt = Annotated[Optional[str], typer.Option("--hyperpixel", help="Hyperpixel ids, e.g. '(2,22,24,25,27,28,29)'. Overrides the preset.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
-EpsOpt = Annotated[float, typer.Option("--eps", help="Entropic regularisation of Sinkhorn.")]
-Exp2Opt = Annotated[Optional[float], typer.Option("--exp2", help="Exponent of the rescaled plan (n·P)^exp2 (default: the preset's).")]
-ItersOpt = Annotated[int, typer.Option("--sinkhorn-iters", help="Sinkhorn iterations (the paper's code runs 1).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda.  [default: cpu]")]
+EpsOpt = Annotated[Optional[float], typer.Option("--eps", help="Entropic regularisation of Sinkhorn.  [default: 0.05]")]
+Exp2Opt = Annotated[Optional[float], typer.Option("--exp2", help="Exponent of the rescaled plan (n·P)^exp2.  [default: the preset's]")]
+ItersOpt = Annotated[Optional[int], typer.Option("--sinkhorn-iters", help="Sinkhorn iterations (the paper's code runs 1).  [default: 1]")]
 TolOpt = Annotated[Optional[float], typer.Option("--sinkhorn-tol", help="Stop Sinkhorn early once the L1 marginal error is below this.")]
-ModeOpt = Annotated[str, typer.Option("--sinkhorn-mode", help="plain or log (log-domain, stable at small eps).")]
+ModeOpt = Annotated[Optional[str], typer.Option("--sinkhorn-mode", help="plain or log (log-domain, stable at small eps).  [default: plain]")]
 TauOpt = Annotated[Optional[float], typer.Option("--tau", help="Unbalanced OT: KL weight of the relaxed marginals.")]
-CamOpt = Annotated[bool, typer.Option("--cam/--no-cam", help="Weight the OT marginals with class activation maps.")]
-RhmOpt = Annotated[bool, typer.Option("--rhm/--no-rhm", help="Regularized Hough matching.")]
-OtOpt = Annotated[bool, typer.Option("--ot/--no-ot", help="Optimal transport (off: nearest neighbour on cosine).")]
-CostDtypeOpt = Annotated[str, typer.Option("--cost-dtype", help="float32, bfloat16, or tf32 (CUDA) for the cosine matmul.")]
-SideOpt = Annotated[int, typer.Option("--image-side", help="Longest image side after resizing.")]
+CamOpt = Annotated[Optional[bool], typer.Option("--cam/--no-cam", help="Weight the OT marginals with class activation maps.  [default: on]")]
+RhmOpt = Annotated[Optional[bool], typer.Option("--rhm/--no-rhm", help="Regularized Hough matching.  [default: on]")]
+OtOpt = Annotated[Optional[bool], typer.Option("--ot/--no-ot", help="Optimal transport (off: nearest neighbour on cosine).  [default: on]")]
+CostDtypeOpt = Annotated[Optional[str], typer.Option("--cost-dtype", help="float32, bfloat16, or tf32 (CUDA) for the cosine matmul.  [default: float32]")]
+SideOpt = Annotated[Optional[int], typer.Option("--image-side", help="Longest image side after resizing.  [default: 300]")]
+SubpixelOpt = Annotated[Optional[int], typer.Option("--subpixel", help="Sub-pixel transfer: soft-argmax over an NxN target window (0: off).")]
+MutualOpt = Annotated[Optional[bool], typer.Option("--mutual/--no-mutual", help="Move keypoints only with mutually-best matches.")]
+FeatureScalesOpt = Annotated[Optional[str], typer.Option("--feature-scales", help="Average hyperpixel features over these input scales, e.g. '1,1.5'.")]
+CamScalesOpt = Annotated[Optional[str], typer.Option("--cam-scales", help="Input scales of the CAM.  [default: 1,1.5,2]")]
+CamWeightingOpt = Annotated[Optional[str], typer.Option("--cam-weighting", help="levels (the paper's steps) or linear (0.5 + 0.5 CAM).")]
 LowMemOpt = Annotated[bool, typer.Option("--low-memory", help="Stream the cost in blocks: no N x M matrix in memory (about 3x the matmul work).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch (default: PyTorch's choice, one per core).")]
 
@@ -94,28 +100,54 @@ def set_threads(threads: Optional[int]) -> None:
     torch.set_num_threads(threads)
 
 
-def build_config(
-    backbone: str, weights: Optional[str], preset: str, preset_file: Optional[Path], hyperpixel: Optional[str],
-    device: str, eps: float, exp2: Optional[float], sinkhorn_iters: int, sinkhorn_tol: Optional[float],
-    sinkhorn_mode: str, tau: Optional[float], cam: bool, rhm: bool, ot: bool, cost_dtype: str, image_side: int,
-    low_memory: bool = False,
-):
-    """SCOTConfig from the shared options (preset file < explicit --hyperpixel/--exp2)."""
+# CLI option name -> SCOTConfig field, for the options every pipeline command shares.
+ALGORITHM_OPTIONS = {
+    "device": "device", "eps": "eps", "exp2": "exp2", "sinkhorn_iters": "sinkhorn_iters", "sinkhorn_tol": "sinkhorn_tol",
+    "sinkhorn_mode": "sinkhorn_mode", "tau": "unbalanced_tau", "cam": "cam", "rhm": "rhm", "ot": "ot",
+    "cost_dtype": "cost_dtype", "image_side": "image_side", "subpixel": "subpixel", "mutual": "mutual",
+    "cam_weighting": "cam_weighting",
+}
+
+
+def _scales(value: Optional[str], option: str) -> Optional[tuple[float, ...]]:
+    from scot.errors import ScotError
+
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.replace(",", " ").split())
+    except ValueError:
+        raise ScotError(f"{option}: '{value}' is not a list of numbers, e.g. '1,1.5,2'") from None
+
+
+def build_config(options: dict[str, Any], *, preset: str):
+    """SCOTConfig from a command's options: config defaults < preset < preset file < explicit options.
+
+    ``options`` is the command's ``locals()``; algorithm options left unset (None) keep the
+    configuration's defaults, so the defaults live in one place (``SCOTConfig``).
+    """
     from scot import SCOTConfig, load_preset_file, parse_hyperpixel_ids
 
-    extra: dict[str, Any] = {}
+    backbone = options.get("backbone", "auto")
+    fields: dict[str, Any] = {}
+    preset_file = options.get("preset_file")
     if preset_file is not None:
-        extra = load_preset_file(preset_file, backbone)
-        if backbone == "auto" and "backbone" in extra:
-            backbone = extra["backbone"]
-        extra.pop("backbone", None)
-    ids = parse_hyperpixel_ids(hyperpixel) if hyperpixel else extra.get("hyperpixel_ids")
-    return SCOTConfig(
-        backbone=backbone, weights=weights, preset=preset, hyperpixel_ids=ids, device=device,
-        eps=eps, exp2=exp2 if exp2 is not None else extra.get("exp2"), sinkhorn_iters=sinkhorn_iters,
-        sinkhorn_tol=sinkhorn_tol, sinkhorn_mode=sinkhorn_mode, unbalanced_tau=tau, cam=cam, rhm=rhm, ot=ot,
-        cost_dtype=cost_dtype, image_side=image_side, stream_block=1024 if low_memory else 0,
-    )
+        fields = load_preset_file(preset_file, backbone)
+        if backbone == "auto" and "backbone" in fields:
+            backbone = fields["backbone"]
+        fields.pop("backbone", None)
+    for option, field in ALGORITHM_OPTIONS.items():
+        if options.get(option) is not None:
+            fields[field] = options[option]
+    if options.get("hyperpixel"):
+        fields["hyperpixel_ids"] = parse_hyperpixel_ids(options["hyperpixel"])
+    for option, field in (("cam_scales", "cam_scales"), ("feature_scales", "feature_scales")):
+        scales = _scales(options.get(option), "--" + option.replace("_", "-"))
+        if scales is not None:
+            fields[field] = scales
+    if options.get("low_memory"):
+        fields["stream_block"] = 1024
+    return SCOTConfig(backbone=backbone, weights=options.get("weights"), preset=preset, **fields)
 
 
 def _stem(path: str) -> str:
@@ -195,18 +227,23 @@ def match(
     preset: PresetOpt = "pfpascal",
     preset_file: PresetFileOpt = None,
     hyperpixel: HyperpixelOpt = None,
-    device: DeviceOpt = "cpu",
-    eps: EpsOpt = 0.05,
+    device: DeviceOpt = None,
+    eps: EpsOpt = None,
     exp2: Exp2Opt = None,
-    sinkhorn_iters: ItersOpt = 1,
+    sinkhorn_iters: ItersOpt = None,
     sinkhorn_tol: TolOpt = None,
-    sinkhorn_mode: ModeOpt = "plain",
+    sinkhorn_mode: ModeOpt = None,
     tau: TauOpt = None,
-    cam: CamOpt = True,
-    rhm: RhmOpt = True,
-    ot: OtOpt = True,
-    cost_dtype: CostDtypeOpt = "float32",
-    image_side: SideOpt = 300,
+    cam: CamOpt = None,
+    rhm: RhmOpt = None,
+    ot: OtOpt = None,
+    cost_dtype: CostDtypeOpt = None,
+    image_side: SideOpt = None,
+    subpixel: SubpixelOpt = None,
+    mutual: MutualOpt = None,
+    feature_scales: FeatureScalesOpt = None,
+    cam_scales: CamScalesOpt = None,
+    cam_weighting: CamWeightingOpt = None,
     threads: ThreadsOpt = None,
     low_memory: LowMemOpt = False,
 ) -> None:
@@ -229,8 +266,7 @@ def match(
     if output.exists() and not output.is_dir():
         raise ScotError(f"--output: {output} exists and is not a directory")
 
-    cfg = build_config(backbone, weights, preset, preset_file, hyperpixel, device, eps, exp2, sinkhorn_iters,
-                       sinkhorn_tol, sinkhorn_mode, tau, cam, rhm, ot, cost_dtype, image_side, low_memory)
+    cfg = build_config(locals(), preset=preset)
     t_load = time.perf_counter()
     model = SCOT(cfg, notice=_err)
     load_time = time.perf_counter() - t_load
@@ -277,6 +313,7 @@ def eval_(
     thres: Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox (default: the dataset's, as in the paper).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs (after --category).")] = None,
     category: Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")] = None,
+    sample: Annotated[Optional[int], typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per batched solve (0: 1 on CPU, 8 on CUDA).")] = 0,
     cache_gb: Annotated[float, typer.Option("--cache-gb", help="Memory budget of the per-image feature cache.")] = 2.0,
     save_viz: Annotated[int, typer.Option("--save-viz", help="Also draw the N worst and N best pairs.")] = 0,
@@ -289,18 +326,23 @@ def eval_(
     preset: Annotated[Optional[str], typer.Option("--preset", help="Named settings (default: the dataset's own preset).")] = None,
     preset_file: PresetFileOpt = None,
     hyperpixel: HyperpixelOpt = None,
-    device: DeviceOpt = "cpu",
-    eps: EpsOpt = 0.05,
+    device: DeviceOpt = None,
+    eps: EpsOpt = None,
     exp2: Exp2Opt = None,
-    sinkhorn_iters: ItersOpt = 1,
+    sinkhorn_iters: ItersOpt = None,
     sinkhorn_tol: TolOpt = None,
-    sinkhorn_mode: ModeOpt = "plain",
+    sinkhorn_mode: ModeOpt = None,
     tau: TauOpt = None,
-    cam: CamOpt = True,
-    rhm: RhmOpt = True,
-    ot: OtOpt = True,
-    cost_dtype: CostDtypeOpt = "float32",
-    image_side: SideOpt = 300,
+    cam: CamOpt = None,
+    rhm: RhmOpt = None,
+    ot: OtOpt = None,
+    cost_dtype: CostDtypeOpt = None,
+    image_side: SideOpt = None,
+    subpixel: SubpixelOpt = None,
+    mutual: MutualOpt = None,
+    feature_scales: FeatureScalesOpt = None,
+    cam_scales: CamScalesOpt = None,
+    cam_weighting: CamWeightingOpt = None,
     threads: ThreadsOpt = None,
     low_memory: LowMemOpt = False,
 ) -> None:
@@ -328,10 +370,9 @@ def eval_(
             raise ScotError(f"{exc}; or rerun with --download to fetch it ({src.approx_size}) from {src.urls[0]}") from None
         _download_with_progress(dataset, datapath)
         data = load_dataset(dataset, datapath, split, pair_list)
-    data = data.select(category, limit)
+    data = data.select(category, limit, sample)
 
-    cfg = build_config(backbone, weights, preset or dataset, preset_file, hyperpixel, device, eps, exp2, sinkhorn_iters,
-                       sinkhorn_tol, sinkhorn_mode, tau, cam, rhm, ot, cost_dtype, image_side, low_memory)
+    cfg = build_config(locals(), preset=preset or dataset)
     model = SCOT(cfg, notice=_err)
     bs = batch_size or (8 if model.device.type == "cuda" else 1)
     settings = EvalSettings(thres=thres or data.default_thres, batch_size=bs, cache_bytes=int(cache_gb * 2**30), save_viz=save_viz)
@@ -342,7 +383,7 @@ def eval_(
             raise ScotError(f"--resume: no unfinished {dataset} run with {model.backbone.name} in {results}")
     if output_dir is None:
         output_dir = results / f"{dataset}-{model.backbone.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    selection = {"category": category, "limit": limit, "pairs": len(data)}
+    selection = {"category": category, "limit": limit, "sample": sample, "pairs": len(data)}
     typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
                f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {output_dir}")
 
@@ -384,6 +425,102 @@ def _download_with_progress(dataset: str, datapath: Path) -> None:
         download_dataset(dataset, datapath, progress=update)
 
 
+@app.command("search-layers")
+@cli_errors
+def search_layers_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="spair, pfpascal or pfwillow.")],
+    datapath: Annotated[Path, typer.Option("--datapath", help="Folder holding the dataset.")] = Path("data"),
+    split: Annotated[str, typer.Option("--split", help="Split to search on (use a validation split where there is one).")] = "test",
+    pair_list: Annotated[Optional[Path], typer.Option("--pair-list", help="Pair file instead of the split's.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs.")] = None,
+    category: Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")] = None,
+    sample: Annotated[Optional[int], typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")] = None,
+    thres: Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox (default: the dataset's).")] = None,
+    grid_stride: Annotated[int, typer.Option("--grid-stride", help="Base ids are the layers of this stride (the hyperpixel grid).")] = 4,
+    base_ids: Annotated[Optional[str], typer.Option("--base-ids", help="Explicit base ids, e.g. '(2,3,4)' (overrides --grid-stride).")] = None,
+    candidates: Annotated[Optional[str], typer.Option("--candidates", help="Ids that may be added (default: every id).")] = None,
+    beam: Annotated[int, typer.Option("--beam", help="Beam width.")] = 3,
+    max_size: Annotated[int, typer.Option("--max-size", help="Largest id set.")] = 6,
+    resume_file: Annotated[Optional[Path], typer.Option("--resume-file", help="Scores are saved here after every evaluation and reused on rerun.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Preset JSON to write (load it with --preset-file).")] = Path("search-layers.json"),
+    backbone: BackboneOpt = "auto",
+    weights: WeightsOpt = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Other settings (exp2) from this preset (default: the dataset's).")] = None,
+    device: DeviceOpt = None,
+    eps: EpsOpt = None,
+    exp2: Exp2Opt = None,
+    sinkhorn_iters: ItersOpt = None,
+    sinkhorn_tol: TolOpt = None,
+    sinkhorn_mode: ModeOpt = None,
+    tau: TauOpt = None,
+    cam: CamOpt = None,
+    rhm: RhmOpt = None,
+    ot: OtOpt = None,
+    cost_dtype: CostDtypeOpt = None,
+    image_side: SideOpt = None,
+    subpixel: SubpixelOpt = None,
+    mutual: MutualOpt = None,
+    feature_scales: FeatureScalesOpt = None,
+    cam_scales: CamScalesOpt = None,
+    cam_weighting: CamWeightingOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Beam search over hyperpixel ids maximising PCK@0.1; writes a preset file."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from scot import SCOT, parse_hyperpixel_ids
+    from scot.datasets import DATASET_NAMES, load_dataset
+    from scot.errors import ScotError
+    from scot.search import search_layers, write_preset
+
+    if dataset not in DATASET_NAMES:
+        raise ScotError(f"--dataset: unknown dataset '{dataset}' (choose from {', '.join(DATASET_NAMES)})")
+    set_threads(threads)
+    data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
+    cfg = build_config(dict(locals(), hyperpixel="(0)"), preset=preset or dataset)  # ids are what is searched
+    model = SCOT(cfg, notice=_err)
+    bb = model.backbone
+    if base_ids:
+        bases = list(parse_hyperpixel_ids(base_ids))
+    else:
+        side = model.config.image_side
+        bases = [i for i in range(bb.num_ids) if bb.geometry(i, side, side).jump == grid_stride]
+        if not bases:
+            strides = sorted({bb.geometry(i, side, side).jump for i in range(bb.num_ids)})
+            raise ScotError(f"--grid-stride: {bb.name} has no layer of stride {grid_stride} (strides: {strides})")
+    cands = list(parse_hyperpixel_ids(candidates)) if candidates else list(range(bb.num_ids))
+    thr = thres or data.default_thres
+    typer.echo(f"search on {data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {bb.name} | "
+               f"base ids {bases} | beam {beam}, up to {max_size} ids | PCK threshold {thr}")
+
+    best = {"score": -1.0, "ids": ()}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn()) as progress:
+        images = progress.add_task("backbone passes", total=len(data.image_keys()), info="")
+        depth_task = progress.add_task("depth 1", total=1, info="", visible=False)
+
+        def on_image(i, n):
+            progress.update(images, completed=i)
+
+        def on_depth(depth, n):
+            progress.reset(depth_task, total=n, description=f"depth {depth}", visible=True)
+
+        def on_eval(ev):
+            if ev.score > best["score"]:
+                best.update(score=ev.score, ids=ev.ids)
+            progress.update(depth_task, advance=1, info=f"best {best['score']:.2f}% {list(best['ids'])}")
+
+        results = search_layers(model, data, thres=thr, base_ids=bases, candidate_ids=cands, beam=beam,
+                                max_size=max_size, resume_file=resume_file, on_image=on_image, on_depth=on_depth,
+                                on_eval=on_eval)
+    command = "scot search-layers " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "scot search-layers"
+    doc = write_preset(output, results, model, data, thr, command)
+    typer.echo(f"{len(results)} sets evaluated; best: {doc['hyperpixel_ids']} PCK@0.10 {results[0].score:.2f}%")
+    for e in results[:5]:
+        typer.echo(f"  {str(list(e.ids)):<32} " + "  ".join(f"@{a}: {v:.2f}" for a, v in e.pck.items()))
+    typer.echo(f"preset written to {output} (use --preset-file {output})")
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Measure speed and memory, stage by stage.")
 app.add_typer(bench_app, name="bench")
 
@@ -400,7 +537,7 @@ def bench_synthetic_cmd(
     dim: Annotated[int, typer.Option("--dim", help="Feature dimension D.")] = 6400,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after two warm-up runs).")] = 5,
     cost_dtype: Annotated[str, typer.Option("--cost-dtype", help="float32, bfloat16 or both.")] = "both",
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Matching stages on random features vs the bare cosine matmul (the floor)."""
@@ -441,9 +578,9 @@ def bench_pairs_cmd(
     weights: WeightsOpt = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="Named settings (default: the dataset's).")] = None,
     hyperpixel: HyperpixelOpt = None,
-    cam: CamOpt = True,
-    cost_dtype: CostDtypeOpt = "float32",
-    device: DeviceOpt = "cpu",
+    cam: CamOpt = None,
+    cost_dtype: CostDtypeOpt = None,
+    device: DeviceOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Every stage on real pairs: load, backbone, CAM, fusion, cost, Sinkhorn, RHM, transfer."""
@@ -453,8 +590,7 @@ def bench_pairs_cmd(
 
     set_threads(threads)
     data = load_dataset(dataset, datapath).select(limit=pairs)
-    cfg = build_config(backbone, weights, preset or dataset, None, hyperpixel, device, 0.05, None, 1, None, "plain",
-                       None, cam, True, True, cost_dtype, 300)
+    cfg = build_config(locals(), preset=preset or dataset)
     model = SCOT(cfg, notice=_err)
     res = bench_pairs(model, [(p.src, p.trg, p.src_kps) for p in data.pairs], repeats)
     typer.echo(f"{res['pairs']} {dataset} pairs x {repeats} repeats | {res['backbone']} | cost {res['cost_dtype']} | "
@@ -485,8 +621,7 @@ def bench_precision_cmd(
 
     set_threads(threads)
     data = load_dataset(dataset, datapath).select(limit=limit)
-    cfg = build_config(backbone, weights, preset or dataset, None, hyperpixel, "cpu", 0.05, None, 1, None, "plain",
-                       None, True, True, True, "float32", 300)
+    cfg = build_config(locals(), preset=preset or dataset)
     model = SCOT(cfg, notice=_err)
     res = bench_precision(model, data.pairs)
     typer.echo(f"{res['pairs']} {dataset} pairs, {res['keypoints']} keypoints | {model.backbone.name}")
@@ -523,7 +658,7 @@ def bench_memory_cmd(
 def layers(
     backbone: BackboneOpt = "efficientnet-lite2",
     weights: WeightsOpt = None,
-    image_side: SideOpt = 300,
+    image_side: Annotated[int, typer.Option("--image-side", help="Image side to compute grid sizes for.")] = 300,
 ) -> None:
     """List a backbone's hyperpixel ids with their stride, receptive field and channels."""
     from scot.backbones import build_backbone

@@ -221,7 +221,8 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
         resized, ratio = resize_longest_side(loaded.tensor, cfg.image_side)
         t["load+resize"] = time.perf_counter() - t0
         h = extract_hyperpixels(model.backbone, resized, model.hyperpixel_ids, ratio=ratio, original_size=loaded.size,
-                                use_cam=cfg.cam, cam_scales=cfg.cam_scales, cost_dtype=cfg.cost_dtype, timings=t)
+                                use_cam=cfg.cam, cam_scales=cfg.cam_scales, feature_scales=cfg.feature_scales,
+                                cam_weighting=cfg.cam_weighting, cost_dtype=cfg.cost_dtype, timings=t)
         for k, v in t.items():
             per_stage.setdefault(k, []).append(v)
         return h

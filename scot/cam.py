@@ -49,17 +49,21 @@ def class_activation_map(
     x: torch.Tensor,
     first: BackboneOutput,
     scales: Sequence[float] = (1.0, 1.5, 2.0),
-) -> tuple[torch.Tensor, list[int]]:
+    feature_ids: Sequence[int] = (),
+) -> tuple[torch.Tensor, list[int], dict[float, dict[int, torch.Tensor]]]:
     """Multi-scale CAM of a normalised image ``x`` (1, 3, H, W).
 
     ``first`` is the backbone output at scale 1 (with ``last_map`` and ``logits``), which is
-    reused instead of running the network twice.  Returns the (H, W) map in [0, 1) and the
-    top-2 ImageNet classes at scale 1.
+    reused instead of running the network twice.  Returns the (H, W) map in [0, 1), the
+    top-2 ImageNet classes at scale 1 and, for every other scale, the maps of
+    ``feature_ids`` captured during that scale's pass (for multi-scale features, at no extra
+    network cost).
     """
     size = (int(x.shape[2]), int(x.shape[3]))
     classifier = backbone.classifier_weight()
     total = None
     top_classes: list[int] = []
+    extra: dict[float, dict[int, torch.Tensor]] = {}
     scaled = x
     for scale in scales:
         if scale == 1.0:
@@ -67,22 +71,29 @@ def class_activation_map(
             last_map, logits = first.last_map, first.logits
         else:
             scaled = F.interpolate(scaled, (int(scale * size[0]), int(scale * size[1])), mode="bilinear", align_corners=True)
-            out = backbone.extract(scaled, (), head=True)
+            out = backbone.extract(scaled, feature_ids, head=True)
             last_map, logits = out.last_map, out.logits
+            if feature_ids:
+                extra[scale] = out.features
         cam, labels = _single_scale_cam(classifier, last_map, logits, size)
         if scale == 1.0:
             top_classes = labels
         total = cam if total is None else total + cam
     assert total is not None
-    return total / (total.max() + 1e-5), top_classes
+    return total / (total.max() + 1e-5), top_classes, extra
 
 
-def marginal_weights(cam: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Per-hyperpixel weights from the CAM value at each box centre (x, y)."""
+def marginal_weights(cam: torch.Tensor, centres: torch.Tensor, mode: str = "levels") -> torch.Tensor:
+    """Per-hyperpixel weights from the CAM value at each box centre (x, y).
+
+    ``levels`` is the paper's step function; ``linear`` (an option) is ``0.5 + 0.5 * cam``.
+    """
     h, w = cam.shape
     cx = centres[:, 0].long().clamp(0, w - 1).to(cam.device)
     cy = centres[:, 1].long().clamp(0, h - 1).to(cam.device)
     values = cam[cy, cx]
+    if mode == "linear":
+        return BASE_WEIGHT + (1.0 - BASE_WEIGHT) * values.clamp(0.0, 1.0)
     weights = torch.full_like(values, BASE_WEIGHT)
     for above, weight in WEIGHT_LEVELS:
         weights[values > above] = weight

@@ -134,6 +134,17 @@ class SCOTConfig:
     rhm_cells: int = 8192
     rhm_kernel: int = 7
 
+    # --- training-free refinements (off in the paper's setting) --------------------------
+    subpixel: int = 0
+    """Sub-pixel transfer: soft-argmax over a ``subpixel x subpixel`` target window (0: off)."""
+    mutual: bool = False
+    """Move keypoints only with mutually-best matches (when a keypoint has any)."""
+    feature_scales: tuple[float, ...] = (1.0,)
+    """Input scales whose hyperpixel features are averaged (scales shared with the CAM
+    passes cost no extra network pass)."""
+    cam_weighting: str = "levels"
+    """``levels`` (the paper's 0.5/0.8/0.9/1.0 steps) or ``linear`` (0.5 + 0.5 * CAM)."""
+
     # --- execution ----------------------------------------------------------------------
     stream_block: int = 0
     """Low-memory mode: stream cost, Sinkhorn and RHM over blocks of about this many source
@@ -180,11 +191,18 @@ class SCOTConfig:
             raise ScotError(f"--rhm-cells: must be >= 1, got {self.rhm_cells}")
         if self.rhm_kernel < 1 or self.rhm_kernel % 2 == 0:
             raise ScotError(f"rhm_kernel must be a positive odd number, got {self.rhm_kernel}")
+        if not self.feature_scales or 1.0 not in self.feature_scales or any(f <= 0 for f in self.feature_scales):
+            raise ScotError(f"--feature-scales: must be positive and include 1, got {self.feature_scales}")
+        if self.cam_weighting not in ("levels", "linear"):
+            raise ScotError(f"--cam-weighting: '{self.cam_weighting}' is not one of levels, linear")
+        if self.subpixel < 0 or (self.subpixel and self.subpixel % 2 == 0):
+            raise ScotError(f"--subpixel: the window must be an odd size (3, 5, ...) or 0, got {self.subpixel}")
         if self.stream_block < 0:
             raise ScotError(f"--low-memory: block size must be >= 0, got {self.stream_block}")
-        if self.stream_block and (not self.ot or self.sinkhorn_mode == "log" or self.sinkhorn_tol is not None):
-            raise ScotError("--low-memory streams plain Sinkhorn with a fixed iteration count; "
-                            "it cannot be combined with --no-ot, --sinkhorn-mode log or --sinkhorn-tol")
+        if self.stream_block and (not self.ot or self.sinkhorn_mode == "log" or self.sinkhorn_tol is not None
+                                  or self.subpixel or self.mutual):
+            raise ScotError("--low-memory streams plain Sinkhorn with a fixed iteration count; it cannot be combined "
+                            "with --no-ot, --sinkhorn-mode log, --sinkhorn-tol, --subpixel or --mutual")
         if not self.cam_scales or any(s <= 0 for s in self.cam_scales):
             raise ScotError(f"cam_scales must be positive, got {self.cam_scales}")
 
@@ -222,7 +240,7 @@ class SCOTConfig:
         if unknown:
             raise ScotError(f"configuration: unknown option(s) {', '.join(unknown)}")
         kwargs = dict(data)
-        for key in ("hyperpixel_ids", "cam_scales"):
+        for key in ("hyperpixel_ids", "cam_scales", "feature_scales"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)

@@ -63,14 +63,19 @@ class RunState:
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
-    import torchvision
 
     from . import __version__
 
+    try:
+        tv = version("torchvision")
+    except PackageNotFoundError:  # pragma: no cover
+        tv = "not installed"
     info = {
         "scot": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "numpy": numpy.__version__, "platform": platform.platform(),
+        "torchvision": tv, "numpy": numpy.__version__, "platform": platform.platform(),
         "cpu_threads": str(torch.get_num_threads()),
     }
     if torch.cuda.is_available():

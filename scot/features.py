@@ -137,7 +137,131 @@ def fuse(maps: Sequence[torch.Tensor], rows: int | None = None) -> torch.Tensor:
     return table
 
 
+@dataclass
+class NetworkView:
+    """What the backbone produced for one resized image, before choosing how to fuse it.
+
+    Keeping this per image lets a layer search try many id sets with one network pass.
+    """
+
+    maps: dict[int, torch.Tensor]  # id -> (1, C, h, w) feature map
+    cam: torch.Tensor | None  # (H, W) class activation map on the backbone's device
+    top_classes: list[int]
+    size: tuple[int, int]  # (W, H) after resizing
+    ratio: float
+    original_size: tuple[int, int]
+    name: str = "image"
+
+    def nbytes(self) -> int:
+        tensors = list(self.maps.values()) + ([self.cam] if self.cam is not None else [])
+        return sum(t.element_size() * t.nelement() for t in tensors)
+
+
 @torch.inference_mode()
+def observe(
+    backbone: Backbone,
+    image01: torch.Tensor,
+    ids: Sequence[int],
+    *,
+    ratio: float,
+    original_size: tuple[int, int],
+    use_cam: bool = True,
+    cam_scales: Sequence[float] = (1.0, 1.5, 2.0),
+    feature_scales: Sequence[float] = (1.0,),
+    name: str = "image",
+    timings: dict[str, float] | None = None,
+) -> NetworkView:
+    """Run the backbone on a resized RGB image (3, H, W) in [0, 1]: maps of ``ids`` and the CAM.
+
+    With ``feature_scales`` beyond 1, each id's map is the mean of its maps at those input
+    scales, resampled to the scale-1 grid; scales that the CAM also uses share its passes.
+    """
+    device = next(backbone.parameters()).device
+    clock = _Clock(timings)
+    ids = sorted(ids)
+    if device.type == "cuda":
+        image01 = image01.pin_memory()  # page-locked, so the copy below is asynchronous
+    x = backbone.normalize(image01.unsqueeze(0).to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+    out = backbone.extract(x, ids, head=use_cam)
+    clock.lap("backbone")
+    extra_scales = [s for s in feature_scales if s != 1.0]
+    cam, top_classes, extra = None, [], {}
+    if use_cam:
+        shared = ids if any(s in cam_scales for s in extra_scales) else ()
+        cam, top_classes, extra = class_activation_map(backbone, x, out, cam_scales, shared)
+        clock.lap("cam")
+    maps = out.features
+    if extra_scales:
+        size = (int(x.shape[2]), int(x.shape[3]))
+        for s in extra_scales:
+            if s not in extra:
+                xs = F.interpolate(x, (int(s * size[0]), int(s * size[1])), mode="bilinear", align_corners=True)
+                extra[s] = backbone.extract(xs, ids, head=False).features
+        maps = {
+            i: sum([maps[i]] + [F.interpolate(extra[s][i], maps[i].shape[-2:], mode="bilinear", align_corners=True)
+                                for s in extra_scales]) / len(feature_scales)
+            for i in ids
+        }
+        clock.lap("backbone")
+    H, W = int(image01.shape[1]), int(image01.shape[2])
+    return NetworkView(maps, cam, top_classes, (W, H), ratio, original_size, name)
+
+
+@torch.inference_mode()
+def hyperpixels_from_view(
+    view: NetworkView,
+    backbone: Backbone,
+    ids: Sequence[int],
+    cost_dtype: str = "float32",
+    timings: dict[str, float] | None = None,
+    cam_weighting: str = "levels",
+) -> Hyperpixels:
+    """Fuse the maps of ``ids`` into hyperpixels with boxes and CAM marginal weights."""
+    ids = sorted(ids)
+    clock = _Clock(timings)
+    maps = [view.maps[i] for i in ids]
+    h, w = maps[0].shape[-2:]
+    table = fuse(maps, rows=padded_rows(h * w))
+    del maps
+    d = table.shape[1]
+    # The features live only inside their (padded, normalised) source operand: no second copy.
+    if cost_dtype != "bfloat16":  # float32 / tf32: the table is the operand
+        src_operand = normalize_rows_(table)
+    else:
+        src_operand = make_operand(table[: h * w], "src", cost_dtype, normalize=True)
+        del table
+    features = src_operand[: h * w, :d]
+
+    W, H = view.size
+    geometry = backbone.geometry(ids[0], H, W)
+    if (geometry.height, geometry.width) != (h, w):
+        raise RuntimeError(f"{backbone.name}: geometry predicts a {geometry.height}x{geometry.width} grid, network gave {h}x{w}")
+    boxes = receptive_field_boxes(geometry, h, w)
+    centres = box_centres(boxes)
+    if view.cam is not None:
+        weights = marginal_weights(view.cam, centres, cam_weighting).float().cpu()
+    else:
+        weights = torch.ones(h * w)
+    clock.lap("fusion")
+
+    return Hyperpixels(
+        features=features,
+        xs=centres[:w, 0].clone(),
+        ys=centres[::w, 1].clone(),
+        boxes=boxes,
+        weights=weights,
+        size=view.size,
+        ratio=view.ratio,
+        original_size=view.original_size,
+        geometry=geometry,
+        name=view.name,
+        cam=None if view.cam is None else view.cam.float().cpu(),
+        top_classes=view.top_classes,
+        cost_dtype=cost_dtype,
+        _operands={"src" if cost_dtype == "bfloat16" else "any": src_operand},
+    )
+
+
 def extract_hyperpixels(
     backbone: Backbone,
     image01: torch.Tensor,
@@ -147,68 +271,17 @@ def extract_hyperpixels(
     original_size: tuple[int, int],
     use_cam: bool = True,
     cam_scales: Sequence[float] = (1.0, 1.5, 2.0),
+    feature_scales: Sequence[float] = (1.0,),
+    cam_weighting: str = "levels",
     cost_dtype: str = "float32",
     name: str = "image",
     timings: dict[str, float] | None = None,
 ) -> Hyperpixels:
-    """Hyperpixels of a resized RGB image (3, H, W) in [0, 1] on the backbone's device.
+    """Hyperpixels of a resized RGB image (3, H, W) in [0, 1]: :func:`observe` then fuse.
 
-    ``timings``, if given, receives the seconds spent in ``backbone``, ``fusion`` and
-    ``cam`` (the extra CAM scales included).
+    ``timings``, if given, receives the seconds spent in ``backbone``, ``cam`` (the extra
+    CAM scales included) and ``fusion``.
     """
-    ids = sorted(ids)
-    device = next(backbone.parameters()).device
-    clock = _Clock(timings)
-    if device.type == "cuda":
-        image01 = image01.pin_memory()  # page-locked, so the copy below is asynchronous
-    x = backbone.normalize(image01.unsqueeze(0).to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-    out = backbone.extract(x, ids, head=use_cam)
-    clock.lap("backbone")
-
-    maps = [out.features[i] for i in ids]
-    h, w = maps[0].shape[-2:]
-    table = fuse(maps, rows=padded_rows(h * w))
-    del maps, out.features
-    d = table.shape[1]
-    # The features live only inside their (padded, normalised) source operand: no second copy.
-    if cost_dtype != "bfloat16":  # float32 / tf32: the table is the operand
-        src_operand = normalize_rows_(table)
-    else:
-        src_operand = make_operand(table[: h * w], "src", cost_dtype, normalize=True)
-        del table
-    features = src_operand[: h * w, :d]
-    clock.lap("fusion")
-
-    H, W = int(image01.shape[1]), int(image01.shape[2])
-    geometry = backbone.geometry(ids[0], H, W)
-    if (geometry.height, geometry.width) != (h, w):
-        raise RuntimeError(f"{backbone.name}: geometry predicts a {geometry.height}x{geometry.width} grid, network gave {h}x{w}")
-    boxes = receptive_field_boxes(geometry, h, w)
-    centres = box_centres(boxes)
-
-    cam = None
-    top_classes: list[int] = []
-    if use_cam:
-        cam, top_classes = class_activation_map(backbone, x, out, cam_scales)
-        weights = marginal_weights(cam, centres).float().cpu()
-        cam = cam.float().cpu()
-    else:
-        weights = torch.ones(h * w)
-    clock.lap("cam")
-
-    return Hyperpixels(
-        features=features,
-        xs=centres[:w, 0].clone(),
-        ys=centres[::w, 1].clone(),
-        boxes=boxes,
-        weights=weights,
-        size=(W, H),
-        ratio=ratio,
-        original_size=original_size,
-        geometry=geometry,
-        name=name,
-        cam=cam,
-        top_classes=top_classes,
-        cost_dtype=cost_dtype,
-        _operands={"src" if cost_dtype == "bfloat16" else "any": src_operand},
-    )
+    view = observe(backbone, image01, ids, ratio=ratio, original_size=original_size, use_cam=use_cam,
+                   cam_scales=cam_scales, feature_scales=feature_scales, name=name, timings=timings)
+    return hyperpixels_from_view(view, backbone, ids, cost_dtype, timings, cam_weighting)

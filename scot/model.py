@@ -28,7 +28,7 @@ from .image import ImageLike, load_image, resize_longest_side
 from .ot import scot_votes
 from .rhm import GridHough, rhm_grid
 from .streaming import streamed_best_matches
-from .transfer import best_matches, transfer_keypoints
+from .transfer import best_matches, mutual_mask, soft_argmax_targets, transfer_keypoints
 
 logger = logging.getLogger("scot")
 
@@ -215,6 +215,8 @@ class SCOT:
             original_size=loaded.size,
             use_cam=self.config.cam,
             cam_scales=self.config.cam_scales,
+            feature_scales=self.config.feature_scales,
+            cam_weighting=self.config.cam_weighting,
             cost_dtype=self.config.cost_dtype,
             name=loaded.name,
         )
@@ -283,7 +285,7 @@ class SCOT:
         timings["ot"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        confidences, bests = [], []
+        confidences, bests, refinements = [], [], []
         for b, (s, t, _) in enumerate(items):
             v = votes[b, : s.n, : t.n]
             if cfg.rhm:
@@ -292,7 +294,12 @@ class SCOT:
             else:
                 conf = v
             confidences.append(conf)
-            bests.append(best_matches(conf))
+            best = best_matches(conf)
+            bests.append(best)
+            refinements.append((
+                soft_argmax_targets(conf, best[0], t.grid, t.boxes, cfg.subpixel) if cfg.subpixel else None,
+                mutual_mask(conf, best[0]) if cfg.mutual else None,
+            ))
         timings["rhm"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -306,7 +313,8 @@ class SCOT:
             )
             kps = kps_list[b]
             if kps is not None:
-                pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio)
+                target_tl, usable = refinements[b]
+                pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio, target_tl, usable)
                 result.keypoints = kps
                 result.transferred_resized = pred
                 result.transferred = pred / t.ratio

@@ -12,6 +12,14 @@ contains it (bounds inclusive), each moved rigidly onto its match:
 
 with :math:`\mathrm{tl}` the box's top-left corner.  When no box contains :math:`p` the
 nearest box centre is used, so the prediction is never NaN.
+
+Two optional refinements (off by default, see the README's accuracy table):
+
+* **sub-pixel targets**: :math:`\mathrm{tl}(B'_{j^*})` is replaced by the
+  confidence-weighted mean of the top-left corners of the target boxes in a ``w x w``
+  window of the target grid around :math:`j^*` (a local soft-argmax);
+* **mutual consistency**: only source boxes whose match is mutual (:math:`i` is also the
+  best source for :math:`j^*(i)`) move the keypoint, when at least one of its boxes is.
 """
 
 from __future__ import annotations
@@ -33,11 +41,38 @@ def containing_boxes(boxes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return (px >= boxes[:, 0]) & (py >= boxes[:, 1]) & (px <= boxes[:, 2]) & (py <= boxes[:, 3])
 
 
+def soft_argmax_targets(
+    confidence: torch.Tensor, best: torch.Tensor, trg_grid: tuple[int, int], trg_boxes: torch.Tensor, window: int = 3
+) -> torch.Tensor:
+    """(N, 2) confidence-weighted top-left corners in a ``window`` x ``window`` grid patch around each match."""
+    ht, wt = trg_grid
+    r = window // 2
+    by, bx = best // wt, best % wt
+    offs = torch.arange(-r, r + 1, device=best.device)
+    ny = (by.unsqueeze(1) + offs.unsqueeze(0)).clamp(0, ht - 1)  # (N, w)
+    nx = (bx.unsqueeze(1) + offs.unsqueeze(0)).clamp(0, wt - 1)
+    idx = (ny.unsqueeze(2) * wt + nx.unsqueeze(1)).reshape(len(best), -1)  # (N, w*w), clamped at borders
+    weights = confidence.gather(1, idx).float().clamp_min(0)
+    tl = trg_boxes[:, :2].to(weights.device)[idx]  # (N, w*w, 2)
+    total = weights.sum(1, keepdim=True)
+    refined = (weights.unsqueeze(2) * tl).sum(1) / total.clamp_min(torch.finfo(torch.float32).tiny)
+    exact = tl[:, (window * window) // 2]
+    return torch.where(total > 0, refined, exact).cpu()
+
+
+def mutual_mask(confidence: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: source i is also the most confident source of its match best[i]."""
+    back = confidence.argmax(dim=0)  # (M,)
+    return (back[best.to(back.device)] == torch.arange(len(best), device=back.device)).cpu()
+
+
 def transfer_keypoints(
     src_boxes: torch.Tensor,
     trg_boxes: torch.Tensor,
     best: torch.Tensor,
     keypoints: torch.Tensor,
+    target_tl: torch.Tensor | None = None,
+    usable: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Transfer (K, 2) source keypoints (x, y) to the target, in the resized frames.
 
@@ -46,13 +81,20 @@ def transfer_keypoints(
         trg_boxes: (M, 4) target boxes.
         best: (N,) index of each source box's matched target box.
         keypoints: (K, 2) source keypoints.
+        target_tl: (N, 2) where each source box lands (default: its match's top-left).
+        usable: (N,) bool; a keypoint moves with its usable boxes if it has any.
     """
     src_boxes, trg_boxes = src_boxes.float().cpu(), trg_boxes.float().cpu()
     kps = keypoints.float().cpu()
     if kps.numel() == 0:
         return kps.reshape(0, 2)
-    shift = trg_boxes[best.cpu(), :2] - src_boxes[:, :2]  # (N, 2) top-left displacement
+    landing = trg_boxes[best.cpu(), :2] if target_tl is None else target_tl.float().cpu()
+    shift = landing - src_boxes[:, :2]  # (N, 2) top-left displacement
     inside = containing_boxes(src_boxes, kps)  # (K, N)
+    if usable is not None:
+        preferred = inside & usable.cpu().unsqueeze(0)
+        has = preferred.any(1, keepdim=True)
+        inside = torch.where(has, preferred, inside)
     count = inside.sum(1)
     moved = kps + (inside.float() @ shift) / count.clamp_min(1).unsqueeze(1)
     lonely = count == 0

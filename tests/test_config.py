@@ -124,3 +124,15 @@ def test_config_dict_roundtrip():
     assert again == cfg
     with pytest.raises(ScotError, match="unknown option"):
         SCOTConfig.from_dict({"bogus": 1})
+
+
+def test_refinement_options_are_validated():
+    with pytest.raises(ScotError, match="--subpixel"):
+        SCOTConfig(subpixel=4)
+    with pytest.raises(ScotError, match="--feature-scales"):
+        SCOTConfig(feature_scales=(1.5,))
+    with pytest.raises(ScotError, match="--cam-weighting"):
+        SCOTConfig(cam_weighting="soft")
+    with pytest.raises(ScotError, match="--low-memory"):
+        SCOTConfig(stream_block=256, subpixel=3)
+    assert SCOTConfig(subpixel=3, mutual=True, feature_scales=(1.0, 1.5)).subpixel == 3

@@ -47,3 +47,40 @@ def test_empty_keypoints_and_argmax():
     assert transfer_keypoints(src, src, torch.tensor([0]), torch.zeros(0, 2)).shape == (0, 2)
     idx, val = best_matches(torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.4, 0.3]]))
     assert idx.tolist() == [1, 0] and torch.allclose(val, torch.tensor([0.7, 0.5]))
+
+
+def test_soft_argmax_targets_on_a_grid():
+    from scot.transfer import soft_argmax_targets
+
+    # target grid 3 x 4, boxes with top-left at (4x, 4y)
+    ht, wt = 3, 4
+    tl = torch.tensor([[4.0 * (j % wt), 4.0 * (j // wt)] for j in range(ht * wt)])
+    trg = torch.cat([tl, tl + 10], 1)
+    conf = torch.zeros(2, ht * wt)
+    conf[0, 5] = 3.0  # best (1, 1)
+    conf[0, 6] = 1.0  # right neighbour -> pulls x by 1/4 of a cell
+    conf[1, 0] = 2.0  # corner: the window is clamped, still finite
+    conf[1, 1] = 2.0
+    best = torch.tensor([5, 0])
+    out = soft_argmax_targets(conf, best, (ht, wt), trg, window=3)
+    torch.testing.assert_close(out[0], torch.tensor([4.0 + 1.0, 4.0]))
+    assert bool(torch.isfinite(out).all())
+    # no confidence in the window: falls back to the argmax box itself
+    out = soft_argmax_targets(torch.zeros(1, ht * wt), torch.tensor([7]), (ht, wt), trg, window=3)
+    torch.testing.assert_close(out[0], tl[7])
+
+
+def test_mutual_mask_and_usable_boxes():
+    from scot.transfer import mutual_mask
+
+    conf = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.1, 0.7]])
+    best = conf.argmax(1)
+    assert mutual_mask(conf, best).tolist() == [True, False, True]
+    src = boxes([0, 0, 10, 10], [0, 0, 10, 10])
+    trg = boxes([50, 50, 60, 60], [0, 0, 10, 10])
+    kp = torch.tensor([[5.0, 5.0]])
+    both = transfer_keypoints(src, trg, torch.tensor([0, 1]), kp)
+    only_first = transfer_keypoints(src, trg, torch.tensor([0, 1]), kp, usable=torch.tensor([True, False]))
+    none_usable = transfer_keypoints(src, trg, torch.tensor([0, 1]), kp, usable=torch.tensor([False, False]))
+    torch.testing.assert_close(only_first[0], torch.tensor([55.0, 55.0]))
+    torch.testing.assert_close(none_usable, both)  # falls back to every containing box

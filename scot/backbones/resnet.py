@@ -12,8 +12,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from torchvision.models.resnet import Bottleneck
 
 from .base import Backbone, BackboneOutput, SpatialOp
 from .weights import load_into, parse_random_spec, read_state_dict, torchvision_state_dict
@@ -21,13 +19,18 @@ from .weights import load_into, parse_random_spec, read_state_dict, torchvision_
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_VARIANTS = {
-    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
-    "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
-}
+
+def _variant(name: str):
+    """(builder, IMAGENET1K_V1 weights enum); torchvision is imported only when a ResNet is built
+    (importing it costs ~2 s, which EfficientNet users should not pay)."""
+    import torchvision
+
+    if name == "resnet50":
+        return torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1
+    return torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1
 
 
-def _bottleneck_pre_relu(block: Bottleneck, x: torch.Tensor) -> torch.Tensor:
+def _bottleneck_pre_relu(block, x: torch.Tensor) -> torch.Tensor:
     """A torchvision bottleneck without its final ReLU."""
     out = torch.relu(block.bn1(block.conv1(x)))
     out = torch.relu(block.bn2(block.conv2(out)))
@@ -41,7 +44,7 @@ class ResNetBackbone(Backbone):
 
     def __init__(self, name: str = "resnet101", weights: str | None = None, allow_download: bool = True) -> None:
         super().__init__()
-        builder, pretrained = _VARIANTS[name]
+        builder, pretrained = _variant(name)
         self.name = name
         seed = parse_random_spec(weights)
         if seed is not None:
@@ -59,7 +62,7 @@ class ResNetBackbone(Backbone):
                 self.weights_source = str(weights)
             load_into(self.net, state, str(weights or pretrained), name)
         self.net.eval()
-        self.blocks: list[Bottleneck] = [b for layer in self._layers() for b in layer]
+        self.blocks = [b for layer in self._layers() for b in layer]
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

@@ -53,13 +53,19 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def select(self, category: str | None = None, limit: int | None = None) -> "Dataset":
-        """A subset: only ``category`` (if given), then the first ``limit`` pairs."""
+    def select(self, category: str | None = None, limit: int | None = None, sample: int | None = None) -> "Dataset":
+        """A subset: only ``category`` (if given), then ``sample`` pairs spread evenly over
+        the list (so every class is represented), then the first ``limit`` pairs."""
         pairs = self.pairs
         if category is not None:
             if category not in self.categories:
                 raise ScotError(f"--category: '{category}' is not a {self.name} category (one of {', '.join(self.categories)})")
             pairs = [p for p in pairs if p.category == category]
+        if sample is not None:
+            if sample < 1:
+                raise ScotError(f"--sample: must be at least 1, got {sample}")
+            if sample < len(pairs):
+                pairs = [pairs[(i * len(pairs)) // sample] for i in range(sample)]
         if limit is not None:
             if limit < 1:
                 raise ScotError(f"--limit: must be at least 1, got {limit}")

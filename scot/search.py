@@ -1,0 +1,208 @@
+"""``scot search-layers``: beam search over hyperpixel ids, maximising PCK@0.1.
+
+This is how Hyperpixel Flow chose its layers (Min et al., ICCV 2019).  The search starts
+from single *base* ids, which fix the hyperpixel grid (the stride of the shallowest
+selected layer), and grows the ``beam`` best sets one id at a time, adding only deeper
+ids so that the grid stays the base's.  Every evaluated set is scored on the same pairs
+with the full SCOT pipeline.
+
+The backbone runs once per image for the whole search: each image's maps of *every*
+candidate id (and its CAM) are kept, and each candidate set is fused from them.  Scores
+are saved after every evaluation to a resume file, so an interrupted search continues
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .datasets import Dataset
+from .errors import ScotError
+from .evaluate import _pair_keypoints, score_pair
+from .features import NetworkView, hyperpixels_from_view, observe
+from .image import load_image, resize_longest_side
+from .io import atomic_write_json
+from .model import SCOT
+from .pck import ALPHAS, HEADLINE_ALPHA, pair_pck
+
+Key = tuple[int, ...]
+
+
+def _key(ids: Sequence[int]) -> str:
+    return ",".join(str(i) for i in sorted(ids))
+
+
+@dataclass
+class Evaluated:
+    ids: Key
+    pck: dict[str, float]  # alpha -> mean over pairs, percent
+    seconds: float
+
+    @property
+    def score(self) -> float:
+        return self.pck[f"{HEADLINE_ALPHA:.2f}"]
+
+
+@dataclass
+class LayerSearch:
+    """State of one beam search; see :func:`search_layers`."""
+
+    model: SCOT
+    dataset: Dataset
+    thres: str
+    candidate_ids: list[int]
+    resume_file: Path | None = None
+    settings: dict = field(default_factory=dict)
+    views: dict = field(default_factory=dict)
+    done: dict[str, Evaluated] = field(default_factory=dict)
+
+    def load_resume(self) -> None:
+        if self.resume_file is None or not self.resume_file.is_file():
+            return
+        try:
+            data = json.loads(self.resume_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ScotError(f"--resume-file: {self.resume_file} is not readable JSON ({exc})") from None
+        if data.get("settings") != self.settings:
+            raise ScotError(f"--resume-file: {self.resume_file} belongs to a search with other settings; use another file")
+        for key, rec in data.get("evaluated", {}).items():
+            self.done[key] = Evaluated(tuple(rec["ids"]), rec["pck"], rec["seconds"])
+
+    def save_resume(self) -> None:
+        if self.resume_file is None:
+            return
+        atomic_write_json(self.resume_file, {
+            "settings": self.settings,
+            "evaluated": {k: {"ids": list(e.ids), "pck": e.pck, "seconds": e.seconds} for k, e in self.done.items()},
+        })
+
+    def view(self, path: Path, flip: bool) -> NetworkView:
+        key = (str(path), flip)
+        if key not in self.views:
+            cfg = self.model.config
+            loaded = load_image(path)
+            img = loaded.tensor.flip(-1) if flip else loaded.tensor
+            resized, ratio = resize_longest_side(img, cfg.image_side)
+            self.views[key] = observe(self.model.backbone, resized, self.candidate_ids, ratio=ratio,
+                                      original_size=loaded.size, use_cam=cfg.cam, cam_scales=cfg.cam_scales,
+                                      feature_scales=cfg.feature_scales, name=str(path))
+        return self.views[key]
+
+    def prepare(self, on_image: Callable[[int, int], None] | None = None) -> None:
+        """Run the backbone once on every image of the dataset."""
+        keys = self.dataset.image_keys()
+        for i, (path, flip) in enumerate(keys, start=1):
+            self.view(Path(path), flip)
+            if on_image:
+                on_image(i, len(keys))
+
+    def evaluate(self, ids: Sequence[int]) -> Evaluated:
+        """PCK of one id set on the search pairs (cached across calls and runs)."""
+        key = _key(ids)
+        if key in self.done:
+            return self.done[key]
+        t0 = time.perf_counter()
+        bb, cfg = self.model.backbone, self.model.config
+        hyper = {}
+        per_alpha = {f"{a:.2f}": [] for a in ALPHAS}
+        for pair in self.dataset.pairs:
+            for k in (pair.src_key, pair.trg_key):
+                if k not in hyper:
+                    hyper[k] = hyperpixels_from_view(self.view(Path(k[0]), k[1]), bb, ids, cfg.cost_dtype,
+                                                     cam_weighting=cfg.cam_weighting)
+            s, t = hyper[pair.src_key], hyper[pair.trg_key]
+            src_kps, _, _ = _pair_keypoints(pair, s.original_size[0], t.original_size[0])
+            result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
+            rec = score_pair(pair, result, self.thres)
+            for a in ALPHAS:
+                per_alpha[f"{a:.2f}"].append(pair_pck(rec["dist"], a))
+        pck = {a: 100.0 * sum(v) / len(v) for a, v in per_alpha.items()}
+        ev = Evaluated(tuple(sorted(ids)), pck, time.perf_counter() - t0)
+        self.done[key] = ev
+        self.save_resume()
+        return ev
+
+
+def search_layers(
+    model: SCOT,
+    dataset: Dataset,
+    *,
+    thres: str,
+    base_ids: Sequence[int],
+    candidate_ids: Sequence[int],
+    beam: int = 3,
+    max_size: int = 6,
+    resume_file: Path | None = None,
+    on_image: Callable[[int, int], None] | None = None,
+    on_depth: Callable[[int, int], None] | None = None,
+    on_eval: Callable[[Evaluated], None] | None = None,
+) -> list[Evaluated]:
+    """Beam search; returns every evaluated set, best first.
+
+    Depth 1 scores each base id alone; depth k extends each of the ``beam`` best sets of
+    depth k-1 by one candidate id deeper than its base, up to ``max_size`` ids.
+    """
+    if beam < 1 or max_size < 1:
+        raise ScotError("--beam and --max-size must be at least 1")
+    bb = model.backbone
+    all_ids = sorted(set(base_ids) | set(candidate_ids))
+    bb.check_ids(all_ids)
+    settings = {
+        "backbone": bb.name, "weights": bb.weights_source, "dataset": dataset.name, "split": dataset.split,
+        "pairs": [p.pair_id for p in dataset.pairs], "thres": thres,
+        "config": {k: v for k, v in model.config.to_dict().items() if k not in ("hyperpixel_ids", "device")},
+    }
+    search = LayerSearch(model, dataset, thres, all_ids, resume_file, settings)
+    search.load_resume()
+    search.prepare(on_image)
+
+    frontier: list[Key] = [(b,) for b in sorted(set(base_ids))]
+    for depth in range(1, max_size + 1):
+        if on_depth:
+            on_depth(depth, len(frontier))
+        scored = []
+        for ids in frontier:
+            ev = search.evaluate(ids)
+            scored.append(ev)
+            if on_eval:
+                on_eval(ev)
+        scored.sort(key=lambda e: (-e.score, len(e.ids), e.ids))
+        keep = [e.ids for e in scored[:beam]]
+        nxt: list[Key] = []
+        for ids in keep:
+            for c in candidate_ids:
+                if c > min(ids) and c not in ids:
+                    new = tuple(sorted(ids + (c,)))
+                    if new not in nxt:
+                        nxt.append(new)
+        if not nxt:
+            break
+        frontier = nxt
+    return sorted(search.done.values(), key=lambda e: (-e.score, len(e.ids), e.ids))
+
+
+def write_preset(path: Path, results: Sequence[Evaluated], model: SCOT, dataset: Dataset, thres: str,
+                 command: str, top: int = 10) -> dict:
+    """The preset JSON that ``--preset-file`` loads (best set first)."""
+    bb = model.backbone
+    best = results[0]
+    g = bb.geometry(best.ids[0], model.config.image_side, model.config.image_side)
+    doc = {
+        "backbone": bb.name,
+        "hyperpixel_ids": list(best.ids),
+        "exp2": model.config.exp2,
+        "grid_stride": g.jump,
+        "metric": f"PCK@{HEADLINE_ALPHA:.2f}, mean over pairs (%)",
+        "dataset": {"name": dataset.name, "split": dataset.split, "pairs": len(dataset), "thres": thres},
+        "found_with": command,
+        "results": [{"hyperpixel_ids": list(e.ids), "pck": e.pck, "seconds": round(e.seconds, 2)} for e in results[:top]],
+        "evaluated_sets": len(results),
+    }
+    atomic_write_json(path, doc)
+    return doc

@@ -1,0 +1,60 @@
+"""scot search-layers: finds the better id set, writes a usable preset, resumes."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from cli import app
+from scot import SCOT, SCOTConfig, load_preset_file
+from scot.datasets import load_dataset
+from scot.evaluate import EvalSettings, evaluate
+from scot.search import search_layers
+
+runner = CliRunner()
+
+
+def test_search_prefers_the_known_better_set(willow_root, tmp_path):
+    out = tmp_path / "preset.json"
+    resume = tmp_path / "resume.json"
+    # id 11 (a semantic stride-16 block) against id 2 (stride 4, but 24 low-level channels)
+    args = ["search-layers", "--dataset", "pfwillow", "--datapath", str(willow_root.parent), "--backbone",
+            "efficientnet-lite0", "--limit", "6", "--base-ids", "(2,11)", "--candidates", "(16)", "--beam", "1",
+            "--max-size", "2", "--no-cam", "-o", str(out), "--resume-file", str(resume)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    scores = {tuple(r["hyperpixel_ids"]): r["pck"]["0.10"] for r in doc["results"]}
+    assert scores[(11,)] > scores[(2,)] + 10
+    assert doc["hyperpixel_ids"][0] == 11 and doc["grid_stride"] == 16 and doc["backbone"] == "efficientnet-lite0"
+    assert set(scores) == {(2,), (11,), (11, 16)}  # beam 1 extends only the best base
+    assert doc["results"][0]["pck"]["0.10"] == max(scores.values())
+    assert load_preset_file(out)["hyperpixel_ids"] == tuple(doc["hyperpixel_ids"])
+
+    # the reported PCK is what scot eval gets with that id set
+    model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow", cam=False, hyperpixel_ids=(11,)))
+    data = load_dataset("pfwillow", willow_root.parent).select(limit=6)
+    summary = evaluate(model, data, tmp_path / "check", EvalSettings(thres="bbox"), {})
+    assert abs(summary["pck"]["overall"]["pck_mean_over_pairs"]["0.10"] - scores[(11,)]) < 1e-9
+
+    # rerun with the resume file: nothing is evaluated again
+    before = json.loads(resume.read_text())["evaluated"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(resume.read_text())["evaluated"] == before
+
+    # and the preset file drives scot match
+    row = data.pairs[0]
+    res = runner.invoke(app, ["match", str(row.src), str(row.trg), "--preset-file", str(out), "-o", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    js = next((tmp_path / "m").glob("*.json"))
+    assert json.loads(js.read_text())["config"]["hyperpixel_ids"] == doc["hyperpixel_ids"]
+
+
+def test_search_api_grows_only_deeper_ids(willow_root):
+    model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow", cam=False, hyperpixel_ids=(4,)))
+    data = load_dataset("pfwillow", willow_root.parent).select(limit=2)
+    results = search_layers(model, data, thres="bbox", base_ids=[5], candidate_ids=[2, 4, 8], beam=2, max_size=3)
+    evaluated = {r.ids for r in results}
+    assert evaluated == {(5,), (5, 8)}  # 2 and 4 are shallower than the base: never added
