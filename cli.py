@@ -275,7 +275,7 @@ def match(
         s, t, kp_file = jobs[0]
         kps = read_keypoints(kp_file) if kp_file else None
         t0 = time.perf_counter()
-        result = model(s, t, keypoints=kps)
+        result = model(s, t, keypoints=kps, keep_plan=False)
         run_time = time.perf_counter() - t0
         png, js = _write_match_outputs(model, result, output, f"{_stem(s)}__{_stem(t)}", top_k, foreground, s, t)
         kp_text = f", {len(kps)} keypoints transferred" if kps is not None else ""
@@ -295,7 +295,7 @@ def match(
         task = progress.add_task("pairs", total=len(jobs), rate="")
         for idx, (s, t, kp_file) in enumerate(jobs):
             kps = read_keypoints(kp_file) if kp_file else None
-            result = model(s, t, keypoints=kps)
+            result = model(s, t, keypoints=kps, keep_plan=False)
             _write_match_outputs(model, result, output, f"{idx:04d}_{_stem(s)}__{_stem(t)}", top_k, foreground, s, t)
             written += 1
             elapsed = time.perf_counter() - t0
@@ -348,12 +348,10 @@ def eval_(
 ) -> None:
     """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it."""
     from scot import SCOT
-    from scot.datasets import DATASET_NAMES, SOURCES, DatasetMissingError, download_dataset, load_dataset
+    from scot.datasets import SOURCES, DatasetMissingError, load_dataset
     from scot.errors import ScotError
     from scot.evaluate import EvalSettings, evaluate, find_resumable, format_table
 
-    if dataset not in DATASET_NAMES:
-        raise ScotError(f"--dataset: unknown dataset '{dataset}' (choose from {', '.join(DATASET_NAMES)})")
     if thres is not None and thres not in ("img", "bbox"):
         raise ScotError(f"--thres: must be img or bbox, got '{thres}'")
     if cache_gb <= 0:
@@ -469,12 +467,10 @@ def search_layers_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from scot import SCOT, parse_hyperpixel_ids
-    from scot.datasets import DATASET_NAMES, load_dataset
+    from scot.datasets import load_dataset
     from scot.errors import ScotError
     from scot.search import search_layers, write_preset
 
-    if dataset not in DATASET_NAMES:
-        raise ScotError(f"--dataset: unknown dataset '{dataset}' (choose from {', '.join(DATASET_NAMES)})")
     set_threads(threads)
     data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
     cfg = build_config(dict(locals(), hyperpixel="(0)"), preset=preset or dataset)  # ids are what is searched
@@ -580,8 +576,10 @@ def bench_pairs_cmd(
     hyperpixel: HyperpixelOpt = None,
     cam: CamOpt = None,
     cost_dtype: CostDtypeOpt = None,
+    image_side: SideOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    low_memory: LowMemOpt = False,
 ) -> None:
     """Every stage on real pairs: load, backbone, CAM, fusion, cost, Sinkhorn, RHM, transfer."""
     from scot import SCOT
@@ -599,7 +597,9 @@ def bench_pairs_cmd(
     typer.echo(f"  per image (load..fusion): {res['per_image_seconds']:.3f} s; per pair matching: "
                f"{res['per_pair_matching_seconds']:.3f} s; per pair without cache: {res['per_pair_seconds_uncached']:.3f} s")
     typer.echo(f"  after features {res['after_features'].ms()}; matmul alone {res['matmul'].ms()}; ratio {res['ratio']:.3f}")
-    typer.echo(f"  peak RSS: {format_bytes(res['peak_rss'])}")
+    n, m = res["hyperpixels"]
+    typer.echo(f"  memory: matching a {n} x {m} pair{' (low-memory mode)' if res['low_memory'] else ''} raised the "
+               f"resident set by at most {format_bytes(res['match_peak_above'])}")
 
 
 @bench_app.command("precision")

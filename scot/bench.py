@@ -212,6 +212,7 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
     per_stage: dict[str, list[float]] = {}
     floors: list[float] = []
     after: list[float] = []
+    match_peaks: list[int] = []
     reset_peak_rss()
 
     def describe(path) -> Hyperpixels:
@@ -231,10 +232,14 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
         for rep in range(repeats + 1):
             for src_path, trg_path, kps in pairs:
                 s, t = describe(src_path), describe(trg_path)
+                before = rss_bytes()
+                reset_peak_rss()
                 res = model.match(s, t, kps, keep_plan=False, check_bounds=False)
+                match_peaks.append(peak_rss_bytes() - before)
                 mm = matmul_floor(s.operand("src").to(model.device), t.operand("trg").to(model.device))
                 if rep == 0:  # warm-up round
                     per_stage.clear()
+                    match_peaks.clear()
                     continue
                 for k in ("cost", "ot", "rhm", "transfer"):
                     per_stage.setdefault("sinkhorn" if k == "ot" else k, []).append(res.timings[k])
@@ -251,7 +256,8 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
         "per_image_seconds": feature_time, "per_pair_matching_seconds": match_time,
         "per_pair_seconds_uncached": 2 * feature_time + match_time,
         "matmul": Stat.of(floors), "after_features": Stat.of(after),
-        "ratio": statistics.median(after) / statistics.median(floors), "peak_rss": peak_rss_bytes(),
+        "ratio": statistics.median(after) / statistics.median(floors),
+        "match_peak_above": max(match_peaks), "hyperpixels": (s.n, t.n), "low_memory": bool(cfg.stream_block),
     }
 
 

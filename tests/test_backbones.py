@@ -149,3 +149,39 @@ def test_efficientnet_normalisation_is_tensorflow_style():
     bb = build_backbone("efficientnet-lite0")
     x = torch.tensor([0.0, 127 / 255, 1.0]).view(1, 3, 1, 1)
     torch.testing.assert_close(bb.normalize(x).flatten(), torch.tensor([-127 / 128, 0.0, 1.0]))
+
+
+def test_missing_resnet_weights_error_and_auto_fallback(monkeypatch, tmp_path):
+    """Not cached and not downloadable: one line saying how to provide them; auto falls back."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+    def offline(url, dst, *args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ScotError) as info:
+        build_backbone("resnet101")
+    msg = str(info.value)
+    assert "\n" not in msg and "resnet101-63fe2227.pth" in msg and "--weights FILE" in msg
+    assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in msg
+    notices = []
+    bb = build_backbone("auto", notice=notices.append)
+    assert bb.name == "efficientnet-lite2" and len(notices) == 1
+    assert notices[0].startswith("notice: resnet101 ImageNet weights are unavailable") and "efficientnet-lite2" in notices[0]
+
+
+def test_cached_resnet_weights_are_used(monkeypatch, tmp_path):
+    """A file in torchvision's cache is loaded without any download."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        state = torchvision.models.resnet50().state_dict()
+    torch.save(state, cache / "resnet50-0676ba61.pth")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("must not download"))
+    bb = build_backbone("resnet50")
+    torch.testing.assert_close(bb.net.conv1.weight, state["conv1.weight"])
+    assert "IMAGENET1K_V1" in bb.weights_source

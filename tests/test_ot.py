@@ -158,3 +158,19 @@ def test_invalid_eps():
     cost, mu, nu = random_problem(3, 3, 0)
     with pytest.raises(ValueError):
         sinkhorn(cost, mu, nu, 0.0)
+
+
+def test_zero_norm_features_get_cosine_zero():
+    from scot.cost import cost_matrix, l2_normalize
+
+    f = torch.randn(5, 8)
+    f[2] = 0.0  # a dead hyperpixel (all-zero feature)
+    g = torch.randn(4, 8)
+    g[1] = 0.0
+    cost = cost_matrix(l2_normalize(f), l2_normalize(g))
+    assert bool(torch.isfinite(cost).all())
+    assert torch.all(cost[2] == 1.0) and torch.all(cost[:, 1] == 1.0)  # cosine 0 -> cost 1
+    mu = torch.full((5,), 0.2)
+    nu = torch.full((4,), 0.25)
+    votes, stats = scot_votes(cost, mu, nu, 0.05, exp2=0.5)
+    assert bool(torch.isfinite(votes).all()) and stats.eps_used == [0.05]
