@@ -34,20 +34,57 @@ class Preset:
     hyperpixel_ids: dict[str, tuple[int, ...]]
     pck_threshold: str  # "img" or "bbox"
     description: str = ""
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-backbone defaults of other options (e.g. ``feature_scales``), filled where the
+    configuration leaves them ``None``."""
+
+
+PRESET_DIR = Path(__file__).with_name("presets")
+"""Preset files shipped with the package, as written by ``scot search-layers``."""
+
+
+def _shipped(name: str) -> dict[str, Any]:
+    """The shipped preset file ``scot/presets/<name>.json``: its ids and its ``options``."""
+    path = PRESET_DIR / f"{name}.json"
+    try:
+        doc = json.loads(path.read_text())
+        ids = tuple(int(i) for i in doc["hyperpixel_ids"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:  # a broken installation, not a user error
+        raise RuntimeError(f"scot installation: shipped preset {path} is missing or unreadable ({exc})") from exc
+    return {"hyperpixel_ids": ids, "options": _preset_options(doc.get("options", {}), path)}
+
+
+PRESET_OPTIONS = ("feature_scales",)
+"""Options besides the ids and ``exp2`` that a preset file may set."""
+
+
+def _preset_options(options: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(options, dict) or set(options) - set(PRESET_OPTIONS):
+        raise ScotError(f"--preset-file: {path}: 'options' must be an object with keys among {', '.join(PRESET_OPTIONS)}")
+    out: dict[str, Any] = {}
+    if "feature_scales" in options:
+        try:
+            out["feature_scales"] = tuple(float(v) for v in options["feature_scales"])
+        except (TypeError, ValueError):
+            raise ScotError(f"--preset-file: {path}: 'feature_scales' must be a list of numbers") from None
+    return out
+
+
+_LITE = {b: _shipped(f"pfwillow-{b}") for b in ("efficientnet-lite0", "efficientnet-lite2")}
 
 
 _PF_IDS = {
     "resnet101": (2, 22, 24, 25, 27, 28, 29),
     "resnet50": (2, 7, 11, 12, 13),
-    # Provisional sets for the EfficientNet-Lite backbones (stride-4 grid first, then
-    # mid/deep blocks, mirroring the ResNet-101 choice).  Tuned sets ship as preset files.
-    "efficientnet-lite0": (3, 5, 8, 10, 11, 14, 15),
-    "efficientnet-lite2": (4, 7, 11, 13, 15, 18, 20),
+    # Found by `scot search-layers` on the shared PF-WILLOW development pairs; each file
+    # records the command, the PCK of the best sets and their check on all 200 pairs.
+    **{b: shipped["hyperpixel_ids"] for b, shipped in _LITE.items()},
 }
+_PF_OPTIONS = {b: shipped["options"] for b, shipped in _LITE.items()}
 
 PRESETS: dict[str, Preset] = {
-    "pfpascal": Preset("pfpascal", 0.5, dict(_PF_IDS), "img", "PF-PASCAL (SCOT paper settings)"),
-    "pfwillow": Preset("pfwillow", 0.5, dict(_PF_IDS), "bbox", "PF-WILLOW (SCOT paper settings)"),
+    "pfpascal": Preset("pfpascal", 0.5, dict(_PF_IDS), "img", "PF-PASCAL (SCOT paper settings)", dict(_PF_OPTIONS)),
+    "pfwillow": Preset("pfwillow", 0.5, dict(_PF_IDS), "bbox", "PF-WILLOW (SCOT paper settings)", dict(_PF_OPTIONS)),
     "spair": Preset(
         "spair",
         1.0,
@@ -139,9 +176,10 @@ class SCOTConfig:
     """Sub-pixel transfer: soft-argmax over a ``subpixel x subpixel`` target window (0: off)."""
     mutual: bool = False
     """Move keypoints only with mutually-best matches (when a keypoint has any)."""
-    feature_scales: tuple[float, ...] = (1.0,)
+    feature_scales: tuple[float, ...] | None = None
     """Input scales whose hyperpixel features are averaged (scales shared with the CAM
-    passes cost no extra network pass)."""
+    passes cost no extra network pass).  None: the preset's scales for the backbone,
+    ``(1,)`` (the paper) unless a shipped preset file says otherwise."""
     cam_weighting: str = "levels"
     """``levels`` (the paper's 0.5/0.8/0.9/1.0 steps) or ``linear`` (0.5 + 0.5 * CAM)."""
 
@@ -191,7 +229,8 @@ class SCOTConfig:
             raise ScotError(f"--rhm-cells: must be >= 1, got {self.rhm_cells}")
         if self.rhm_kernel < 1 or self.rhm_kernel % 2 == 0:
             raise ScotError(f"rhm_kernel must be a positive odd number, got {self.rhm_kernel}")
-        if not self.feature_scales or 1.0 not in self.feature_scales or any(f <= 0 for f in self.feature_scales):
+        if self.feature_scales is not None and (not self.feature_scales or 1.0 not in self.feature_scales
+                                                or any(f <= 0 for f in self.feature_scales)):
             raise ScotError(f"--feature-scales: must be positive and include 1, got {self.feature_scales}")
         if self.cam_weighting not in ("levels", "linear"):
             raise ScotError(f"--cam-weighting: '{self.cam_weighting}' is not one of levels, linear")
@@ -224,7 +263,10 @@ class SCOTConfig:
             if ids is None:
                 raise ScotError(f"--preset: preset '{self.preset}' has no hyperpixel ids for backbone '{backbone}'; pass --hyperpixel")
         exp2 = preset.exp2 if self.exp2 is None else self.exp2
-        return dataclasses.replace(self, backbone=backbone, hyperpixel_ids=tuple(ids), exp2=exp2)
+        options = preset.options.get(backbone, {})
+        scales = self.feature_scales or options.get("feature_scales", (1.0,))
+        return dataclasses.replace(self, backbone=backbone, hyperpixel_ids=tuple(ids), exp2=exp2,
+                                   feature_scales=tuple(scales))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -249,7 +291,8 @@ class SCOTConfig:
 def load_preset_file(path: str | Path, backbone: str | None = None) -> dict[str, Any]:
     """Read a preset JSON written by ``scot search-layers``.
 
-    Returns the options it sets (``hyperpixel_ids``, and ``exp2``/``backbone`` when present).
+    Returns the options it sets (``hyperpixel_ids``; ``exp2``, ``backbone`` and the
+    ``options`` object, e.g. ``feature_scales``, when present).
     The file holds either one result or a ``results`` list ranked best first; the best
     entry for ``backbone`` (or the overall best) is used.
     """
@@ -277,6 +320,7 @@ def load_preset_file(path: str | Path, backbone: str | None = None) -> dict[str,
     for key in ("exp2",):
         if key in data:
             out[key] = float(data[key])
+    out.update(_preset_options(data.get("options", {}), p))
     if file_backbone is not None:
         out["backbone"] = file_backbone
     return out

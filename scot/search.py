@@ -197,6 +197,7 @@ def write_preset(path: Path, results: Sequence[Evaluated], model: SCOT, dataset:
         "backbone": bb.name,
         "hyperpixel_ids": list(best.ids),
         "exp2": model.config.exp2,
+        "options": {"feature_scales": list(model.config.feature_scales)},  # the features the ids were scored with
         "grid_stride": g.jump,
         "metric": f"PCK@{HEADLINE_ALPHA:.2f}, mean over pairs (%)",
         "dataset": {"name": dataset.name, "split": dataset.split, "pairs": len(dataset), "thres": thres},

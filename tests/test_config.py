@@ -113,9 +113,40 @@ def test_preset_file(tmp_path):
     assert load_preset_file(f) == {"hyperpixel_ids": (3, 5, 9), "backbone": "efficientnet-lite0"}
     with pytest.raises(ScotError, match="searched for backbone 'efficientnet-lite0', not 'resnet101'"):
         load_preset_file(f, "resnet101")
+    f.write_text(json.dumps({"hyperpixel_ids": [3, 5], "options": {"feature_scales": [1, 1.5]}}))
+    assert load_preset_file(f)["feature_scales"] == (1.0, 1.5)
+    f.write_text(json.dumps({"hyperpixel_ids": [3, 5], "options": {"subpixel": 3}}))
+    with pytest.raises(ScotError, match=r"p\.json: 'options' must be an object with keys among feature_scales"):
+        load_preset_file(f)
     (tmp_path / "q.json").write_text("{}")
     with pytest.raises(ScotError, match="no 'hyperpixel_ids'"):
         load_preset_file(tmp_path / "q.json")
+
+
+def test_shipped_presets_drive_the_pfwillow_ids():
+    """The EfficientNet-Lite presets live in package data, written by scot search-layers."""
+    from scot.config import PRESET_DIR
+
+    files = sorted(PRESET_DIR.glob("*.json"))
+    assert [f.name for f in files] == ["pfwillow-efficientnet-lite0.json", "pfwillow-efficientnet-lite2.json"]
+    for f in files:
+        doc = json.loads(f.read_text())
+        loaded = load_preset_file(f, doc["backbone"])
+        assert loaded["backbone"] == doc["backbone"]
+        for name in ("pfwillow", "pfpascal"):
+            assert SCOTConfig(preset=name).resolve(doc["backbone"]).hyperpixel_ids == loaded["hyperpixel_ids"]
+        assert doc["found_with"].startswith("scot search-layers")
+        # the shipped set was checked on all 200 dev pairs, not only the searched ones
+        check = doc["check_on_dev_split"]
+        assert check["all_pairs"]["pairs"] == 200 and check["pairs_not_searched"]["pairs"] == 200 - doc["dataset"]["pairs"]
+    # options adopted by a preset fill only what the configuration leaves unset
+    assert SCOTConfig(preset="pfwillow").resolve("efficientnet-lite2").feature_scales == (1.0, 1.5, 2.0)
+    assert SCOTConfig(preset="pfwillow", feature_scales=(1.0,)).resolve("efficientnet-lite2").feature_scales == (1.0,)
+    assert SCOTConfig(preset="pfwillow").resolve("resnet101").feature_scales == (1.0,)  # the paper's setting
+    assert SCOTConfig(preset="spair").resolve("efficientnet-lite2").feature_scales == (1.0,)
+    # the files are declared as package data, so a wheel install has them
+    setup_cfg = (PRESET_DIR.parents[1] / "setup.cfg").read_text()
+    assert "scot = presets/*.json" in setup_cfg
 
 
 def test_config_dict_roundtrip():
