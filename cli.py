@@ -81,10 +81,18 @@ CostDtypeOpt = Annotated[Optional[str], typer.Option("--cost-dtype", help="float
 SideOpt = Annotated[Optional[int], typer.Option("--image-side", help="Longest image side after resizing.  [default: 300]")]
 SubpixelOpt = Annotated[Optional[int], typer.Option("--subpixel", help="Sub-pixel transfer: soft-argmax over an NxN target window (0: off).")]
 MutualOpt = Annotated[Optional[bool], typer.Option("--mutual/--no-mutual", help="Move keypoints only with mutually-best matches.")]
-FeatureScalesOpt = Annotated[Optional[str], typer.Option("--feature-scales", help="Average hyperpixel features over these input scales, e.g. '1,1.5'.")]
+FeatureScalesOpt = Annotated[Optional[str], typer.Option("--feature-scales", help="Average hyperpixel features over these input scales, e.g. '1,1.5'.  [default: the preset's; 1,1.5,2 for EfficientNet-Lite on pfwillow/pfpascal, else 1]")]
 CamScalesOpt = Annotated[Optional[str], typer.Option("--cam-scales", help="Input scales of the CAM.  [default: 1,1.5,2]")]
 CamWeightingOpt = Annotated[Optional[str], typer.Option("--cam-weighting", help="levels (the paper's steps) or linear (0.5 + 0.5 CAM).")]
 LowMemOpt = Annotated[bool, typer.Option("--low-memory", help="Stream the cost in blocks: no N x M matrix in memory (about 3x the matmul work).")]
+# dataset selection, shared by `eval` and `search-layers`
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="spair, pfpascal or pfwillow.")]
+DatapathOpt = Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")]
+PairListOpt = Annotated[Optional[Path], typer.Option("--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet-style PF-PASCAL csv).")]
+ThresOpt = Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox (default: the dataset's, as in the paper).")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs (after --category).")]
+CategoryOpt = Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")]
+SampleOpt = Annotated[Optional[int], typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch (default: PyTorch's choice, one per core).")]
 
 
@@ -306,14 +314,14 @@ def match(
 @app.command("eval")
 @cli_errors
 def eval_(
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="spair, pfpascal or pfwillow.")],
-    datapath: Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")] = Path("data"),
+    dataset: DatasetOpt,
+    datapath: DatapathOpt = Path("data"),
     split: Annotated[str, typer.Option("--split", help="test, val or trn (PF-PASCAL, SPair-71k).")] = "test",
-    pair_list: Annotated[Optional[Path], typer.Option("--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet-style PF-PASCAL csv).")] = None,
-    thres: Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox (default: the dataset's, as in the paper).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs (after --category).")] = None,
-    category: Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")] = None,
-    sample: Annotated[Optional[int], typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")] = None,
+    pair_list: PairListOpt = None,
+    thres: ThresOpt = None,
+    limit: LimitOpt = None,
+    category: CategoryOpt = None,
+    sample: SampleOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per batched solve (0: 1 on CPU, 8 on CUDA).")] = 0,
     cache_gb: Annotated[float, typer.Option("--cache-gb", help="Memory budget of the per-image feature cache.")] = 2.0,
     save_viz: Annotated[int, typer.Option("--save-viz", help="Also draw the N worst and N best pairs.")] = 0,
@@ -352,8 +360,7 @@ def eval_(
     from scot.errors import ScotError
     from scot.evaluate import EvalSettings, evaluate, find_resumable, format_table
 
-    if thres is not None and thres not in ("img", "bbox"):
-        raise ScotError(f"--thres: must be img or bbox, got '{thres}'")
+    _check_thres(thres)
     if cache_gb <= 0:
         raise ScotError(f"--cache-gb: must be > 0, got {cache_gb}")
     if save_viz < 0 or batch_size < 0:
@@ -409,6 +416,13 @@ def eval_(
     typer.echo(f"results: {output_dir}")
 
 
+def _check_thres(thres: str | None) -> None:
+    from scot.errors import ScotError
+
+    if thres is not None and thres not in ("img", "bbox"):
+        raise ScotError(f"--thres: must be img or bbox, got '{thres}'")
+
+
 def _download_with_progress(dataset: str, datapath: Path) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -426,14 +440,14 @@ def _download_with_progress(dataset: str, datapath: Path) -> None:
 @app.command("search-layers")
 @cli_errors
 def search_layers_cmd(
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="spair, pfpascal or pfwillow.")],
-    datapath: Annotated[Path, typer.Option("--datapath", help="Folder holding the dataset.")] = Path("data"),
+    dataset: DatasetOpt,
+    datapath: DatapathOpt = Path("data"),
     split: Annotated[str, typer.Option("--split", help="Split to search on (use a validation split where there is one).")] = "test",
-    pair_list: Annotated[Optional[Path], typer.Option("--pair-list", help="Pair file instead of the split's.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs.")] = None,
-    category: Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")] = None,
-    sample: Annotated[Optional[int], typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")] = None,
-    thres: Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox (default: the dataset's).")] = None,
+    pair_list: PairListOpt = None,
+    limit: LimitOpt = None,
+    category: CategoryOpt = None,
+    sample: SampleOpt = None,
+    thres: ThresOpt = None,
     grid_stride: Annotated[int, typer.Option("--grid-stride", help="Base ids are the layers of this stride (the hyperpixel grid).")] = 4,
     base_ids: Annotated[Optional[str], typer.Option("--base-ids", help="Explicit base ids, e.g. '(2,3,4)' (overrides --grid-stride).")] = None,
     candidates: Annotated[Optional[str], typer.Option("--candidates", help="Ids that may be added (default: every id).")] = None,
@@ -471,6 +485,7 @@ def search_layers_cmd(
     from scot.errors import ScotError
     from scot.search import search_layers, write_preset
 
+    _check_thres(thres)
     set_threads(threads)
     data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
     cfg = build_config(dict(locals(), hyperpixel="(0)"), preset=preset or dataset)  # ids are what is searched

@@ -52,29 +52,32 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int:
-    """VmHWM of this process (Linux), else ru_maxrss."""
+def _proc_status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (Linux) in bytes, or None where there is none."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM of this process (Linux), else ru_maxrss."""
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return peak_rss_bytes()
+    """VmRSS of this process (Linux), else the peak."""
+    rss = _proc_status_bytes("VmRSS")
+    return rss if rss is not None else peak_rss_bytes()
 
 
 @dataclass
