@@ -552,12 +552,13 @@ def bench_synthetic_cmd(
     threads: ThreadsOpt = None,
 ) -> None:
     """Matching stages on random features vs the bare cosine matmul (the floor)."""
+    from scot import SCOTConfig
     from scot.bench import bench_synthetic, format_bytes
     from scot.errors import ScotError
     from scot.model import resolve_device
 
     set_threads(threads)
-    resolve_device(device)
+    device = str(resolve_device(device or SCOTConfig.device))  # unset: the configuration's default
     dtypes = ("float32", "bfloat16") if cost_dtype == "both" else (cost_dtype,)
     if any(d not in ("float32", "bfloat16") for d in dtypes):
         raise ScotError(f"--cost-dtype: must be float32, bfloat16 or both, got '{cost_dtype}'")
