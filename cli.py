@@ -83,6 +83,9 @@ SubpixelOpt = Annotated[Optional[int], typer.Option("--subpixel", help="Sub-pixe
 MutualOpt = Annotated[Optional[bool], typer.Option("--mutual/--no-mutual", help="Move keypoints only with mutually-best matches.")]
 FeatureScalesOpt = Annotated[Optional[str], typer.Option("--feature-scales", help="Average hyperpixel features over these input scales, e.g. '1,1.5'.  [default: the preset's; 1,1.5,2 for EfficientNet-Lite on pfwillow/pfpascal, else 1]")]
 CamScalesOpt = Annotated[Optional[str], typer.Option("--cam-scales", help="Input scales of the CAM.  [default: 1,1.5,2]")]
+CenterOpt = Annotated[Optional[bool], typer.Option("--center-features/--no-center-features", help="Subtract each image's mean hyperpixel before the cosine.  [default: the preset's; on for EfficientNet-Lite on pfwillow/pfpascal, else off]")]
+SymmetricOpt = Annotated[Optional[bool], typer.Option("--symmetric/--one-way", help="Also match target to source and add the two RHM confidences.  [default: the preset's; on for EfficientNet-Lite on pfwillow/pfpascal, else off]")]
+TransferOpt = Annotated[Optional[str], typer.Option("--transfer", help="How a keypoint combines the displacements of its boxes: mean, weighted (by confidence) or median.  [default: the preset's; weighted for EfficientNet-Lite on pfwillow/pfpascal, else mean]")]
 CamWeightingOpt = Annotated[Optional[str], typer.Option("--cam-weighting", help="levels (the paper's steps) or linear (0.5 + 0.5 CAM).")]
 LowMemOpt = Annotated[bool, typer.Option("--low-memory", help="Stream the cost in blocks: no N x M matrix in memory (about 3x the matmul work).")]
 # dataset selection, shared by `eval` and `search-layers`
@@ -113,7 +116,8 @@ ALGORITHM_OPTIONS = {
     "device": "device", "eps": "eps", "exp2": "exp2", "sinkhorn_iters": "sinkhorn_iters", "sinkhorn_tol": "sinkhorn_tol",
     "sinkhorn_mode": "sinkhorn_mode", "tau": "unbalanced_tau", "cam": "cam", "rhm": "rhm", "ot": "ot",
     "cost_dtype": "cost_dtype", "image_side": "image_side", "subpixel": "subpixel", "mutual": "mutual",
-    "cam_weighting": "cam_weighting",
+    "cam_weighting": "cam_weighting", "center_features": "center_features", "symmetric": "symmetric",
+    "transfer": "transfer",
 }
 
 
@@ -252,6 +256,9 @@ def match(
     feature_scales: FeatureScalesOpt = None,
     cam_scales: CamScalesOpt = None,
     cam_weighting: CamWeightingOpt = None,
+    center_features: CenterOpt = None,
+    symmetric: SymmetricOpt = None,
+    transfer: TransferOpt = None,
     threads: ThreadsOpt = None,
     low_memory: LowMemOpt = False,
 ) -> None:
@@ -351,6 +358,9 @@ def eval_(
     feature_scales: FeatureScalesOpt = None,
     cam_scales: CamScalesOpt = None,
     cam_weighting: CamWeightingOpt = None,
+    center_features: CenterOpt = None,
+    symmetric: SymmetricOpt = None,
+    transfer: TransferOpt = None,
     threads: ThreadsOpt = None,
     low_memory: LowMemOpt = False,
 ) -> None:
@@ -475,6 +485,9 @@ def search_layers_cmd(
     feature_scales: FeatureScalesOpt = None,
     cam_scales: CamScalesOpt = None,
     cam_weighting: CamWeightingOpt = None,
+    center_features: CenterOpt = None,
+    symmetric: SymmetricOpt = None,
+    transfer: TransferOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Beam search over hyperpixel ids maximising PCK@0.1; writes a preset file."""

@@ -54,8 +54,13 @@ def _shipped(name: str) -> dict[str, Any]:
     return {"hyperpixel_ids": ids, "options": _preset_options(doc.get("options", {}), path)}
 
 
-PRESET_OPTIONS = ("feature_scales",)
+PRESET_OPTIONS = ("feature_scales", "center_features", "symmetric", "transfer")
 """Options besides the ids and ``exp2`` that a preset file may set."""
+
+TRANSFERS = ("mean", "weighted", "median")
+
+PAPER_OPTIONS: dict[str, Any] = {"feature_scales": (1.0,), "center_features": False, "symmetric": False, "transfer": "mean"}
+"""What the preset options resolve to when neither the configuration nor the preset sets them."""
 
 
 def _preset_options(options: Any, path: Path) -> dict[str, Any]:
@@ -67,6 +72,15 @@ def _preset_options(options: Any, path: Path) -> dict[str, Any]:
             out["feature_scales"] = tuple(float(v) for v in options["feature_scales"])
         except (TypeError, ValueError):
             raise ScotError(f"--preset-file: {path}: 'feature_scales' must be a list of numbers") from None
+    for key in ("center_features", "symmetric"):
+        if key in options:
+            if not isinstance(options[key], bool):
+                raise ScotError(f"--preset-file: {path}: '{key}' must be true or false")
+            out[key] = options[key]
+    if "transfer" in options:
+        if options["transfer"] not in TRANSFERS:
+            raise ScotError(f"--preset-file: {path}: 'transfer' must be one of {', '.join(TRANSFERS)}")
+        out["transfer"] = options["transfer"]
     return out
 
 
@@ -182,6 +196,16 @@ class SCOTConfig:
     ``(1,)`` (the paper) unless a shipped preset file says otherwise."""
     cam_weighting: str = "levels"
     """``levels`` (the paper's 0.5/0.8/0.9/1.0 steps) or ``linear`` (0.5 + 0.5 * CAM)."""
+    center_features: bool | None = None
+    """Subtract each image's mean hyperpixel before the cosine (None: the preset's; the
+    paper does not)."""
+    symmetric: bool | None = None
+    """Also match target to source and add the two RHM confidences, each scaled to a
+    maximum of 1 (None: the preset's; the paper matches one way)."""
+    transfer: str | None = None
+    """How a keypoint combines the displacements of the source boxes that contain it:
+    ``mean`` (the paper), ``weighted`` (by match confidence) or ``median`` (None: the
+    preset's)."""
 
     # --- execution ----------------------------------------------------------------------
     stream_block: int = 0
@@ -234,6 +258,10 @@ class SCOTConfig:
             raise ScotError(f"--feature-scales: must be positive and include 1, got {self.feature_scales}")
         if self.cam_weighting not in ("levels", "linear"):
             raise ScotError(f"--cam-weighting: '{self.cam_weighting}' is not one of levels, linear")
+        if self.transfer is not None and self.transfer not in TRANSFERS:
+            raise ScotError(f"--transfer: '{self.transfer}' is not one of {', '.join(TRANSFERS)}")
+        if self.stream_block and self.symmetric:
+            raise ScotError("--symmetric matches both ways on the whole N x M matrix; it cannot be combined with --low-memory")
         if self.subpixel < 0 or (self.subpixel and self.subpixel % 2 == 0):
             raise ScotError(f"--subpixel: the window must be an odd size (3, 5, ...) or 0, got {self.subpixel}")
         if self.stream_block < 0:
@@ -263,10 +291,17 @@ class SCOTConfig:
             if ids is None:
                 raise ScotError(f"--preset: preset '{self.preset}' has no hyperpixel ids for backbone '{backbone}'; pass --hyperpixel")
         exp2 = preset.exp2 if self.exp2 is None else self.exp2
-        options = preset.options.get(backbone, {})
-        scales = self.feature_scales or options.get("feature_scales", (1.0,))
-        return dataclasses.replace(self, backbone=backbone, hyperpixel_ids=tuple(ids), exp2=exp2,
-                                   feature_scales=tuple(scales))
+        options = {**PAPER_OPTIONS, **preset.options.get(backbone, {})}
+        filled = {k: options[k] if getattr(self, k) is None else getattr(self, k) for k in PRESET_OPTIONS}
+        if self.stream_block and self.symmetric is None:
+            filled["symmetric"] = False  # low-memory streaming matches one way (see dropped_by_low_memory)
+        filled["feature_scales"] = tuple(filled["feature_scales"])
+        return dataclasses.replace(self, backbone=backbone, hyperpixel_ids=tuple(ids), exp2=exp2, **filled)
+
+    def dropped_by_low_memory(self, backbone: str) -> bool:
+        """True when the preset would match both ways but ``--low-memory`` matches one way."""
+        options = PRESETS[self.preset].options.get(backbone, {})
+        return bool(self.stream_block and self.symmetric is None and options.get("symmetric", False))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

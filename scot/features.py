@@ -215,8 +215,14 @@ def hyperpixels_from_view(
     cost_dtype: str = "float32",
     timings: dict[str, float] | None = None,
     cam_weighting: str = "levels",
+    center: bool = False,
 ) -> Hyperpixels:
-    """Fuse the maps of ``ids`` into hyperpixels with boxes and CAM marginal weights."""
+    """Fuse the maps of ``ids`` into hyperpixels with boxes and CAM marginal weights.
+
+    With ``center`` the image's mean hyperpixel is subtracted (per channel) before the
+    rows are normalised, so the cosine compares deviations from the image's average
+    appearance rather than a component that every hyperpixel shares.
+    """
     ids = sorted(ids)
     clock = _Clock(timings)
     maps = [view.maps[i] for i in ids]
@@ -224,6 +230,8 @@ def hyperpixels_from_view(
     table = fuse(maps, rows=padded_rows(h * w))
     del maps
     d = table.shape[1]
+    if center:
+        table[: h * w].sub_(table[: h * w].mean(0, keepdim=True))
     # The features live only inside their (padded, normalised) source operand: no second copy.
     if cost_dtype != "bfloat16":  # float32 / tf32: the table is the operand
         src_operand = normalize_rows_(table)
@@ -273,6 +281,7 @@ def extract_hyperpixels(
     cam_scales: Sequence[float] = (1.0, 1.5, 2.0),
     feature_scales: Sequence[float] = (1.0,),
     cam_weighting: str = "levels",
+    center: bool = False,
     cost_dtype: str = "float32",
     name: str = "image",
     timings: dict[str, float] | None = None,
@@ -284,4 +293,4 @@ def extract_hyperpixels(
     """
     view = observe(backbone, image01, ids, ratio=ratio, original_size=original_size, use_cam=use_cam,
                    cam_scales=cam_scales, feature_scales=feature_scales, name=name, timings=timings)
-    return hyperpixels_from_view(view, backbone, ids, cost_dtype, timings, cam_weighting)
+    return hyperpixels_from_view(view, backbone, ids, cost_dtype, timings, cam_weighting, center)

@@ -25,7 +25,7 @@ from .cost import cost_from_operands
 from .errors import ScotError
 from .features import Hyperpixels, box_centres, extract_hyperpixels
 from .image import ImageLike, load_image, resize_longest_side
-from .ot import scot_votes
+from .ot import scot_votes, two_way_votes
 from .rhm import GridHough, rhm_grid
 from .streaming import streamed_best_matches
 from .transfer import best_matches, mutual_mask, soft_argmax_targets, transfer_keypoints
@@ -193,6 +193,8 @@ class SCOT:
         # Channels-last convolutions are faster on CPU (ResNet-101 ~12 %, EfficientNet-Lite2 ~1.7x).
         self.backbone = backbone.to(self.device, memory_format=torch.channels_last).eval()
         self.config = cfg.resolve(backbone.name)
+        if cfg.dropped_by_low_memory(backbone.name):
+            (notice or logger.warning)(f"--low-memory matches one way: the preset's two-way matching of {backbone.name} is off")
         assert self.config.hyperpixel_ids is not None
         self.backbone.check_ids(self.config.hyperpixel_ids)
 
@@ -217,6 +219,7 @@ class SCOT:
             cam_scales=self.config.cam_scales,
             feature_scales=self.config.feature_scales,
             cam_weighting=self.config.cam_weighting,
+            center=bool(self.config.center_features),
             cost_dtype=self.config.cost_dtype,
             name=loaded.name,
         )
@@ -266,33 +269,31 @@ class SCOT:
         timings["cost"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        eps_used = [None] * len(items)
-        if cfg.ot:
-            mu = src_w / src_w.sum(-1, keepdim=True)
-            nu = trg_w / trg_w.sum(-1, keepdim=True)
-            votes, stats = scot_votes(
-                cost, mu, nu,
-                eps=cfg.eps, exp2=float(cfg.exp2 if cfg.exp2 is not None else 1.0),
-                num_iters=cfg.sinkhorn_iters, tol=cfg.sinkhorn_tol,
-                log_domain=cfg.sinkhorn_mode == "log", tau=cfg.unbalanced_tau,
-                max_doublings=cfg.max_eps_doublings, consume_cost=True, cost_bound=1.0,
-            )
-            eps_used = stats.eps_used
-        else:  # HPF's similarity: clamp(cos, 0) ** exp1 = (1 - C) ** exp1
-            votes = cost.neg_().add_(1.0)
-            if cfg.exp1 != 1.0:
-                votes.pow_(cfg.exp1)
+        votes_back = None  # --symmetric: the target->source votes, transposed to (B, N, M)
+        if cfg.symmetric and cfg.ot and cfg.sinkhorn_iters == 1 and cfg.sinkhorn_mode == "plain":
+            both = two_way_votes(cost, src_w / src_w.sum(-1, keepdim=True), trg_w / trg_w.sum(-1, keepdim=True),
+                                 eps=cfg.eps, exp2=float(cfg.exp2 if cfg.exp2 is not None else 1.0),
+                                 tau=cfg.unbalanced_tau, cost_bound=1.0)
+            if both is not None:
+                (votes, votes_back), eps_used = both, [cfg.eps] * len(items)
+        if votes_back is None:
+            if cfg.symmetric:  # any other solver setting: solve the transposed problem explicitly
+                votes_back = self._votes(cost.transpose(1, 2).contiguous(), trg_w, src_w)[0]
+                votes_back = votes_back.transpose(1, 2).contiguous()
+            votes, eps_used = self._votes(cost, src_w, trg_w)
+        del cost
         timings["ot"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         confidences, bests, refinements = [], [], []
         for b, (s, t, _) in enumerate(items):
             v = votes[b, : s.n, : t.n]
-            if cfg.rhm:
-                conf = rhm_grid(v, s.xs, s.ys, t.xs, t.ys, s.size, t.size, ncells=cfg.rhm_cells,
-                                kernel_side=cfg.rhm_kernel, out=None if keep_plan else v)
-            else:
-                conf = v
+            conf = self._confidence(v, s, t, keep_plan)
+            if votes_back is not None:  # two-way: add the reverse confidences, each scaled to max 1
+                back = self._confidence(votes_back[b, : s.n, : t.n], s, t, keep_plan=False, reverse=True)
+                if conf is v and keep_plan:  # without RHM the plan itself is the confidence: keep it
+                    conf = conf.clone()
+                conf.div_(conf.max().clamp_min(1e-30)).add_(back, alpha=1.0 / float(back.max().clamp_min(1e-30)))
             confidences.append(conf)
             best = best_matches(conf)
             bests.append(best)
@@ -314,13 +315,43 @@ class SCOT:
             kps = kps_list[b]
             if kps is not None:
                 target_tl, usable = refinements[b]
-                pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio, target_tl, usable)
+                pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio, target_tl, usable,
+                                          how=cfg.transfer or "mean", confidence=result.best_confidence)
                 result.keypoints = kps
                 result.transferred_resized = pred
                 result.transferred = pred / t.ratio
             results.append(result)
         timings["transfer"] = time.perf_counter() - t0
         return results
+
+    def _votes(self, cost: torch.Tensor, src_w: torch.Tensor, trg_w: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Transport votes (B, N, M) from a cost the call consumes; per-pair eps used."""
+        cfg = self.config
+        if not cfg.ot:  # HPF's similarity: clamp(cos, 0) ** exp1 = (1 - C) ** exp1
+            votes = cost.neg_().add_(1.0)
+            if cfg.exp1 != 1.0:
+                votes.pow_(cfg.exp1)
+            return votes, [None] * cost.shape[0]
+        mu = src_w / src_w.sum(-1, keepdim=True)
+        nu = trg_w / trg_w.sum(-1, keepdim=True)
+        votes, stats = scot_votes(
+            cost, mu, nu,
+            eps=cfg.eps, exp2=float(cfg.exp2 if cfg.exp2 is not None else 1.0),
+            num_iters=cfg.sinkhorn_iters, tol=cfg.sinkhorn_tol,
+            log_domain=cfg.sinkhorn_mode == "log", tau=cfg.unbalanced_tau,
+            max_doublings=cfg.max_eps_doublings, consume_cost=True, cost_bound=1.0,
+        )
+        return votes, stats.eps_used
+
+    def _confidence(self, votes: torch.Tensor, s: Hyperpixels, t: Hyperpixels, keep_plan: bool,
+                    reverse: bool = False) -> torch.Tensor:
+        """RHM confidences of one pair's (N, M) votes (the votes themselves with RHM off);
+        ``reverse``: the votes are the transposed target -> source ones."""
+        cfg = self.config
+        if not cfg.rhm:
+            return votes
+        return rhm_grid(votes, s.xs, s.ys, t.xs, t.ys, s.size, t.size, ncells=cfg.rhm_cells,
+                        kernel_side=cfg.rhm_kernel, out=None if keep_plan else votes, reverse=reverse)
 
     def _match_streamed(self, s: Hyperpixels, t: Hyperpixels, kps: torch.Tensor | None) -> MatchResult:
         """Low-memory matching (config.stream_block > 0): no N x M matrix is ever held."""
@@ -342,7 +373,8 @@ class SCOT:
                              config=cfg, timings=timings, eps_used=eps_used)
         t0 = time.perf_counter()
         if kps is not None:
-            pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio)
+            pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio, how=cfg.transfer or "mean",
+                                      confidence=result.best_confidence)
             result.keypoints, result.transferred_resized, result.transferred = kps, pred, pred / t.ratio
         timings["transfer"] = time.perf_counter() - t0
         return result

@@ -119,9 +119,10 @@ def sinkhorn(
     return result
 
 
-def _sinkhorn_plain(C, mu, nu, eps, num_iters, tol, fi, inplace, row_scale=None) -> SinkhornResult:
-    K = C.mul_(-1.0 / eps).exp_() if inplace else torch.exp(C * (-1.0 / eps))
+def _plain_scalings(K, mu, nu, num_iters, tol, fi):
+    """Scalings (a, b) of plain Sinkhorn on the kernel K; returns (a, b, iterations, error)."""
     a = _initial_a(mu)
+    b = None
     err = None
     it = 0
     for it in range(1, num_iters + 1):
@@ -139,9 +140,19 @@ def _sinkhorn_plain(C, mu, nu, eps, num_iters, tol, fi, inplace, row_scale=None)
                 err = (a - a_prev).abs().amax(-1) / a.abs().amax(-1).clamp_min(1.0)
             if bool((err < tol).all()):
                 break
+    return a, b, it, err
+
+
+def _finite(*xs: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(x).all()) for x in xs)
+
+
+def _sinkhorn_plain(C, mu, nu, eps, num_iters, tol, fi, inplace, row_scale=None) -> SinkhornResult:
+    K = C.mul_(-1.0 / eps).exp_() if inplace else torch.exp(C * (-1.0 / eps))
+    a, b, it, err = _plain_scalings(K, mu, nu, num_iters, tol, fi)
     if row_scale is not None:  # fold a constant per-problem factor into a: saves a pass over P
         a = a * row_scale.unsqueeze(-1)
-    finite = bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())
+    finite = _finite(a, b)
     plan = K.mul_(a.unsqueeze(-1)).mul_(b.unsqueeze(-2)) if inplace else a.unsqueeze(-1) * K * b.unsqueeze(-2)
     return SinkhornResult(plan, it, err, finite)
 
@@ -234,7 +245,7 @@ def scot_votes(
             # which the bound above excludes; checking the O(N + M) scalings suffices.
             if not res.scalings_finite:
                 raise RuntimeError("Sinkhorn produced NaN although exp(-C/eps) cannot underflow")
-            votes = plan if exp2 == 1.0 else (plan.sqrt_() if exp2 == 0.5 else plan.pow_(exp2))
+            votes = _power(plan, exp2)
             return (votes[0] if cost.dim() == 2 else votes), VoteStats(eps_used, res.iterations, False)
         res = sinkhorn(C, mu_b, nu_b, eps, num_iters, tol, tau=tau)
         plan = res.plan
@@ -254,10 +265,52 @@ def scot_votes(
                 plan[i] = solved
                 eps_used[i] = e
 
-    votes = plan.mul_(n_rows.view(-1, 1, 1))
-    if exp2 != 1.0:
-        votes = votes.sqrt_() if exp2 == 0.5 else votes.pow_(exp2)
     # N·P >= 0 by construction, so the reference's clamp(min=0) is a no-op here.
+    votes = _power(plan.mul_(n_rows.view(-1, 1, 1)), exp2)
+    return (votes[0] if cost.dim() == 2 else votes), VoteStats(eps_used, res.iterations, fell_back)
+
+
+def _power(votes: torch.Tensor, exp2: float) -> torch.Tensor:
+    """votes ** exp2 in place (sqrt for the presets' 0.5)."""
+    if exp2 == 1.0:
+        return votes
+    return votes.sqrt_() if exp2 == 0.5 else votes.pow_(exp2)
+
+
+def two_way_votes(
+    cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float = 0.05, exp2: float = 1.0,
+    tau: float | None = None, cost_bound: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    r"""SCOT's one-iteration votes of both matching directions from one kernel, consuming ``cost``.
+
+    Every plain Sinkhorn plan is a diagonal scaling of :math:`K = e^{-C/\varepsilon}`.  The
+    target-to-source problem (cost :math:`C^\top`, marginals :math:`\nu, \mu`) has the plan
+    :math:`\operatorname{diag}(a') K^\top \operatorname{diag}(b')`, whose transpose
+    :math:`\operatorname{diag}(b') K \operatorname{diag}(a')` is formed from the same kernel
+    in the source x target layout, with no transposed copy of the cost.
+
+    Returns ``(votes, reverse_votes_transposed)``, both (B, N, M) (``(M · P')^exp2``
+    transposed for the second), or None, leaving ``cost`` untouched, when
+    :math:`\max C / \varepsilon` is too large for :math:`K` to stay finite (the caller
+    then solves the transposed problem with :func:`scot_votes`).
+    """
+    C = _batched(cost, 2)
+    bound = float(C.amax()) if cost_bound is None else float(cost_bound)
+    if bound / eps > _SAFE_EXPONENT:
+        return None
+    mu_b, nu_b = _batched(mu, 1).to(C.dtype), _batched(nu, 1).to(C.dtype)
+    fi = 1.0 if tau is None else tau / (tau + eps)
+    K = C.mul_(-1.0 / eps).exp_()
+    a, b, _, _ = _plain_scalings(K, mu_b, nu_b, 1, None, fi)
+    a_rev, b_rev, _, _ = _plain_scalings(K.transpose(-1, -2), nu_b, mu_b, 1, None, fi)
+    if not _finite(a, b, a_rev, b_rev):
+        raise RuntimeError("Sinkhorn produced NaN although exp(-C/eps) cannot underflow")
+    n_rows = (mu_b > 0).sum(-1, keepdim=True).to(C.dtype)
+    n_cols = (nu_b > 0).sum(-1, keepdim=True).to(C.dtype)
+    reverse = torch.mul(K, (b_rev * n_cols).unsqueeze(-1)).mul_(a_rev.unsqueeze(-2))
+    forward = K.mul_((a * n_rows).unsqueeze(-1)).mul_(b.unsqueeze(-2))
+    forward, reverse = _power(forward, exp2), _power(reverse, exp2)
     if cost.dim() == 2:
-        votes = votes[0]
-    return votes, VoteStats(eps_used, res.iterations, fell_back)
+        return forward[0], reverse[0]
+    return forward, reverse
+

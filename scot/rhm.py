@@ -99,11 +99,18 @@ class GridHough:
     trg_shape: tuple[int, int]  # (ht, wt)
 
     @classmethod
-    def build(cls, src_xs, src_ys, trg_xs, trg_ys, src_size, trg_size, ncells=8192, device=None) -> "GridHough":
+    def build(cls, src_xs, src_ys, trg_xs, trg_ys, src_size, trg_size, ncells=8192, device=None,
+              reverse: bool = False) -> "GridHough":
+        """The bin tables; with ``reverse``, those of the target -> source matching, indexed
+        (source, target) like the forward ones (the Hough space's size is symmetric)."""
         nbx, nby, cell = hough_space(src_size, trg_size, ncells)
-        bx = _axis_bins(src_size[0], src_xs, trg_xs, cell, nbx).to(device)
-        by = _axis_bins(src_size[1], src_ys, trg_ys, cell, nby).to(device)
-        return cls(nbx, nby, bx, by, (len(src_ys), len(src_xs)), (len(trg_ys), len(trg_xs)))
+        if reverse:
+            bx = _axis_bins(trg_size[0], trg_xs, src_xs, cell, nbx).T.contiguous()
+            by = _axis_bins(trg_size[1], trg_ys, src_ys, cell, nby).T.contiguous()
+        else:
+            bx = _axis_bins(src_size[0], src_xs, trg_xs, cell, nbx)
+            by = _axis_bins(src_size[1], src_ys, trg_ys, cell, nby)
+        return cls(nbx, nby, bx.to(device), by.to(device), (len(src_ys), len(src_xs)), (len(trg_ys), len(trg_xs)))
 
     def vote(self, votes: torch.Tensor, hist: torch.Tensor, row0: int = 0) -> None:
         """Add the votes of source grid rows ``row0 .. row0 + r`` (an (r * ws, M) block) to ``hist``."""
@@ -145,6 +152,7 @@ def rhm_grid(
     ncells: int = 8192,
     kernel_side: int = 7,
     out: torch.Tensor | None = None,
+    reverse: bool = False,
 ) -> torch.Tensor:
     """RHM for hyperpixels on regular grids (the pipeline's case).
 
@@ -154,11 +162,13 @@ def rhm_grid(
         trg_xs, trg_ys: the same for the target grid.
         src_size, trg_size: (W, H) of the resized images.
         out: optional (N, M) buffer for the result; may be ``votes`` itself.
+        reverse: ``votes`` are the target -> source votes, transposed to (N, M); the
+            result is then that matching's confidences, transposed (two-way matching).
 
     Returns:
         The (N, M) confidences, equal to :func:`rhm_dense` on the grids' centres.
     """
-    hough = GridHough.build(src_xs, src_ys, trg_xs, trg_ys, src_size, trg_size, ncells, votes.device)
+    hough = GridHough.build(src_xs, src_ys, trg_xs, trg_ys, src_size, trg_size, ncells, votes.device, reverse)
     hist = votes.new_zeros(hough.nby, hough.nbx)
     hough.vote(votes, hist)
     smoothed = smooth_histogram(hist, kernel_side)

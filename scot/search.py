@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from .datasets import Dataset
+from .config import PRESET_OPTIONS
 from .errors import ScotError
 from .evaluate import _pair_keypoints, score_pair
 from .features import NetworkView, hyperpixels_from_view, observe
@@ -115,7 +116,8 @@ class LayerSearch:
             for k in (pair.src_key, pair.trg_key):
                 if k not in hyper:
                     hyper[k] = hyperpixels_from_view(self.view(Path(k[0]), k[1]), bb, ids, cfg.cost_dtype,
-                                                     cam_weighting=cfg.cam_weighting)
+                                                     cam_weighting=cfg.cam_weighting,
+                                                     center=bool(cfg.center_features))
             s, t = hyper[pair.src_key], hyper[pair.trg_key]
             src_kps, _, _ = _pair_keypoints(pair, s.original_size[0], t.original_size[0])
             result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
@@ -197,7 +199,8 @@ def write_preset(path: Path, results: Sequence[Evaluated], model: SCOT, dataset:
         "backbone": bb.name,
         "hyperpixel_ids": list(best.ids),
         "exp2": model.config.exp2,
-        "options": {"feature_scales": list(model.config.feature_scales)},  # the features the ids were scored with
+        # the options the ids were scored with
+        "options": {k: v for k, v in model.config.to_dict().items() if k in PRESET_OPTIONS},
         "grid_stride": g.jump,
         "metric": f"PCK@{HEADLINE_ALPHA:.2f}, mean over pairs (%)",
         "dataset": {"name": dataset.name, "split": dataset.split, "pairs": len(dataset), "thres": thres},

@@ -13,7 +13,12 @@ contains it (bounds inclusive), each moved rigidly onto its match:
 with :math:`\mathrm{tl}` the box's top-left corner.  When no box contains :math:`p` the
 nearest box centre is used, so the prediction is never NaN.
 
-Two optional refinements (off by default, see the README's accuracy table):
+How the displacements of :math:`\mathcal N(p)` are combined is ``how``: ``mean`` (the
+paper, above), ``weighted`` (mean weighted by each box's match confidence, so that
+uncertain boxes move the keypoint less) or ``median`` (coordinate-wise; the lower middle
+value for an even count, robust to a minority of wrong matches).
+
+Two more optional refinements (off by default, see the README's accuracy table):
 
 * **sub-pixel targets**: :math:`\mathrm{tl}(B'_{j^*})` is replaced by the
   confidence-weighted mean of the top-left corners of the target boxes in a ``w x w``
@@ -73,6 +78,8 @@ def transfer_keypoints(
     keypoints: torch.Tensor,
     target_tl: torch.Tensor | None = None,
     usable: torch.Tensor | None = None,
+    how: str = "mean",
+    confidence: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Transfer (K, 2) source keypoints (x, y) to the target, in the resized frames.
 
@@ -83,6 +90,8 @@ def transfer_keypoints(
         keypoints: (K, 2) source keypoints.
         target_tl: (N, 2) where each source box lands (default: its match's top-left).
         usable: (N,) bool; a keypoint moves with its usable boxes if it has any.
+        how: ``mean``, ``weighted`` or ``median`` (see the module docstring).
+        confidence: (N,) confidence of each source box's match (for ``weighted``).
     """
     src_boxes, trg_boxes = src_boxes.float().cpu(), trg_boxes.float().cpu()
     kps = keypoints.float().cpu()
@@ -95,10 +104,21 @@ def transfer_keypoints(
         preferred = inside & usable.cpu().unsqueeze(0)
         has = preferred.any(1, keepdim=True)
         inside = torch.where(has, preferred, inside)
-    count = inside.sum(1)
-    moved = kps + (inside.float() @ shift) / count.clamp_min(1).unsqueeze(1)
-    lonely = count == 0
-    if bool(lonely.any()):
+    lonely = ~inside.any(1)
+    if bool(lonely.any()):  # no box contains the keypoint: it moves with the nearest one
         nearest = torch.cdist(kps[lonely], box_centres(src_boxes)).argmin(1)
-        moved[lonely] = kps[lonely] + shift[nearest]
-    return moved
+        inside[torch.nonzero(lonely)[:, 0], nearest] = True
+    if how == "mean":
+        weights = inside.float()
+    elif how == "weighted":
+        if confidence is None:
+            raise ValueError("transfer 'weighted' needs the matches' confidence")
+        weights = inside.float() * confidence.float().cpu().clamp_min(0).unsqueeze(0)
+        # a keypoint whose boxes all have zero confidence falls back to the plain mean
+        weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, inside.float())
+    elif how == "median":
+        spread = torch.where(inside.unsqueeze(2), shift.unsqueeze(0), torch.tensor(float("nan")))  # (K, N, 2)
+        return kps + torch.nanmedian(spread, dim=1).values
+    else:
+        raise ValueError(f"unknown transfer {how!r}")
+    return kps + (weights @ shift) / weights.sum(1, keepdim=True)

@@ -113,6 +113,8 @@ def test_bad_options(tmp_path, willow_rows):
     one_line_error(runner.invoke(app, ["match", src, trg, *o, "--backbone", "alexnet"]), "--backbone", "alexnet")
     one_line_error(runner.invoke(app, ["match", src, trg, *o, "--preset", "nope"]), "--preset", "nope")
     one_line_error(runner.invoke(app, ["match", src, trg, *o, "--eps", "0"]), "--eps")
+    one_line_error(runner.invoke(app, ["match", src, trg, *o, "--transfer", "vote"]), "--transfer", "vote")
+    one_line_error(runner.invoke(app, ["match", src, trg, *o, "--symmetric", "--low-memory"]), "--symmetric", "--low-memory")
     one_line_error(runner.invoke(app, ["match", src, trg, *o, "--backbone", "efficientnet-lite0", "--hyperpixel", "(1,99)"]), "99", "out of range")
     kp = tmp_path / "k.json"
     kp.write_text("[[1, 2], [5000, 3]]")

@@ -115,6 +115,15 @@ def test_preset_file(tmp_path):
         load_preset_file(f, "resnet101")
     f.write_text(json.dumps({"hyperpixel_ids": [3, 5], "options": {"feature_scales": [1, 1.5]}}))
     assert load_preset_file(f)["feature_scales"] == (1.0, 1.5)
+    f.write_text(json.dumps({"hyperpixel_ids": [3], "options": {"center_features": True, "symmetric": False, "transfer": "median"}}))
+    assert {k: load_preset_file(f)[k] for k in ("center_features", "symmetric", "transfer")} == {
+        "center_features": True, "symmetric": False, "transfer": "median"}
+    f.write_text(json.dumps({"hyperpixel_ids": [3], "options": {"transfer": "vote"}}))
+    with pytest.raises(ScotError, match=r"p\.json: 'transfer' must be one of mean, weighted, median"):
+        load_preset_file(f)
+    f.write_text(json.dumps({"hyperpixel_ids": [3], "options": {"symmetric": "yes"}}))
+    with pytest.raises(ScotError, match=r"p\.json: 'symmetric' must be true or false"):
+        load_preset_file(f)
     f.write_text(json.dumps({"hyperpixel_ids": [3, 5], "options": {"subpixel": 3}}))
     with pytest.raises(ScotError, match=r"p\.json: 'options' must be an object with keys among feature_scales"):
         load_preset_file(f)

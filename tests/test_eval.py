@@ -89,6 +89,7 @@ def test_resume_after_interrupt_gives_the_same_numbers(willow_root, tmp_path):
 
 def test_batched_matching_equals_one_by_one(willow_root):
     model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow"))
+    assert model.config.symmetric  # the preset's two-way matching, batched with padding too
     ds = load_dataset("pfwillow", willow_root.parent)
     pairs = [ds.pairs[0], ds.pairs[23], ds.pairs[150]]  # different image sizes
     items = [(model.extract(p.src), model.extract(p.trg), p.src_kps) for p in pairs]

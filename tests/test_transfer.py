@@ -84,3 +84,28 @@ def test_mutual_mask_and_usable_boxes():
     none_usable = transfer_keypoints(src, trg, torch.tensor([0, 1]), kp, usable=torch.tensor([False, False]))
     torch.testing.assert_close(only_first[0], torch.tensor([55.0, 55.0]))
     torch.testing.assert_close(none_usable, both)  # falls back to every containing box
+
+
+def test_weighted_and_median_transfer():
+    # three boxes contain the keypoint; their matches move it by (+10, 0), (+10, 0) and (+100, +50)
+    src = boxes([0, 0, 10, 10], [2, 2, 12, 12], [4, 4, 14, 14], [50, 50, 60, 60])
+    trg = boxes([10, 0, 20, 10], [12, 2, 22, 12], [104, 54, 114, 64], [0, 0, 1, 1])
+    best = torch.tensor([0, 1, 2, 3])
+    kp = torch.tensor([[6.0, 6.0]])
+    mean = transfer_keypoints(src, trg, best, kp)
+    torch.testing.assert_close(mean[0], torch.tensor([6.0 + 40.0, 6.0 + 50.0 / 3]))
+    # the median ignores the one outlying match
+    median = transfer_keypoints(src, trg, best, kp, how="median")
+    torch.testing.assert_close(median[0], torch.tensor([16.0, 6.0]))
+    # weights 1, 1, 2: the confident outlier counts twice
+    conf = torch.tensor([1.0, 1.0, 2.0, 5.0])
+    weighted = transfer_keypoints(src, trg, best, kp, how="weighted", confidence=conf)
+    torch.testing.assert_close(weighted[0], torch.tensor([6.0 + (10 + 10 + 200) / 4, 6.0 + 100.0 / 4]))
+    # all-zero confidence falls back to the plain mean instead of dividing by zero
+    zero = transfer_keypoints(src, trg, best, kp, how="weighted", confidence=torch.zeros(4))
+    torch.testing.assert_close(zero, mean)
+    # a keypoint in no box still moves with the nearest box, for every rule
+    far = torch.tensor([[80.0, 80.0]])
+    for how in ("mean", "median", "weighted"):
+        out = transfer_keypoints(src, trg, best, far, how=how, confidence=conf)
+        torch.testing.assert_close(out[0], torch.tensor([30.0, 30.0]))
