@@ -269,18 +269,7 @@ class SCOT:
         timings["cost"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        votes_back = None  # --symmetric: the target->source votes, transposed to (B, N, M)
-        if cfg.symmetric and cfg.ot and cfg.sinkhorn_iters == 1 and cfg.sinkhorn_mode == "plain":
-            both = two_way_votes(cost, src_w / src_w.sum(-1, keepdim=True), trg_w / trg_w.sum(-1, keepdim=True),
-                                 eps=cfg.eps, exp2=float(cfg.exp2 if cfg.exp2 is not None else 1.0),
-                                 tau=cfg.unbalanced_tau, cost_bound=1.0)
-            if both is not None:
-                (votes, votes_back), eps_used = both, [cfg.eps] * len(items)
-        if votes_back is None:
-            if cfg.symmetric:  # any other solver setting: solve the transposed problem explicitly
-                votes_back = self._votes(cost.transpose(1, 2).contiguous(), trg_w, src_w)[0]
-                votes_back = votes_back.transpose(1, 2).contiguous()
-            votes, eps_used = self._votes(cost, src_w, trg_w)
+        votes, votes_back, eps_used = self._votes(cost, src_w, trg_w, two_way=bool(cfg.symmetric))
         del cost
         timings["ot"] = time.perf_counter() - t0
 
@@ -312,36 +301,51 @@ class SCOT:
                 plan=votes[b, : s.n, : t.n] if keep_plan else None, confidence=confidences[b] if keep_plan else None,
                 config=cfg, timings=timings, eps_used=eps_used[b],
             )
-            kps = kps_list[b]
-            if kps is not None:
-                target_tl, usable = refinements[b]
-                pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio, target_tl, usable,
-                                          how=cfg.transfer or "mean", confidence=result.best_confidence)
-                result.keypoints = kps
-                result.transferred_resized = pred
-                result.transferred = pred / t.ratio
+            if kps_list[b] is not None:
+                self._transfer(result, kps_list[b], *refinements[b])
             results.append(result)
         timings["transfer"] = time.perf_counter() - t0
         return results
 
-    def _votes(self, cost: torch.Tensor, src_w: torch.Tensor, trg_w: torch.Tensor) -> tuple[torch.Tensor, list]:
-        """Transport votes (B, N, M) from a cost the call consumes; per-pair eps used."""
+    def _votes(
+        self, cost: torch.Tensor, src_w: torch.Tensor, trg_w: torch.Tensor, two_way: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list]:
+        """Transport votes (B, N, M) from a cost the call consumes, per-pair eps used, and with
+        ``two_way`` the target -> source votes transposed to (B, N, M) (else None)."""
         cfg = self.config
+        mu, nu = src_w / src_w.sum(-1, keepdim=True), trg_w / trg_w.sum(-1, keepdim=True)
+        back = None
+        if two_way:
+            if cfg.ot and cfg.sinkhorn_iters == 1 and cfg.sinkhorn_mode == "plain":  # both from one kernel
+                both = two_way_votes(cost, mu, nu, eps=cfg.eps, exp2=self._exp2, tau=cfg.unbalanced_tau, cost_bound=1.0)
+                if both is not None:
+                    return both[0], both[1], [cfg.eps] * cost.shape[0]
+            # any other solver setting: solve the transposed problem explicitly
+            back = self._votes(cost.transpose(1, 2).contiguous(), trg_w, src_w)[0].transpose(1, 2).contiguous()
         if not cfg.ot:  # HPF's similarity: clamp(cos, 0) ** exp1 = (1 - C) ** exp1
             votes = cost.neg_().add_(1.0)
             if cfg.exp1 != 1.0:
                 votes.pow_(cfg.exp1)
-            return votes, [None] * cost.shape[0]
-        mu = src_w / src_w.sum(-1, keepdim=True)
-        nu = trg_w / trg_w.sum(-1, keepdim=True)
+            return votes, back, [None] * cost.shape[0]
         votes, stats = scot_votes(
-            cost, mu, nu,
-            eps=cfg.eps, exp2=float(cfg.exp2 if cfg.exp2 is not None else 1.0),
+            cost, mu, nu, eps=cfg.eps, exp2=self._exp2,
             num_iters=cfg.sinkhorn_iters, tol=cfg.sinkhorn_tol,
             log_domain=cfg.sinkhorn_mode == "log", tau=cfg.unbalanced_tau,
             max_doublings=cfg.max_eps_doublings, consume_cost=True, cost_bound=1.0,
         )
-        return votes, stats.eps_used
+        return votes, back, stats.eps_used
+
+    @property
+    def _exp2(self) -> float:
+        return float(self.config.exp2 if self.config.exp2 is not None else 1.0)
+
+    def _transfer(self, result: MatchResult, kps: torch.Tensor, target_tl: torch.Tensor | None = None,
+                  usable: torch.Tensor | None = None) -> None:
+        """Transfer source keypoints ``kps`` (original pixels) through ``result``'s matches, in place."""
+        s, t = result.src, result.trg
+        pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio, target_tl, usable,
+                                  how=self.config.transfer or "mean", confidence=result.best_confidence)
+        result.keypoints, result.transferred_resized, result.transferred = kps, pred, pred / t.ratio
 
     def _confidence(self, votes: torch.Tensor, s: Hyperpixels, t: Hyperpixels, keep_plan: bool,
                     reverse: bool = False) -> torch.Tensor:
@@ -364,7 +368,7 @@ class SCOT:
             hough = GridHough.build(s.xs, s.ys, t.xs, t.ys, s.size, t.size, cfg.rhm_cells, self.device)
         best, best_conf, eps_used = streamed_best_matches(
             src_op[0], trg_op[0], src_w[0] / src_w.sum(), trg_w[0] / trg_w.sum(), s.n, t.n,
-            dtype=cfg.cost_dtype, eps=cfg.eps, exp2=float(cfg.exp2 if cfg.exp2 is not None else 1.0),
+            dtype=cfg.cost_dtype, eps=cfg.eps, exp2=self._exp2,
             num_iters=cfg.sinkhorn_iters, tau=cfg.unbalanced_tau, hough=hough, kernel_side=cfg.rhm_kernel,
             block_rows=cfg.stream_block, max_doublings=cfg.max_eps_doublings,
         )
@@ -373,9 +377,7 @@ class SCOT:
                              config=cfg, timings=timings, eps_used=eps_used)
         t0 = time.perf_counter()
         if kps is not None:
-            pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio, how=cfg.transfer or "mean",
-                                      confidence=result.best_confidence)
-            result.keypoints, result.transferred_resized, result.transferred = kps, pred, pred / t.ratio
+            self._transfer(result, kps)
         timings["transfer"] = time.perf_counter() - t0
         return result
 
