@@ -48,7 +48,7 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (typer.Exit, typer.Abort):
             raise
         except MemoryError:
-            _err("error: out of memory; try a smaller --image-side, fewer --hyperpixel ids or --cost-dtype bfloat16")
+            _err("error: out of memory; try a smaller --image-side, fewer --hyperpixel ids or --low-memory")
             raise typer.Exit(1)
         except Exception as exc:  # pragma: no cover - last resort, keeps the promise of one line
             if os.environ.get("SCOT_DEBUG"):
@@ -77,7 +77,7 @@ TauOpt = Annotated[Optional[float], typer.Option("--tau", help="Unbalanced OT: K
 CamOpt = Annotated[Optional[bool], typer.Option("--cam/--no-cam", help="Weight the OT marginals with class activation maps.  [default: on]")]
 RhmOpt = Annotated[Optional[bool], typer.Option("--rhm/--no-rhm", help="Regularized Hough matching.  [default: on]")]
 OtOpt = Annotated[Optional[bool], typer.Option("--ot/--no-ot", help="Optimal transport (off: nearest neighbour on cosine).  [default: on]")]
-CostDtypeOpt = Annotated[Optional[str], typer.Option("--cost-dtype", help="float32, bfloat16, or tf32 (CUDA) for the cosine matmul.  [default: float32]")]
+CostDtypeOpt = Annotated[Optional[str], typer.Option("--cost-dtype", help="float32, or tf32 (CUDA tensor cores) for the correlation matmuls.  [default: float32]")]
 SideOpt = Annotated[Optional[int], typer.Option("--image-side", help="Longest image side after resizing.  [default: 300]")]
 SubpixelOpt = Annotated[Optional[int], typer.Option("--subpixel", help="Sub-pixel transfer: soft-argmax over an NxN target window (0: off).")]
 MutualOpt = Annotated[Optional[bool], typer.Option("--mutual/--no-mutual", help="Move keypoints only with mutually-best matches.")]
@@ -549,22 +549,28 @@ bench_app = typer.Typer(no_args_is_help=True, help="Measure speed and memory, st
 app.add_typer(bench_app, name="bench")
 
 
-def _print_stage_table(rows: list[tuple[str, Any]]) -> None:
+def _print_stage_table(rows: list[tuple[str, Any]], bandwidth: dict[str, float] | None = None,
+                       floor: float | None = None) -> None:
     for name, stat in rows:
-        typer.echo(f"  {name:<13}{stat.ms()}")
+        extra = ""
+        if bandwidth and name in bandwidth and floor:
+            extra = f"   {bandwidth[name] / 1e9:5.1f} GB/s of the matrix ({100 * bandwidth[name] / floor:.0f} % of a copy)"
+        typer.echo(f"  {name:<13}{stat.ms()}{extra}")
 
 
 @bench_app.command("synthetic")
 @cli_errors
 def bench_synthetic_cmd(
     n: Annotated[int, typer.Option("--n", help="Hyperpixels per image (a grid of about this many cells).")] = 4000,
-    dim: Annotated[int, typer.Option("--dim", help="Feature dimension D.")] = 6400,
+    fine_dim: Annotated[int, typer.Option("--fine-dim", help="Channels on the hyperpixel grid.")] = 256,
+    coarse_dim: Annotated[int, typer.Option("--coarse-dim", help="Channels of the coarse layer group.")] = 6144,
+    coarse_stride: Annotated[int, typer.Option("--coarse-stride", help="How much coarser that group's grid is.")] = 4,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after two warm-up runs).")] = 5,
-    cost_dtype: Annotated[str, typer.Option("--cost-dtype", help="float32, bfloat16 or both.")] = "both",
+    two_way: Annotated[bool, typer.Option("--two-way/--one-way", help="Time two-way matching (the Lite presets').")] = False,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Matching stages on random features vs the bare cosine matmul (the floor)."""
+    """Matching stages on random hyperpixels (default: ResNet-101's PF layout) against their floors."""
     from scot import SCOTConfig
     from scot.bench import bench_synthetic, format_bytes
     from scot.errors import ScotError
@@ -572,24 +578,19 @@ def bench_synthetic_cmd(
 
     set_threads(threads)
     device = str(resolve_device(device or SCOTConfig.device))  # unset: the configuration's default
-    dtypes = ("float32", "bfloat16") if cost_dtype == "both" else (cost_dtype,)
-    if any(d not in ("float32", "bfloat16") for d in dtypes):
-        raise ScotError(f"--cost-dtype: must be float32, bfloat16 or both, got '{cost_dtype}'")
-    if n < 16 or dim < 1 or repeats < 1:
-        raise ScotError("--n must be >= 16, --dim and --repeats >= 1")
-    res = bench_synthetic(n, dim, repeats, dtypes, device)
-    typer.echo(f"synthetic match: n={res['n']} x m={res['m']}, D={res['dim']}, {res['threads']} threads, {res['device']}, "
+    if n < 16 or min(fine_dim, coarse_dim, coarse_stride, repeats) < 1:
+        raise ScotError("--n must be >= 16; --fine-dim, --coarse-dim, --coarse-stride and --repeats >= 1")
+    res = bench_synthetic(n, fine_dim, coarse_dim, coarse_stride, repeats, device, two_way)
+    typer.echo(f"synthetic match: n={res['n']} x m={res['m']}, D={res['dim']} ({fine_dim} on the grid + {coarse_dim} at "
+               f"1/{coarse_stride}), {'two' if two_way else 'one'}-way, {res['threads']} threads, {res['device']}, "
                f"median [min-max] of {repeats}")
-    for dtype, r in res["dtypes"].items():
-        typer.echo(f"cost dtype {dtype} (operand width {r['operand_width']}):")
-        _print_stage_table(list(r["stages"].items()))
-        typer.echo(f"  {'after feats':<13}{r['after_features'].ms()}")
-        typer.echo(f"  {'matmul alone':<13}{r['matmul'].ms()}  = {r['gflops']:.0f} GFLOP/s")
-        typer.echo(f"  ratio after-features / matmul alone: {r['ratio']:.3f}")
-        if "ratio_vs_fp32_matmul" in r:
-            typer.echo(f"  ratio vs the fp32 matmul: {r['ratio_vs_fp32_matmul']:.3f}, vs the bf16 matmul: {r['ratio_vs_bf16_matmul']:.3f}")
-        typer.echo(f"  peak RSS: {format_bytes(r['peak_rss'])} (the process held {format_bytes(res['baseline_rss'])} "
-                   f"before any operand: Python, PyTorch and its CUDA libraries)")
+    _print_stage_table(list(res["stages"].items()), res["bandwidth"], res["copy_bandwidth"])
+    typer.echo(f"  {'after feats':<13}{res['after_features'].ms()}")
+    typer.echo(f"  correlation: factorized {res['correlation'].ms().strip()} vs the dense matmul "
+               f"{res['dense_matmul'].ms().strip()}: {res['dense_matmul'].median / res['correlation'].median:.1f}x")
+    typer.echo(f"  memory floor: torch.empty(N, M).copy_() moves {res['copy_bandwidth'] / 1e9:.1f} GB/s")
+    typer.echo(f"  peak RSS: {format_bytes(res['peak_rss'])} (the process held {format_bytes(res['baseline_rss'])} "
+               f"before any operand: Python, PyTorch and its CUDA libraries)")
 
 
 @bench_app.command("pairs")
@@ -604,13 +605,14 @@ def bench_pairs_cmd(
     preset: Annotated[Optional[str], typer.Option("--preset", help="Named settings (default: the dataset's).")] = None,
     hyperpixel: HyperpixelOpt = None,
     cam: CamOpt = None,
-    cost_dtype: CostDtypeOpt = None,
+    center_features: CenterOpt = None,
+    symmetric: SymmetricOpt = None,
     image_side: SideOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     low_memory: LowMemOpt = False,
 ) -> None:
-    """Every stage on real pairs: load, backbone, CAM, fusion, cost, Sinkhorn, RHM, transfer."""
+    """Every stage on real pairs, for each correlation path (factorized, dense, and the chosen one)."""
     from scot import SCOT
     from scot.bench import bench_pairs, format_bytes
     from scot.datasets import load_dataset
@@ -620,44 +622,28 @@ def bench_pairs_cmd(
     cfg = build_config(locals(), preset=preset or dataset)
     model = SCOT(cfg, notice=_err)
     res = bench_pairs(model, [(p.src, p.trg, p.src_kps) for p in data.pairs], repeats)
-    typer.echo(f"{res['pairs']} {dataset} pairs x {repeats} repeats | {res['backbone']} | cost {res['cost_dtype']} | "
-               f"{res['threads']} threads, {res['device']} | median [min-max]")
-    _print_stage_table(list(res["stages"].items()))
-    typer.echo(f"  per image (load..fusion): {res['per_image_seconds']:.3f} s; per pair matching: "
-               f"{res['per_pair_matching_seconds']:.3f} s; per pair without cache: {res['per_pair_seconds_uncached']:.3f} s")
-    typer.echo(f"  after features {res['after_features'].ms()}; matmul alone {res['matmul'].ms()}; ratio {res['ratio']:.3f}")
     n, m = res["hyperpixels"]
-    typer.echo(f"  memory: matching a {n} x {m} pair{' (low-memory mode)' if res['low_memory'] else ''} raised the "
-               f"resident set by at most {format_bytes(res['match_peak_above'])}")
-
-
-@bench_app.command("precision")
-@cli_errors
-def bench_precision_cmd(
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Benchmark to take pairs from.")] = "pfwillow",
-    datapath: Annotated[Path, typer.Option("--datapath", help="Folder holding the dataset.")] = Path("data"),
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs.")] = None,
-    backbone: BackboneOpt = "auto",
-    weights: WeightsOpt = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Named settings (default: the dataset's).")] = None,
-    hyperpixel: HyperpixelOpt = None,
-    threads: ThreadsOpt = None,
-) -> None:
-    """bfloat16 vs float32 cost matmul on real pairs: keypoints within 1 px, and PCK."""
-    from scot import SCOT
-    from scot.bench import bench_precision
-    from scot.datasets import load_dataset
-
-    set_threads(threads)
-    data = load_dataset(dataset, datapath).select(limit=limit)
-    cfg = build_config(locals(), preset=preset or dataset)
-    model = SCOT(cfg, notice=_err)
-    res = bench_precision(model, data.pairs)
-    typer.echo(f"{res['pairs']} {dataset} pairs, {res['keypoints']} keypoints | {model.backbone.name}")
-    typer.echo(f"  bf16 keypoints within 1 px of fp32: {100 * res['within_1px']:.2f}% (max {res['max_px']:.2f} px)")
-    for name, by in res["pck"].items():
-        typer.echo(f"  PCK {name:<9} " + "  ".join(f"@{a}: {v:.2f}" for a, v in by.items())
-                   + f"   matching {res['matching_seconds'][name]:.1f} s")
+    typer.echo(f"{res['pairs']} {dataset} pairs x {repeats} repeats | {res['backbone']} | {n} x {m} hyperpixels | "
+               f"{'two' if res['two_way'] else 'one'}-way | {res['threads']} threads, {res['device']} | median [min-max]")
+    for name, stat in res["features"].items():
+        typer.echo(f"  {name:<13}{stat.ms()}")
+    for path, label in (("auto", "chosen"), ("always", "factorized"), ("never", "dense")):
+        r = res["paths"][path]
+        groups = ", ".join(f"{c} ch at {h}x{w}{' (Gram)' if f else ''}" for (h, w), c, f in r["groups"])
+        typer.echo(f"path '{path}' ({label}): {groups}")
+        typer.echo(f"  estimate: {r['flops']['planned'] / 1e9:.2f} G multiply-adds for the correlation vs "
+                   f"{r['flops']['dense'] / 1e9:.2f} G dense")
+        typer.echo(f"  {'fusion':<13}{r['fusion'].ms()}")
+        _print_stage_table(list(r["stages"].items()), r["bandwidth"], res["copy_bandwidth"])
+        typer.echo(f"  matching per pair: {r['matching']:.3f} s; image in cache: {format_bytes(r['image_bytes'])}; "
+                   f"matching raised the resident set by at most {format_bytes(r['match_peak_above'])}")
+        if "max_px_from_dense" in r:
+            typer.echo(f"  keypoints vs the dense path: at most {r['max_px_from_dense']:.2e} px apart")
+    dense, chosen = res["paths"]["never"]["stages"]["cost"].median, res["paths"]["auto"]["stages"]["cost"].median
+    typer.echo(f"correlation (cost stage): chosen {1000 * chosen:.1f} ms vs dense {1000 * dense:.1f} ms = "
+               f"{dense / chosen:.1f}x; the dense hyperpixel table would take {format_bytes(res['dense_table_bytes'])} "
+               f"per image")
+    typer.echo(f"memory floor: torch.empty({n}, {m}).copy_() moves {res['copy_bandwidth'] / 1e9:.1f} GB/s")
 
 
 @bench_app.command("memory")

@@ -1,11 +1,12 @@
-"""``scot bench``: stage-by-stage timings, the matmul floor, memory.
+"""``scot bench``: stage-by-stage timings, the floors they compare with, memory.
 
 Three measurements:
 
 * :func:`bench_synthetic`: the matching stages (cost, Sinkhorn, RHM, transfer) on random
-  unit features of a given size, against the bare cosine matmul on the same operands
-  (the physical floor of an exact pipeline), in fp32 and bf16;
-* :func:`bench_pairs`: every stage on real image pairs, from image loading to transfer;
+  hyperpixels in a preset's layout, against the dense matmul of the same problem and
+  against a plain copy of the N x M matrix (the memory floor of any pass over it);
+* :func:`bench_pairs`: every stage on real image pairs, for each correlation path
+  (factorized, dense, and the one the cost estimate chose) with the reason for the choice;
 * :func:`bench_memory_run`: resident memory sampled along a long synthetic evaluation, to
   show that it stays flat however many pairs are scored.
 
@@ -26,20 +27,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .cost import cost_from_operands, make_operand
-from .features import Hyperpixels
-from .ot import scot_votes
-from .rhm import rhm_grid
-from .transfer import best_matches, transfer_keypoints
-
-MATCH_STAGES = ("cost", "sinkhorn", "rhm", "transfer")
+from .features import Hyperpixels, synchronize
 
 
 # --------------------------------------------------------------------------------------
 # measurement helpers
 def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    synchronize("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def reset_peak_rss() -> bool:
@@ -114,202 +108,188 @@ def grid_shape(n: int, aspect: float = 4 / 3) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------
-def match_stages(
-    src_op: torch.Tensor, trg_op: torch.Tensor, src: dict, trg: dict, dtype: str, eps: float, exp2: float,
-    keypoints: torch.Tensor,
-) -> dict[str, float]:
-    """One pass of the matching stages with the pipeline's own functions; seconds per stage."""
-    t: dict[str, float] = {}
-    holder: dict[str, torch.Tensor] = {}
-    t["cost"] = _time(lambda: holder.__setitem__("C", cost_from_operands(src_op[None], trg_op[None], dtype)))
-    mu, nu = src["mu"], trg["mu"]
-    t["sinkhorn"] = _time(lambda: holder.__setitem__(
-        "V", scot_votes(holder.pop("C"), mu, nu, eps=eps, exp2=exp2, consume_cost=True, cost_bound=1.0)[0]))
-    n, m = src["n"], trg["n"]
-    v = holder["V"][0, :n, :m]
-    t["rhm"] = _time(lambda: rhm_grid(v, src["xs"], src["ys"], trg["xs"], trg["ys"], src["size"], trg["size"], out=v))
-
-    def transfer() -> None:
-        best, _ = best_matches(v)
-        transfer_keypoints(src["boxes"], trg["boxes"], best, keypoints)
-
-    t["transfer"] = _time(transfer)
-    holder.clear()
-    return t
+MATCH_STAGES = ("cost", "ot", "rhm", "transfer")
 
 
-def matmul_floor(src_op: torch.Tensor, trg_op: torch.Tensor) -> float:
-    """The bare product of the padded operands, as the cost stage computes it."""
-    a, b = src_op[None], trg_op[None]
-    return _time(lambda: torch.bmm(a, b.transpose(1, 2)))
+def matrix_passes(stage: str, factorized: bool, two_way: bool) -> int:
+    """How many times a matching stage streams the N x M float32 matrix through memory.
+
+    Counted from the code: ``cost`` writes the product (+ reads and writes it again for the
+    factorized groups' update) and clamps and shifts it (:func:`scot.cost.log2_kernel_`);
+    ``ot`` reads it in the first Sinkhorn sweep and reads and rewrites it as votes in the
+    second (+ writes the reverse votes); ``rhm`` reads the votes for the Hough sums,
+    re-weights them in place and reads them for the arg-max (two-way: both directions,
+    plus two maxima and the combination).  ``transfer`` never touches the matrix.
+    """
+    if stage == "cost":
+        return (3 if factorized else 1) + 4
+    if stage == "ot":
+        return 3 + (1 if two_way else 0)
+    if stage == "rhm":
+        return 3 + 1 if not two_way else 2 * 3 + 2 + 2 + 3 + 1
+    return 0
 
 
-def _synthetic_image(n: int, dim: int, seed: int, device: torch.device, role: str, dtype: str) -> tuple[torch.Tensor, dict]:
-    """The matmul operand of random unit features on a grid of n cells, and the grid's geometry."""
-    rows, cols = grid_shape(n)
+def copy_bandwidth(n: int, m: int, device: torch.device | str = "cpu", repeats: int = 5) -> float:
+    """Bytes per second of ``torch.empty(n, m).copy_(x)`` (a read and a write of the matrix): the floor."""
+    x = torch.rand(n, m, device=device)
+    y = torch.empty(n, m, device=device)
+    y.copy_(x)
+    best = min(_time(lambda: y.copy_(x)) for _ in range(repeats))
+    return 2 * 4 * n * m / best
+
+
+def _synthetic_hyperpixels(grid: tuple[int, int], fine_dim: int, coarse_dim: int, coarse_stride: int,
+                           seed: int, device: torch.device) -> Hyperpixels:
+    """Random maps in the layout of a real preset: ``fine_dim`` channels on the grid and
+    ``coarse_dim`` channels ``coarse_stride`` times coarser, with boxes, weights and geometry."""
+    from .backbones import Geometry
+    from .features import LayerGroup, bilinear_matrix, box_centres, receptive_field_boxes
+
+    h, w = grid
     g = torch.Generator().manual_seed(seed)
-    operand = make_operand(torch.randn(rows * cols, dim, generator=g).to(device), role, dtype, normalize=True)
-    jump = 4
-    xs = torch.arange(cols, dtype=torch.float32) * jump
-    ys = torch.arange(rows, dtype=torch.float32) * jump
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    half = 13
-    boxes = torch.stack((xx.reshape(-1) - half, yy.reshape(-1) - half, xx.reshape(-1) + half, yy.reshape(-1) + half), 1)
-    n_real = rows * cols
-    rows_pad = -(-n_real // 16) * 16
-    mu = torch.zeros(1, rows_pad, device=device)
-    mu[0, :n_real] = torch.rand(n_real, generator=g).add_(0.5).to(device)
-    mu /= mu.sum()
-    info = {"n": n_real, "xs": xs, "ys": ys, "boxes": boxes, "size": (cols * jump, rows * jump), "mu": mu}
-    return operand, info
+    hc, wc = -(-h // coarse_stride), -(-w // coarse_stride)
+    fine = torch.randn(h * w, fine_dim, generator=g).to(device)
+    coarse = torch.randn(hc * wc, coarse_dim, generator=g).to(device)
+    groups = [LayerGroup(fine, (h, w), bilinear_matrix(h, h, device), bilinear_matrix(w, w, device)),
+              LayerGroup(coarse, (hc, wc), bilinear_matrix(h, hc, device), bilinear_matrix(w, wc, device), True)]
+    geometry = Geometry(jump=4, rf=27, offset_x=0, offset_y=0, height=h, width=w)
+    boxes = receptive_field_boxes(geometry, h, w)
+    centres = box_centres(boxes)
+    probe = Hyperpixels(groups, torch.ones(h * w, device=device), centres[:w, 0].clone(), centres[::w, 1].clone(), boxes,
+                        torch.rand(h * w, generator=g) + 0.5, (4 * w, 4 * h), 1.0, (4 * w, 4 * h), geometry)
+    squared = sum(gr.upsampled().square().sum(1) for gr in groups)
+    probe.inv_norms = squared.rsqrt()
+    return probe
 
 
 def bench_synthetic(
-    n: int = 4000, dim: int = 6400, repeats: int = 5, dtypes: Sequence[str] = ("float32", "bfloat16"),
-    device: str = "cpu", eps: float = 0.05, exp2: float = 0.5,
+    n: int = 4000, fine_dim: int = 256, coarse_dim: int = 6144, coarse_stride: int = 4, repeats: int = 5,
+    device: str = "cpu", two_way: bool = False,
 ) -> dict:
-    """Matching stages vs the matmul floor at size n x dim, for each cost precision."""
+    """The matching stages on random hyperpixels in a preset's layout, against two floors.
+
+    The default layout is ResNet-101's PF-PASCAL/PF-WILLOW ids (256 channels on the grid,
+    6,144 at stride 16).  Reported: every stage (median over ``repeats`` after two warm-up
+    runs), the factorized correlation against the dense matmul of the same problem, and
+    each stage's achieved bandwidth against a plain copy of the N x M matrix.
+    """
+    from . import SCOT, SCOTConfig
+    from .cost import Correlation
+
     dev = torch.device(device)
-    out: dict = {"dim": dim, "threads": torch.get_num_threads(), "device": str(dev), "dtypes": {},
-                 "baseline_rss": rss_bytes()}
-    floors = {}
-    for dtype in dtypes:
-        a, src = _synthetic_image(n, dim, 0, dev, "src", dtype)
-        b, trg = _synthetic_image(n, dim, 1, dev, "trg", dtype)
-        out["n"], out["m"] = src["n"], trg["n"]
-        keypoints = src["boxes"][:: max(1, src["n"] // 10), :2] + 13.0
-        with torch.inference_mode():
-            for _ in range(2):  # warm-up
-                match_stages(a, b, src, trg, dtype, eps, exp2, keypoints)
-                matmul_floor(a, b)
-            runs, mm = [], []
+    rows, cols = grid_shape(n)
+    src = _synthetic_hyperpixels((rows, cols), fine_dim, coarse_dim, coarse_stride, 0, dev)
+    trg = _synthetic_hyperpixels((rows, cols), fine_dim, coarse_dim, coarse_stride, 1, dev)
+    model = SCOT(SCOTConfig(backbone="efficientnet-lite0", weights="random", preset="pfwillow", device=device,
+                            symmetric=two_way, center_features=False, feature_scales=(1.0,), transfer="mean"))
+    keypoints = src.boxes[:: max(1, src.n // 10), :2] + 13.0
+    dense_src, dense_trg = src.fused(), trg.fused().flip(0)
+    out: dict = {"n": src.n, "m": trg.n, "dim": fine_dim + coarse_dim, "threads": torch.get_num_threads(),
+                 "device": str(dev), "baseline_rss": rss_bytes()}
+    runs, dense = [], []
+    with torch.inference_mode():
+        for rep in range(repeats + 2):
             reset_peak_rss()
-            for _ in range(repeats):
-                mm.append(matmul_floor(a, b))
-                runs.append(match_stages(a, b, src, trg, dtype, eps, exp2, keypoints))
-            peak = peak_rss_bytes()
-        stages = {k: Stat.of([r[k] for r in runs]) for k in MATCH_STAGES}
-        after = Stat.of([sum(r.values()) for r in runs])
-        floor = Stat.of(mm)
-        floors[dtype] = floor.median
-        flops = 2.0 * a.shape[0] * b.shape[0] * a.shape[1]
-        out["dtypes"][dtype] = {
-            "stages": stages, "after_features": after, "matmul": floor,
-            "gflops": flops / floor.median / 1e9, "ratio": after.median / floor.median, "peak_rss": peak,
-            "operand_width": a.shape[1],
-        }
-        del a, b
-    if "float32" in floors and "bfloat16" in floors:
-        for dtype, res in out["dtypes"].items():
-            res["ratio_vs_fp32_matmul"] = res["after_features"].median / floors["float32"]
-            res["ratio_vs_bf16_matmul"] = res["after_features"].median / floors["bfloat16"]
+            result = model.match(src, trg, keypoints, keep_plan=False)
+            t = _time(lambda: torch.mm(dense_src, dense_trg.t()))
+            if rep >= 2:
+                runs.append(dict(result.timings))
+                dense.append(t)
+        peak = peak_rss_bytes()
+        t_corr = [_time(lambda: Correlation(src, trg).full()) for _ in range(repeats)]
+    floor = copy_bandwidth(src.n, trg.n, dev)
+    stages = {k: Stat.of([r[k] for r in runs]) for k in MATCH_STAGES}
+    out.update(
+        stages=stages, after_features=Stat.of([sum(r[k] for k in MATCH_STAGES) for r in runs]),
+        correlation=Stat.of(t_corr), dense_matmul=Stat.of(dense), peak_rss=peak, copy_bandwidth=floor,
+        bandwidth={k: matrix_passes(k, True, two_way) * 4 * src.n * trg.n / stages[k].median for k in MATCH_STAGES
+                   if matrix_passes(k, True, two_way)},
+    )
     return out
 
 
-def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats: int = 3) -> dict:
-    """Every stage on real pairs: load+resize, backbone, CAM, fusion, cost, Sinkhorn, RHM, transfer."""
-    from .image import load_image, resize_longest_side
-    from .features import extract_hyperpixels
-
-    cfg = model.config
-    per_stage: dict[str, list[float]] = {}
-    floors: list[float] = []
-    after: list[float] = []
-    match_peaks: list[int] = []
-    reset_peak_rss()
-
-    def describe(path) -> Hyperpixels:
+def _describe_all(model, paths, timings: dict[str, list[float]]):
+    """Views of every image (backbone passes timed per stage) for re-describing per path."""
+    views = {}
+    for p in paths:
+        if p in views:
+            continue
         t: dict[str, float] = {}
-        t0 = time.perf_counter()
-        loaded = load_image(path)
-        resized, ratio = resize_longest_side(loaded.tensor, cfg.image_side)
-        t["load+resize"] = time.perf_counter() - t0
-        h = extract_hyperpixels(model.backbone, resized, model.hyperpixel_ids, ratio=ratio, original_size=loaded.size,
-                                use_cam=cfg.cam, cam_scales=cfg.cam_scales, feature_scales=cfg.feature_scales,
-                                cam_weighting=cfg.cam_weighting, cost_dtype=cfg.cost_dtype, timings=t)
+        views[p] = model.extractor.view(p, timings=t)
         for k, v in t.items():
-            per_stage.setdefault(k, []).append(v)
-        return h
-
-    with torch.inference_mode():
-        for rep in range(repeats + 1):
-            for src_path, trg_path, kps in pairs:
-                s, t = describe(src_path), describe(trg_path)
-                before = rss_bytes()
-                reset_peak_rss()
-                res = model.match(s, t, kps, keep_plan=False, check_bounds=False)
-                match_peaks.append(peak_rss_bytes() - before)
-                mm = matmul_floor(s.operand("src").to(model.device), t.operand("trg").to(model.device))
-                if rep == 0:  # warm-up round
-                    per_stage.clear()
-                    match_peaks.clear()
-                    continue
-                for k in ("cost", "ot", "rhm", "transfer"):
-                    per_stage.setdefault("sinkhorn" if k == "ot" else k, []).append(res.timings[k])
-                after.append(sum(res.timings[k] for k in ("cost", "ot", "rhm", "transfer")))
-                floors.append(mm)
-    order = ["load+resize", "backbone", "cam", "fusion", "cost", "sinkhorn", "rhm", "transfer"]
-    stages = {k: Stat.of(per_stage[k]) for k in order if k in per_stage}
-    per_image = ["load+resize", "backbone", "cam", "fusion"]
-    feature_time = sum(stages[k].median for k in per_image if k in stages)
-    match_time = sum(stages[k].median for k in ("cost", "sinkhorn", "rhm", "transfer"))
-    return {
-        "pairs": len(pairs), "repeats": repeats, "threads": torch.get_num_threads(), "device": str(model.device),
-        "backbone": model.backbone.name, "cost_dtype": cfg.cost_dtype, "stages": stages,
-        "per_image_seconds": feature_time, "per_pair_matching_seconds": match_time,
-        "per_pair_seconds_uncached": 2 * feature_time + match_time,
-        "matmul": Stat.of(floors), "after_features": Stat.of(after),
-        "ratio": statistics.median(after) / statistics.median(floors),
-        "match_peak_above": max(match_peaks), "hyperpixels": (s.n, t.n), "low_memory": bool(cfg.stream_block),
-    }
+            timings.setdefault(k, []).append(v)
+    return views
 
 
-def bench_precision(model, pairs, alphas=(0.05, 0.10, 0.15)) -> dict:
-    """bf16 against fp32 cost on real pairs: keypoint agreement and PCK.
+def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats: int = 3) -> dict:
+    """Every stage on real pairs, for the correlation path the model chose and for the others.
 
-    Each image is extracted once; the bf16 operands are built from the same features, so
-    the only difference between the two runs is the precision of the cost matmul.
+    Images are described once per path (``fusion``); each pair is matched ``repeats``
+    times after one warm-up round.  Returns per path the stage medians, the matrix
+    bandwidth per stage, the bytes an image's hyperpixels take, and how far its keypoints
+    land from the dense path's.
     """
-    import dataclasses
-
     from . import SCOT
-    from .pck import normalised_distances, pair_pck, pck_threshold
+    from .cost import correlation_flops
+    from .features import HyperpixelExtractor
 
-    fp32 = SCOT(model.config.replace(cost_dtype="float32"), backbone=model.backbone)
-    bf16 = SCOT(model.config.replace(cost_dtype="bfloat16"), backbone=model.backbone)
-    cache: dict = {}
-    dists: list[float] = []
-    pck = {"float32": {a: [] for a in alphas}, "bfloat16": {a: [] for a in alphas}}
-    times = {"float32": 0.0, "bfloat16": 0.0}
-
-    def get(path):
-        if path not in cache:
-            cache.clear() if len(cache) > 16 else None
-            cache[path] = fp32.extract(path)
-        return cache[path]
-
-    for pair in pairs:
-        s, t = get(pair.src), get(pair.trg)
-        for name, m, (si, ti) in (("float32", fp32, (s, t)), ("bfloat16", bf16, (
-                dataclasses.replace(s, cost_dtype="bfloat16", _operands={}),
-                dataclasses.replace(t, cost_dtype="bfloat16", _operands={})))):
-            t0 = time.perf_counter()
-            res = m.match(si, ti, pair.src_kps, keep_plan=False, check_bounds=False)
-            times[name] += time.perf_counter() - t0
-            thr = pck_threshold("bbox" if pair.trg_bbox is not None else "img", t.original_size, pair.trg_bbox)
-            d = normalised_distances(res.transferred, pair.trg_kps, thr).tolist()
-            for a in alphas:
-                pck[name][a].append(pair_pck(d, a))
-            if name == "float32":
-                ref = res.transferred
-            else:
-                dists.extend(torch.linalg.vector_norm(res.transferred - ref, dim=1).tolist())
-    within = sum(d <= 1.0 for d in dists) / len(dists)
-    return {
-        "pairs": len(pairs), "keypoints": len(dists), "within_1px": within, "max_px": max(dists),
-        "pck": {name: {f"{a:.2f}": 100 * sum(v) / len(v) for a, v in by.items()} for name, by in pck.items()},
-        "matching_seconds": times,
-    }
+    feature_stages: dict[str, list[float]] = {}
+    views = _describe_all(model, [p for s, t, _ in pairs for p in (s, t)], feature_stages)
+    two_way = bool(model.config.symmetric)
+    out: dict = {"pairs": len(pairs), "repeats": repeats, "threads": torch.get_num_threads(), "device": str(model.device),
+                 "backbone": model.backbone.name, "two_way": two_way, "paths": {},
+                 "features": {k: Stat.of(v) for k, v in feature_stages.items()}}
+    predictions: dict[str, list[torch.Tensor]] = {}
+    for path in ("auto", "always", "never"):
+        variant = SCOT(model.config, backbone=model.backbone, factorize=path)
+        extractor: HyperpixelExtractor = variant.extractor
+        fusion: list[float] = []
+        described = {}
+        for p, view in views.items():
+            t: dict[str, float] = {}
+            described[p] = extractor.describe(view, timings=t)
+            fusion.append(t["fusion"])
+        stages: dict[str, list[float]] = {}
+        peaks: list[int] = []
+        preds = []
+        with torch.inference_mode():
+            for rep in range(repeats + 1):
+                for src_path, trg_path, kps in pairs:
+                    s, t = described[src_path], described[trg_path]
+                    before = rss_bytes()
+                    reset_peak_rss()
+                    res = variant.match(s, t, kps, keep_plan=False, check_bounds=False)
+                    if rep == 0:
+                        preds.append(res.transferred)
+                        continue
+                    peaks.append(peak_rss_bytes() - before)
+                    for k in MATCH_STAGES:
+                        stages.setdefault(k, []).append(res.timings[k])
+        predictions[path] = preds
+        s0, t0 = described[pairs[0][0]], described[pairs[0][1]]
+        factorized = any(g.factorized for g in s0.groups)
+        stats = {k: Stat.of(v) for k, v in stages.items()}
+        matrix_bytes = 4 * s0.n * t0.n
+        out["paths"][path] = {
+            "stages": stats, "fusion": Stat.of(fusion),
+            "matching": sum(stats[k].median for k in MATCH_STAGES),
+            "groups": [(g.shape, g.channels, g.factorized) for g in s0.groups],
+            "flops": correlation_flops(s0, t0),
+            "image_bytes": statistics.median(h.nbytes() for h in described.values()),  # operands built by matching
+            "bandwidth": {k: matrix_passes(k, factorized, two_way) * matrix_bytes / stats[k].median
+                          for k in MATCH_STAGES if matrix_passes(k, factorized, two_way)},
+            "match_peak_above": max(peaks) if peaks else 0,
+        }
+    for path in ("auto", "always"):
+        diffs = [float((a - b).norm(dim=1).max()) for a, b in zip(predictions[path], predictions["never"])]
+        out["paths"][path]["max_px_from_dense"] = max(diffs)
+    s0 = model.extractor.describe(views[pairs[0][0]])
+    out["hyperpixels"] = (s0.n, model.extractor.describe(views[pairs[0][1]]).n)
+    out["dense_table_bytes"] = 4 * s0.n * s0.dim
+    out["copy_bandwidth"] = copy_bandwidth(*out["hyperpixels"], model.device)
+    out["low_memory"] = bool(model.config.stream_block)
+    return out
 
 
 def bench_memory_run(n_pairs: int = 2000, n_images: int = 400, side: int = 96, cache_gb: float = 0.02,

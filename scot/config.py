@@ -22,7 +22,7 @@ from .errors import ScotError
 
 BACKBONES = ("resnet101", "resnet50", "efficientnet-lite0", "efficientnet-lite2")
 SINKHORN_MODES = ("plain", "log")
-COST_DTYPES = ("float32", "bfloat16", "tf32")
+COST_DTYPES = ("float32", "tf32")
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class SCOTConfig:
 
     # --- cost -------------------------------------------------------------------------
     cost_dtype: str = "float32"
-    """Precision of the cosine-similarity matmul: ``float32``, ``bfloat16`` or ``tf32`` (CUDA)."""
+    """Precision of the correlation matmuls: ``float32``, or ``tf32`` (CUDA tensor cores)."""
     exp1: float = 1.0
     """Exponent on the clamped cosine when OT is off (HPF's 'cos' similarity)."""
 

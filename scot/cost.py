@@ -3,122 +3,182 @@ r"""Step 2 of the pipeline: the transport cost between hyperpixels.
 .. math::
     C_{ij} = 1 - \max\big(0,\ \cos(f_i, g_j)\big)
 
-Features are stored L2-normalised (a zero-norm feature stays the zero vector, so its
-cosine with anything is 0), which turns the cosine into a single matrix product, the only
-unavoidable cost of the whole matching stage.
+**Factorized correlation.**  A hyperpixel concatenates layer groups upsampled to the grid
+(:mod:`scot.features`): :math:`f = [U_1 X_1, \dots]` for the source and
+:math:`g = [V_1 Y_1, \dots]` for the target, with separable bilinear matrices
+:math:`U = U_y \otimes U_x`.  Their inner products are
 
-Three precisions:
+.. math::
+    F G^\top = \sum_g U_g \,(X_g Y_g^\top)\, V_g^\top ,
 
-* ``float32``: ``S = F Gᵀ`` then ``C = 1 - clamp(S, 0)``, as the reference computes it.
-* ``tf32`` (CUDA only): the same with TF32 tensor-core matmuls (10-bit mantissa inputs).
-* ``bfloat16``: the product runs on bf16 inputs (several times faster on CPUs with
-  AVX512-BF16/AMX and on GPUs), but PyTorch rounds the CPU result to bf16.  Rounding
-  ``S`` near 1 would be coarse (spacing 2^-8, i.e. ±4 % on ``exp(-C/ε)`` at ε = 0.05), so
-  the product computes the *cost* directly through augmented vectors
-  ``[f, 1] · [-g, 1] = 1 - f·g``: small costs, the ones that matter, keep bf16's
-  *relative* precision (±0.2 %).
+the small native-resolution Gram matrix of each group, interpolated along the target
+axes and then along the source axes.  For ResNet-101's PF-PASCAL/PF-WILLOW ids, 6,144 of
+the 6,400 channels sit at stride 16 (about 19 x 14 cells instead of 75 x 56), so the
+product of those channels shrinks from an N x M x 6,144 matmul to a 266 x 266 x 6,144
+Gram plus interpolation.  :func:`factorize_groups` decides per group, from a cost
+estimate, whether the Gram route or plain upsampling into the dense operand is cheaper;
+both give the same numbers up to float rounding.
 
-Operands are zero-padded to a multiple of 16 rows: MKL's GEMM runs about 1.5x faster on
-such shapes (3,750 x 6,400 x 3,750 took 1.37 s, 3,752 x 6,400 x 3,752 0.93 s here).  The
-padded rows get zero transport mass, which leaves every real entry unchanged.
+The cosine divides by the norms of the fused features (:attr:`Hyperpixels.inv_norms`;
+a zero feature has cosine 0 with everything).  :class:`Correlation` returns
+:math:`\alpha \cos(f_i, g_j)` for a chosen scale :math:`\alpha`; with
+:math:`\alpha = \log_2 e / \varepsilon`, :func:`log2_kernel_` turns it in place into
+:math:`\log_2 K` of the entropic kernel :math:`K = e^{-C/\varepsilon}`:
+
+.. math::
+    \log_2 K_{ij} = \alpha \big(\max(0, \cos_{ij}) - 1\big).
+
+**Layout.**  The target's cells are listed in *reverse* row-major order (column ``j`` of
+the matrix is target cell ``m - 1 - j``).  Every Hough bin of RHM then depends on the sum
+of the source and column indices, which turns voting and re-weighting into sliding
+windows (:mod:`scot.rhm`).  :class:`Correlation` produces this layout directly.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-PAD_ROWS = 16  # operands are zero-padded to a multiple of 16 rows: GEMM runs ~1.5x faster
-_PAD_COLS = 16  # and the bf16 feature dimension (after the constant column) likewise
+if TYPE_CHECKING:
+    from .features import Hyperpixels
+
+FACTORIZED_COLUMN_COST = 1.6
+"""Cost of one native column of a factorized group, in channels of the dense product.
+
+The last interpolation step is a batched matmul whose inner size is the group's native
+width ``w_g``; on the CPU it runs at about 1/1.6 of the large dense matmul's speed per
+multiply-add (``scot bench pairs`` prints both paths)."""
+
+
+def factorize_groups(channels: Sequence[int], shapes: Sequence[tuple[int, int]], mode: str = "auto") -> list[bool]:
+    """Which layer groups to correlate through their native Gram matrices.
+
+    Args:
+        channels: ``C_g`` of each group, the grid's own resolution first.
+        shapes: ``(h_g, w_g)`` of each group on a nominal square image.
+        mode: ``auto``, ``always`` or ``never``.
+
+    Returns:
+        One flag per group.  The first group (the grid's resolution) is never factorized.
+        With ``auto``, group g is factorized when its estimated cost per matrix entry,
+        ``FACTORIZED_COLUMN_COST * w_g + C_g * (h_g w_g)^2 / (h w)^2`` (the last
+        interpolation step and the Gram matrix), is below the dense product's ``C_g``.
+    """
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"factorize must be auto, always or never, got {mode!r}")
+    h, w = shapes[0]
+    flags = [False]
+    for c, (h_g, w_g) in zip(channels[1:], shapes[1:]):
+        if mode == "auto":
+            gram = c * (h_g * w_g) ** 2 / (h * w) ** 2
+            flags.append(FACTORIZED_COLUMN_COST * w_g + gram < c)
+        else:
+            flags.append(mode == "always")
+    return flags
+
+
+def correlation_flops(src: "Hyperpixels", trg: "Hyperpixels") -> dict[str, float]:
+    """Multiply-adds of one pair's correlation: as planned, and with every group upsampled.
+
+    Returns ``{"planned": ..., "dense": ...}``, the estimates behind the path choice
+    (``scot bench pairs`` prints them).
+    """
+    n, m = src.n, trg.n
+    dense = float(n * m * src.dim)
+    planned = float(n * m * src.operand().shape[1])
+    for gs, gt in zip(src.factorized, trg.factorized):
+        (hs_g, ws_g), (ht_g, wt_g) = gs.shape, gt.shape
+        ms, mt = hs_g * ws_g, ht_g * wt_g
+        ht, wt = gt.rows.shape[0], gt.cols.shape[0]
+        hs = gs.rows.shape[0]
+        planned += ms * mt * gs.channels + ms * ht_g * wt * wt_g + ms * m * ht_g  # Gram, target side
+        planned += hs * ws_g * m * hs_g + n * m * ws_g  # source side
+    return {"planned": planned, "dense": dense}
+
+
+class Correlation:
+    r"""Scaled cosines :math:`\alpha \cos(f_i, g_j)` of one image pair, block by block.
+
+    Rows are source cells in row-major order; columns are target cells in reverse order
+    (see the module docstring).  Construction does the per-pair work that is small
+    (Gram matrices interpolated along the target axes); :meth:`fill` writes any block of
+    source grid rows, so the low-memory path can stream it.
+
+    Args:
+        src, trg: the two images' hyperpixels (same layout, on the same device).
+        scale: :math:`\alpha`.
+    """
+
+    def __init__(self, src: "Hyperpixels", trg: "Hyperpixels", scale: float = 1.0) -> None:
+        self.src, self.trg, self.scale = src, trg, float(scale)
+        self.ws = src.grid[1]
+        self.m = trg.n
+        self.fine_src = src.operand()
+        self.fine_trg = trg.operand(reverse=True)
+        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows (hs, hs_g), target-side (ms_g, m))
+        columns = []
+        inv_trg = trg.inv_norms.flip(0)
+        hs, ws = src.grid
+        for gs, gt in zip(src.factorized, trg.factorized):
+            gram = gs.maps @ gt.maps.t()  # (ms_g, mt_g)
+            ht_g, wt_g = gt.shape
+            ms_g = gram.shape[0]
+            rows_t, cols_t = gt.rows.flip(0), gt.cols.flip(0)  # reversed target order along both axes
+            partial = (gram.view(ms_g * ht_g, wt_g) @ cols_t.t()).view(ms_g, ht_g, -1)
+            target_side = torch.matmul(rows_t, partial).reshape(ms_g, self.m).mul_(inv_trg)
+            self.parts.append((gs.rows, target_side))
+            columns.append(gs.cols)
+        if self.parts:
+            # source-side column weights, scaled by the source norms and alpha: (hs, ws, sum w_g)
+            cols = torch.cat(columns, 1)
+            scale_rows = (self.scale * src.inv_norms).view(hs, ws, 1)
+            self.col_weights = scale_rows * cols.unsqueeze(0)
+            self.widths = [c.shape[1] for c in columns]
+
+    def fill(self, out: torch.Tensor, y0: int = 0, y1: int | None = None) -> torch.Tensor:
+        """Write source grid rows ``y0:y1`` into ``out`` ((y1 - y0) * ws, m), which may be a
+        strided slice (unit column stride) of a larger buffer; returns ``out``."""
+        y1 = self.src.grid[0] if y1 is None else y1
+        r, ws, m = y1 - y0, self.ws, self.m
+        torch.addmm(out, self.fine_src[y0 * ws : y1 * ws], self.fine_trg.t(), beta=0, alpha=self.scale, out=out)
+        if self.parts:
+            total = sum(self.widths)
+            stacked = out.new_empty(r, total, m)
+            k = 0
+            for (rows, target_side), w_g in zip(self.parts, self.widths):
+                h_g = rows.shape[1]
+                torch.mm(rows[y0:y1], target_side.view(h_g, w_g * m), out=stacked[:, k : k + w_g].view(r, w_g * m))
+                k += w_g
+            out.unflatten(0, (r, ws)).baddbmm_(self.col_weights[y0:y1], stacked)
+        return out
+
+    def full(self) -> torch.Tensor:
+        """The whole (n, m) matrix."""
+        return self.fill(self.fine_src.new_empty(self.src.n, self.m))
+
+
+def log2_kernel_(scaled_cos: torch.Tensor, alpha: float) -> torch.Tensor:
+    r"""In place: :math:`\alpha\cos \mapsto \alpha(\max(0, \cos) - 1) = \log_2 K`; returns it."""
+    return scaled_cos.clamp_(min=0.0).sub_(alpha)
+
+
+def cost_from_log2_kernel_(log2_kernel: torch.Tensor, alpha: float) -> torch.Tensor:
+    r"""In place: :math:`\log_2 K \mapsto C = -\log_2 K / \alpha`; returns it."""
+    return log2_kernel.mul_(-1.0 / alpha)
+
+
+def kernel_scale(eps: float) -> float:
+    r""":math:`\alpha = \log_2 e / \varepsilon`, the scale that makes :func:`log2_kernel_` exact."""
+    return 1.0 / (eps * math.log(2.0))
 
 
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:
     """Row-normalise (n, D) features; all-zero rows stay zero (their cosine is 0)."""
-    norms = torch.linalg.vector_norm(features, dim=-1, keepdim=True)
-    return features / norms.clamp_min(torch.finfo(features.dtype).tiny)
+    return torch.nn.functional.normalize(features, dim=-1, eps=torch.finfo(features.dtype).tiny)
 
 
-def normalize_rows_(table: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the rows of a (rows, D) table in place; zero rows stay zero."""
-    norms = torch.linalg.vector_norm(table, dim=-1, keepdim=True).clamp_min_(torch.finfo(table.dtype).tiny)
-    return table.div_(norms)
-
-
-def padded_rows(n: int) -> int:
-    return -(-n // PAD_ROWS) * PAD_ROWS
-
-
-def make_operand(features: torch.Tensor, role: str, dtype: str = "float32", normalize: bool = False) -> torch.Tensor:
-    """The matmul operand of (n, D) features, zero-padded to a multiple of 16 rows.
-
-    ``float32``: the features themselves.  ``bfloat16``: ``[f, 1, 0…]`` for the source and
-    ``[-g, 1, 0…]`` for the target, so that their product is the cost ``1 - f·g``
-    accumulated in fp32 and rounded to bf16 only at the end.  Padded rows are all zero.
-    With ``normalize`` the rows are L2-normalised on the way in (one pass, no temporary).
-    """
-    if role not in ("src", "trg"):
-        raise ValueError(f"role must be 'src' or 'trg', got {role!r}")
-    n, d = features.shape
-    rows = padded_rows(n)
-    scale = None
-    if normalize:
-        scale = torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min_(torch.finfo(features.dtype).tiny)
-    if dtype in ("float32", "tf32"):
-        out = torch.empty(rows, d, dtype=torch.float32, device=features.device)
-        if scale is None:
-            out[:n].copy_(features)
-        else:
-            torch.div(features, scale, out=out[:n])
-        out[n:].zero_()
-        return out
-    if dtype == "bfloat16":
-        width = -(-(d + 1) // _PAD_COLS) * _PAD_COLS
-        out = torch.zeros(rows, width, dtype=torch.bfloat16, device=features.device)
-        if role == "trg":
-            scale = -scale if scale is not None else torch.full((1, 1), -1.0, device=features.device)
-        if scale is None:
-            out[:n, :d].copy_(features)
-        else:
-            out[:n, :d].copy_(features / scale)
-        out[:n, d] = 1.0
-        return out
-    raise ValueError(f"unknown cost dtype {dtype!r}")
-
-
-def cost_from_operands(src: torch.Tensor, trg: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
-    """The float32 cost ``1 - clamp(cos, 0)`` from operands of :func:`make_operand`.
-
-    Shapes (…, N, D') x (…, M, D') -> (…, N, M).  Entries of padded rows are meaningless;
-    the solver gives those rows zero mass.
-    """
-    # bmm/mm rather than matmul: for 3-D bf16 operands matmul takes a path ~20 % slower on CPU
-    with _tf32(dtype == "tf32"):
-        product = torch.bmm(src, trg.transpose(-1, -2)) if src.dim() == 3 else torch.mm(src, trg.t())
-    if dtype in ("float32", "tf32"):
-        return product.clamp_(min=0.0).neg_().add_(1.0)
-    if dtype == "bfloat16":
-        # (padded rows lack the constant column and come out as 0; they carry no mass)
-        return product.float().clamp_(min=0.0, max=1.0)
-    raise ValueError(f"unknown cost dtype {dtype!r}")
-
-
-@contextlib.contextmanager
-def _tf32(enable: bool):
-    """Let CUDA matmuls use TF32 tensor cores inside the block (no effect on CPU)."""
-    if not enable:
-        yield
-        return
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-
-
-def cost_matrix(src: torch.Tensor, trg: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
+def cost_matrix(src: torch.Tensor, trg: torch.Tensor) -> torch.Tensor:
     """The SCOT cost ``1 - clamp(cos, 0)`` between unit-norm features (n, D) and (m, D)."""
-    n, m = src.shape[-2], trg.shape[-2]
-    cost = cost_from_operands(make_operand(src, "src", dtype), make_operand(trg, "trg", dtype), dtype)
-    return cost[:n, :m]
+    return (src @ trg.transpose(-1, -2)).clamp_(min=0.0).neg_().add_(1.0)

@@ -149,12 +149,7 @@ class Journal:
 # --------------------------------------------------------------------------------------
 # images
 def _prepare_image(model: SCOT, pair: Pair, which: str) -> Hyperpixels:
-    path = pair.src if which == "src" else pair.trg
-    if not pair.flip:
-        return model.extract(path)
-    img = load_image(path).tensor.flip(-1)
-    h = model.extract(img, name=str(path))
-    return h
+    return model.extract(pair.src if which == "src" else pair.trg, flip=pair.flip)
 
 
 def _pair_keypoints(pair: Pair, src_w: int, trg_w: int) -> tuple[torch.Tensor, torch.Tensor, Any]:

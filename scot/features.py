@@ -1,98 +1,86 @@
 r"""Step 1 of the pipeline: hyperpixels, i.e. multi-layer features on a regular grid.
 
-The selected backbone maps are bilinearly upsampled (``align_corners=True``) to the grid
-of the first (shallowest) selected id and concatenated along channels without per-layer
-normalisation.  Each grid cell (x, y) is a hyperpixel with the receptive-field box
+A *hyperpixel* concatenates the selected backbone maps at one cell of the grid of the
+first (shallowest) selected id: every map is bilinearly upsampled (``align_corners=True``)
+to that grid, without per-layer normalisation.  Cell (x, y) has the receptive-field box
 
 .. math::
     [x j + o_x - r//2,\; y j + o_y - r//2,\; x j + o_x + r//2,\; y j + o_y + r//2]
 
-where jump ``j``, receptive field ``r`` and centre offset ``o`` come from the
-architecture at the first selected id (``o = 0`` for ResNets, as in the reference).  The
-box centre is ``x1 + (x2 - x1) // 2``.
+with jump ``j``, receptive field ``r`` and centre offset ``o`` of the first selected id
+(``o = 0`` for ResNets, as in the reference); the box centre is ``x1 + (x2 - x1) // 2``.
 
-An image's hyperpixels (unit-norm features, boxes, CAM marginal weights and image
-metadata) are computed once and reused for every pair the image appears in.
+The upsampled table is never built.  Bilinear upsampling is linear: a layer group ``X``
+(maps that share one native resolution, ``h_g x w_g`` cells by ``C_g`` channels) reaches
+the grid as :math:`U X` with the separable interpolation matrix
+:math:`U = U_y \otimes U_x` (:func:`bilinear_matrix`).  :class:`Hyperpixels` therefore
+keeps every group at its native resolution together with ``U_y`` and ``U_x``, and
+:mod:`scot.cost` correlates two images through the small native Gram matrices.  The same
+algebra gives, per image:
+
+* the hyperpixel norms :math:`\|f_i\|^2 = \sum_g \|(U_g X_g)_i\|^2`;
+* centring: the grid mean of :math:`U_g X_g` is :math:`w_g^\top X_g` with
+  :math:`w_g = U_g^\top \mathbb 1 / n`, and since every row of :math:`U_g` sums to one,
+  subtracting it from the native cells centres the upsampled features exactly.
+
+:class:`HyperpixelExtractor` turns an image into :class:`Hyperpixels` from a resolved
+:class:`~scot.config.SCOTConfig`; :class:`~scot.SCOT`, ``scot search-layers`` and
+``scot bench`` all describe images through it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone, Geometry
 from .cam import class_activation_map, marginal_weights
-from .cost import make_operand, normalize_rows_, padded_rows
+from .cost import factorize_groups
+from .image import ImageLike, load_image, resize_longest_side
+
+if TYPE_CHECKING:
+    from .config import SCOTConfig
+
+_CHANNEL_CHUNK = 512  # channels upsampled at once when computing norms (bounds the temporary)
 
 
-@dataclass
-class Hyperpixels:
-    """Everything the matcher needs about one image, in the resized frame."""
-
-    features: torch.Tensor  # (n, D) unit-norm rows (zero rows where the feature is zero)
-    xs: torch.Tensor  # (w,) x of the grid columns' box centres
-    ys: torch.Tensor  # (h,) y of the grid rows' box centres
-    boxes: torch.Tensor  # (n, 4) x1, y1, x2, y2 (CPU, float32)
-    weights: torch.Tensor  # (n,) unnormalised marginal weights (CPU, float32)
-    size: tuple[int, int]  # (W, H) after resizing
-    ratio: float  # resized / original
-    original_size: tuple[int, int]  # (W, H) as loaded
-    geometry: Geometry
-    name: str = "image"
-    cam: torch.Tensor | None = None  # (H, W) on CPU
-    top_classes: list[int] = field(default_factory=list)
-    cost_dtype: str = "float32"
-    _operands: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    @property
-    def n(self) -> int:
-        return int(self.boxes.shape[0])
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """(rows, columns) of the hyperpixel grid."""
-        return len(self.ys), len(self.xs)
-
-    @property
-    def centres(self) -> torch.Tensor:
-        """(n, 2) box centres (x, y), row-major over the grid."""
-        return box_centres(self.boxes)
-
-    def operand(self, role: str) -> torch.Tensor:
-        """The padded matmul operand for this image as ``src`` or ``trg`` (built once, kept)."""
-        key = role if self.cost_dtype == "bfloat16" else "any"
-        op = self._operands.get(key)
-        if op is None:
-            op = make_operand(self.features, role, self.cost_dtype)
-            self._operands[key] = op
-        return op
-
-    def nbytes(self) -> int:
-        tensors = [self.boxes, self.weights, *self._operands.values()]
-        if not any(self.features.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in self._operands.values()):
-            tensors.append(self.features)
-        return sum(t.element_size() * t.nelement() for t in tensors)
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the queued work of ``device`` (a no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-class _Clock:
-    """Accumulates stage durations into an optional dict (synchronising CUDA first)."""
+class Clock:
+    """Accumulates stage durations into an optional dict, synchronising ``device`` first."""
 
-    def __init__(self, sink: dict[str, float] | None) -> None:
+    def __init__(self, sink: dict[str, float] | None, device: torch.device | str = "cpu") -> None:
         self.sink = sink
+        self.device = torch.device(device)
         self.t = time.perf_counter()
 
     def lap(self, name: str) -> None:
         if self.sink is None:
             return
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        synchronize(self.device)
         now = time.perf_counter()
         self.sink[name] = self.sink.get(name, 0.0) + now - self.t
         self.t = now
+
+
+def bilinear_matrix(out_size: int, in_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The (out_size, in_size) matrix of 1-D bilinear resampling with ``align_corners=True``.
+
+    Row ``k`` holds the weights ``(1 - λ, λ)`` of the two input samples around
+    ``k (in - 1) / (out - 1)``; rows sum to one.  It is exactly what
+    :func:`torch.nn.functional.interpolate` applies along one axis.
+    """
+    eye = torch.eye(in_size, device=device).unsqueeze(0)  # in_size channels, each a unit impulse
+    return F.interpolate(eye, size=out_size, mode="linear", align_corners=True)[0].t().contiguous()
 
 
 def box_centres(boxes: torch.Tensor) -> torch.Tensor:
@@ -112,29 +100,127 @@ def receptive_field_boxes(geometry: Geometry, height: int, width: int) -> torch.
     return torch.stack((xx - half, yy - half, xx + half, yy + half), dim=1)
 
 
-def fuse(maps: Sequence[torch.Tensor], rows: int | None = None) -> torch.Tensor:
-    """The hyperpixel table: maps upsampled to the first map's grid, concatenated per cell.
+@dataclass
+class LayerGroup:
+    """Selected maps that share one native resolution, concatenated along channels.
 
-    Each map is upsampled bilinearly (``align_corners=True``) in channels-last memory
-    (an order of magnitude faster on CPU than NCHW, bit-identical) and written straight
-    into its column block of a (rows, D) table whose row ``y * w + x`` is grid cell
-    (x, y); rows beyond ``h * w`` (padding, see :mod:`scot.cost`) are zero.  No
-    intermediate list or concatenation is materialised.
+    The group reaches the hyperpixel grid as ``(rows ⊗ cols) @ maps``.
     """
-    _, _, h, w = maps[0].shape
-    n = h * w
-    d = sum(int(m.shape[1]) for m in maps)
-    table = torch.empty(rows or n, d, dtype=maps[0].dtype, device=maps[0].device)
-    table[n:].zero_()
-    col = 0
-    for m in maps:
-        c = int(m.shape[1])
-        m = m.contiguous(memory_format=torch.channels_last)
-        if tuple(m.shape[-2:]) != (h, w):
-            m = F.interpolate(m, (h, w), mode="bilinear", align_corners=True)
-        table[:n, col : col + c].copy_(m.permute(0, 2, 3, 1).reshape(n, c))
-        col += c
-    return table
+
+    maps: torch.Tensor  # (h_g * w_g, C_g) native cells, row-major; centred when the image's features are
+    shape: tuple[int, int]  # (h_g, w_g)
+    rows: torch.Tensor  # (h, h_g) bilinear matrix from the native rows to the grid rows
+    cols: torch.Tensor  # (w, w_g) the same for columns
+    factorized: bool = False  # correlated through its Gram matrix (else upsampled into the dense operand)
+
+    @property
+    def channels(self) -> int:
+        return int(self.maps.shape[1])
+
+    def upsampled(self, c0: int = 0, c1: int | None = None) -> torch.Tensor:
+        """(h * w, c1 - c0) the group's channels ``c0:c1`` on the hyperpixel grid."""
+        h_g, w_g = self.shape
+        h, w = self.rows.shape[0], self.cols.shape[0]
+        x = self.maps[:, c0:c1]
+        if (h_g, w_g) == (h, w):
+            return x
+        c = x.shape[1]
+        x = x.t().reshape(1, c, h_g, w_g).contiguous(memory_format=torch.channels_last)
+        x = F.interpolate(x, (h, w), mode="bilinear", align_corners=True)
+        return x.permute(0, 2, 3, 1).reshape(h * w, c)
+
+
+@dataclass
+class Hyperpixels:
+    """Everything the matcher needs about one image, in the resized frame.
+
+    The features are kept as layer groups at native resolution (see the module
+    docstring); :meth:`fused` builds the classic (n, D) table when it is wanted.
+    """
+
+    groups: list[LayerGroup]  # by native resolution, the grid's own first
+    inv_norms: torch.Tensor  # (n,) 1 / ||f_i|| of the fused (centred) hyperpixels; 0 for a zero feature
+    xs: torch.Tensor  # (w,) x of the grid columns' box centres
+    ys: torch.Tensor  # (h,) y of the grid rows' box centres
+    boxes: torch.Tensor  # (n, 4) x1, y1, x2, y2 (CPU, float32)
+    weights: torch.Tensor  # (n,) unnormalised marginal weights (CPU, float32)
+    size: tuple[int, int]  # (W, H) after resizing
+    ratio: float  # resized / original
+    original_size: tuple[int, int]  # (W, H) as loaded
+    geometry: Geometry
+    name: str = "image"
+    cam: torch.Tensor | None = None  # (H, W) on CPU
+    top_classes: list[int] = field(default_factory=list)
+    _operands: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, columns) of the hyperpixel grid."""
+        return len(self.ys), len(self.xs)
+
+    @property
+    def dim(self) -> int:
+        """D, the channels of a fused hyperpixel."""
+        return sum(g.channels for g in self.groups)
+
+    @property
+    def device(self) -> torch.device:
+        return self.inv_norms.device
+
+    @property
+    def centres(self) -> torch.Tensor:
+        """(n, 2) box centres (x, y), row-major over the grid."""
+        return box_centres(self.boxes)
+
+    @property
+    def factorized(self) -> list[LayerGroup]:
+        """The groups correlated through their native Gram matrices."""
+        return [g for g in self.groups if g.factorized]
+
+    def operand(self, reverse: bool = False) -> torch.Tensor:
+        """(n, D') the upsampled, not-factorized groups divided by the hyperpixel norms.
+
+        ``reverse`` gives the rows in reverse order (cell ``n - 1 - i`` first): the target's
+        layout in the matching matrix (see :mod:`scot.rhm`).  Built once, then kept.
+        """
+        key = "reverse" if reverse else "forward"
+        op = self._operands.get(key)
+        if op is None:
+            if reverse:
+                op = self.operand(False).flip(0)
+            else:
+                parts = [g.upsampled() for g in self.groups if not g.factorized]
+                table = torch.cat(parts, 1) if len(parts) > 1 else parts[0].clone()
+                op = table.mul_(self.inv_norms.unsqueeze(1))
+            self._operands[key] = op
+        return op
+
+    def fused(self) -> torch.Tensor:
+        """(n, D) the unit-norm hyperpixel features (zero rows stay zero): the classic table."""
+        table = torch.cat([g.upsampled() for g in self.groups], 1)
+        return table.mul_(self.inv_norms.unsqueeze(1))
+
+    def to(self, device: torch.device | str) -> "Hyperpixels":
+        """A copy whose feature tensors live on ``device`` (boxes and weights stay on the CPU)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        groups = [LayerGroup(g.maps.to(device), g.shape, g.rows.to(device), g.cols.to(device), g.factorized)
+                  for g in self.groups]
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("groups", "inv_norms", "_operands")}
+        return Hyperpixels(groups=groups, inv_norms=self.inv_norms.to(device), **fields)
+
+    def nbytes(self) -> int:
+        tensors = [self.inv_norms, self.boxes, self.weights, *self._operands.values()]
+        if self.cam is not None:
+            tensors.append(self.cam)
+        for g in self.groups:
+            tensors += [g.maps, g.rows, g.cols]
+        return sum(t.element_size() * t.nelement() for t in tensors)
 
 
 @dataclass
@@ -177,11 +263,9 @@ def observe(
     scales, resampled to the scale-1 grid; scales that the CAM also uses share its passes.
     """
     device = next(backbone.parameters()).device
-    clock = _Clock(timings)
+    clock = Clock(timings, device)
     ids = sorted(ids)
-    if device.type == "cuda":
-        image01 = image01.pin_memory()  # page-locked, so the copy below is asynchronous
-    x = backbone.normalize(image01.unsqueeze(0).to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+    x = backbone.normalize(image01.unsqueeze(0).to(device)).contiguous(memory_format=torch.channels_last)
     out = backbone.extract(x, ids, head=use_cam)
     clock.lap("backbone")
     extra_scales = [s for s in feature_scales if s != 1.0]
@@ -207,43 +291,79 @@ def observe(
     return NetworkView(maps, cam, top_classes, (W, H), ratio, original_size, name)
 
 
+def _group_maps(maps: Sequence[torch.Tensor]) -> list[tuple[tuple[int, int], torch.Tensor]]:
+    """Maps (1, C, h, w) grouped by resolution, each group as (cells, channels), finest first."""
+    by_shape: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for m in maps:
+        by_shape.setdefault((int(m.shape[2]), int(m.shape[3])), []).append(m[0].flatten(1).t())
+    ordered = sorted(by_shape.items(), key=lambda kv: -kv[0][0] * kv[0][1])
+    return [(shape, torch.cat(parts, 1) if len(parts) > 1 else parts[0].contiguous()) for shape, parts in ordered]
+
+
+def _squared_norms(group: LayerGroup) -> torch.Tensor:
+    """(h * w,) squared norms of the group's rows on the grid, upsampling a few channels at a time."""
+    total = None
+    for c0 in range(0, group.channels, _CHANNEL_CHUNK):
+        part = group.upsampled(c0, c0 + _CHANNEL_CHUNK).square().sum(1)
+        total = part if total is None else total.add_(part)
+    assert total is not None
+    return total
+
+
 @torch.inference_mode()
-def hyperpixels_from_view(
+def describe(
     view: NetworkView,
     backbone: Backbone,
     ids: Sequence[int],
-    cost_dtype: str = "float32",
-    timings: dict[str, float] | None = None,
+    *,
     cam_weighting: str = "levels",
     center: bool = False,
+    factorize: str = "auto",
+    timings: dict[str, float] | None = None,
 ) -> Hyperpixels:
-    """Fuse the maps of ``ids`` into hyperpixels with boxes and CAM marginal weights.
+    """The :class:`Hyperpixels` of the maps of ``ids`` in ``view``: groups, norms, boxes, weights.
 
-    With ``center`` the image's mean hyperpixel is subtracted (per channel) before the
-    rows are normalised, so the cosine compares deviations from the image's average
-    appearance rather than a component that every hyperpixel shares.
+    Args:
+        view: the backbone's output for one image (:func:`observe`).
+        backbone: the network that produced it (for the receptive-field geometry).
+        ids: selected hyperpixel ids; the grid is that of the shallowest.
+        cam_weighting: ``levels`` or ``linear`` (see :mod:`scot.cam`).
+        center: subtract the image's mean hyperpixel (computed on the grid) before the
+            cosine, so matches are scored on what distinguishes a location.
+        factorize: ``auto`` (each group by the cost estimate of
+            :func:`scot.cost.factorize_groups`), ``always`` or ``never`` (the classic dense
+            table; the result is the same up to float rounding).
     """
     ids = sorted(ids)
-    clock = _Clock(timings)
-    maps = [view.maps[i] for i in ids]
-    h, w = maps[0].shape[-2:]
-    table = fuse(maps, rows=padded_rows(h * w))
-    del maps
-    d = table.shape[1]
-    if center:
-        table[: h * w].sub_(table[: h * w].mean(0, keepdim=True))
-    # The features live only inside their (padded, normalised) source operand: no second copy.
-    if cost_dtype != "bfloat16":  # float32 / tf32: the table is the operand
-        src_operand = normalize_rows_(table)
-    else:
-        src_operand = make_operand(table[: h * w], "src", cost_dtype, normalize=True)
-        del table
-    features = src_operand[: h * w, :d]
-
+    clock = Clock(timings, next(backbone.parameters()).device)
+    grouped = _group_maps([view.maps[i] for i in ids])
+    (h, w), _ = grouped[0]
     W, H = view.size
     geometry = backbone.geometry(ids[0], H, W)
     if (geometry.height, geometry.width) != (h, w):
         raise RuntimeError(f"{backbone.name}: geometry predicts a {geometry.height}x{geometry.width} grid, network gave {h}x{w}")
+    device = grouped[0][1].device
+    side = max(W, H)
+    nominal = [backbone.geometry(min(i for i in ids if tuple(view.maps[i].shape[-2:]) == shape), side, side)
+               for shape, _ in grouped]
+    plan = factorize_groups([x.shape[1] for _, x in grouped], [(g.height, g.width) for g in nominal], factorize)
+
+    groups = []
+    for ((h_g, w_g), x), fact in zip(grouped, plan):
+        groups.append(LayerGroup(x.float(), (h_g, w_g), bilinear_matrix(h, h_g, device), bilinear_matrix(w, w_g, device), fact))
+    if center:
+        n = h * w
+        for g in groups:
+            weight = torch.outer(g.rows.sum(0), g.cols.sum(0)).reshape(-1) / n  # U_g^T 1 / n
+            g.maps = g.maps - weight @ g.maps
+    sq = None
+    for g in groups:
+        part = _squared_norms(g)
+        sq = part if sq is None else sq.add_(part)
+    assert sq is not None
+    norms = sq.sqrt_()
+    inv_norms = torch.where(norms > 0, norms.reciprocal(), torch.zeros((), device=device))
+
     boxes = receptive_field_boxes(geometry, h, w)
     centres = box_centres(boxes)
     if view.cam is not None:
@@ -251,46 +371,64 @@ def hyperpixels_from_view(
     else:
         weights = torch.ones(h * w)
     clock.lap("fusion")
-
     return Hyperpixels(
-        features=features,
-        xs=centres[:w, 0].clone(),
-        ys=centres[::w, 1].clone(),
-        boxes=boxes,
-        weights=weights,
-        size=view.size,
-        ratio=view.ratio,
-        original_size=view.original_size,
-        geometry=geometry,
-        name=view.name,
-        cam=None if view.cam is None else view.cam.float().cpu(),
-        top_classes=view.top_classes,
-        cost_dtype=cost_dtype,
-        _operands={"src" if cost_dtype == "bfloat16" else "any": src_operand},
+        groups=groups, inv_norms=inv_norms, xs=centres[:w, 0].clone(), ys=centres[::w, 1].clone(), boxes=boxes,
+        weights=weights, size=view.size, ratio=view.ratio, original_size=view.original_size, geometry=geometry,
+        name=view.name, cam=None if view.cam is None else view.cam.float().cpu(), top_classes=view.top_classes,
     )
 
 
-def extract_hyperpixels(
-    backbone: Backbone,
-    image01: torch.Tensor,
-    ids: Sequence[int],
-    *,
-    ratio: float,
-    original_size: tuple[int, int],
-    use_cam: bool = True,
-    cam_scales: Sequence[float] = (1.0, 1.5, 2.0),
-    feature_scales: Sequence[float] = (1.0,),
-    cam_weighting: str = "levels",
-    center: bool = False,
-    cost_dtype: str = "float32",
-    name: str = "image",
-    timings: dict[str, float] | None = None,
-) -> Hyperpixels:
-    """Hyperpixels of a resized RGB image (3, H, W) in [0, 1]: :func:`observe` then fuse.
+class HyperpixelExtractor:
+    """Turns images into :class:`Hyperpixels` as a resolved configuration says.
 
-    ``timings``, if given, receives the seconds spent in ``backbone``, ``cam`` (the extra
-    CAM scales included) and ``fusion``.
+    The one place that knows how an image becomes what the matcher needs: loading,
+    the 300-px resize, the backbone and CAM passes (:func:`observe`) and the fusion
+    into layer groups (:func:`describe`).
+
+    Args:
+        backbone: the network, on its device, in eval mode.
+        config: a resolved :class:`~scot.config.SCOTConfig` (``hyperpixel_ids`` set).
+        factorize: ``auto``, ``always`` or ``never`` (see :func:`describe`).
     """
-    view = observe(backbone, image01, ids, ratio=ratio, original_size=original_size, use_cam=use_cam,
-                   cam_scales=cam_scales, feature_scales=feature_scales, name=name, timings=timings)
-    return hyperpixels_from_view(view, backbone, ids, cost_dtype, timings, cam_weighting, center)
+
+    def __init__(self, backbone: Backbone, config: "SCOTConfig", factorize: str = "auto") -> None:
+        if config.hyperpixel_ids is None:
+            raise ValueError("the configuration must be resolved (hyperpixel_ids set)")
+        self.backbone = backbone
+        self.config = config
+        self.factorize = factorize
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        assert self.config.hyperpixel_ids is not None
+        return self.config.hyperpixel_ids
+
+    def view(self, image: ImageLike, ids: Sequence[int] | None = None, *, name: str | None = None,
+             flip: bool = False, timings: dict[str, float] | None = None) -> NetworkView:
+        """Load, resize (and with ``flip`` mirror) an image and run the backbone for ``ids``."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        loaded = load_image(image, name)
+        tensor = loaded.tensor.flip(-1) if flip else loaded.tensor
+        resized, ratio = resize_longest_side(tensor, cfg.image_side)
+        if timings is not None:
+            timings["load+resize"] = timings.get("load+resize", 0.0) + time.perf_counter() - t0
+        return observe(self.backbone, resized, self.ids if ids is None else ids, ratio=ratio,
+                       original_size=loaded.size, use_cam=cfg.cam, cam_scales=cfg.cam_scales,
+                       feature_scales=cfg.feature_scales or (1.0,), name=loaded.name, timings=timings)
+
+    def describe(self, view: NetworkView, ids: Sequence[int] | None = None,
+                 timings: dict[str, float] | None = None) -> Hyperpixels:
+        """Fuse ``ids`` (default: the configuration's) of a view into hyperpixels."""
+        return describe(view, self.backbone, self.ids if ids is None else ids, cam_weighting=self.config.cam_weighting,
+                        center=bool(self.config.center_features), factorize=self.factorize, timings=timings)
+
+    def __call__(self, image: ImageLike, *, name: str | None = None, flip: bool = False,
+                 timings: dict[str, float] | None = None) -> Hyperpixels:
+        """Load, resize and describe one image.
+
+        ``timings``, if given, receives the seconds spent in ``load+resize``, ``backbone``,
+        ``cam`` (the extra CAM scales included) and ``fusion``.
+        """
+        with torch.inference_mode():
+            return self.describe(self.view(image, name=name, flip=flip, timings=timings), timings=timings)

@@ -21,14 +21,19 @@ import torch
 
 from .backbones import Backbone, build_backbone
 from .config import SCOTConfig
-from .cost import cost_from_operands
+from .cost import Correlation, cost_from_log2_kernel_, kernel_scale, log2_kernel_
 from .errors import ScotError
-from .features import Hyperpixels, box_centres, extract_hyperpixels
-from .image import ImageLike, load_image, resize_longest_side
-from .ot import scot_votes, two_way_votes
-from .rhm import GridHough, rhm_grid
+from .features import Clock, HyperpixelExtractor, Hyperpixels
+from .image import ImageLike
+from .ot import dampening, kernel_sinkhorn, log2_votes, scot_votes
+from .rhm import HoughWindows, grid_view
 from .streaming import streamed_best_matches
-from .transfer import best_matches, mutual_mask, soft_argmax_targets, transfer_keypoints
+from .transfer import mutual_mask, soft_argmax_targets, transfer_keypoints
+
+# Largest 1/ε for which exp(-C/ε) with C <= 1 stays a normal float32: the solver on the
+# stored log-kernel cannot produce a non-finite scaling there (see SCOT._votes).
+_SAFE_INV_EPS = 80.0
+_BLOCK_BYTES = 4 << 20  # rows of the N x M matrix processed together on the CPU (kept in cache)
 
 logger = logging.getLogger("scot")
 
@@ -47,6 +52,8 @@ def resolve_device(name: str) -> torch.device:
 
 def as_keypoints(keypoints: Any, size: tuple[int, int] | None = None, name: str = "keypoints") -> torch.Tensor:
     """Validate (K, 2) keypoints (x, y) in original pixels; ``size`` = (W, H) bounds them."""
+    if isinstance(keypoints, torch.Tensor):
+        keypoints = keypoints.detach().cpu().double().numpy()
     try:
         kps = torch.as_tensor(np.asarray(keypoints, dtype=np.float64), dtype=torch.float32)
     except (TypeError, ValueError):
@@ -140,29 +147,14 @@ class MatchResult:
         return out
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move to ``device``; host tensors go through page-locked memory to a GPU."""
-    if t.device == device:
-        return t
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def _stack(images: Sequence[Hyperpixels], role: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N, D') padded matmul operands and (B, N) marginal weights, zero beyond each image's n."""
-    ops = [_to_device(h.operand(role), device) for h in images]
-    rows = max(op.shape[0] for op in ops)
-    if len(images) == 1:
-        feats = ops[0].unsqueeze(0)
-    else:
-        feats = torch.zeros(len(images), rows, ops[0].shape[1], dtype=ops[0].dtype, device=device)
-        for i, op in enumerate(ops):
-            feats[i, : op.shape[0]] = op
-    weights = torch.zeros(len(images), rows, device=device)
+def _marginals(images: Sequence[Hyperpixels], rows: int, device: torch.device, reverse: bool) -> torch.Tensor:
+    """(B, rows) normalised marginal weights, zero beyond each image's n; with ``reverse``
+    each image's cells in reverse order (the target's layout in the matching matrix)."""
+    out = torch.zeros(len(images), rows, device=device)
     for i, h in enumerate(images):
-        weights[i, : h.n] = h.weights.to(device)
-    return feats, weights
+        w = h.weights.flip(0) if reverse else h.weights
+        out[i, : h.n] = (w / w.sum()).to(device)
+    return out
 
 
 class SCOT:
@@ -171,9 +163,16 @@ class SCOT:
     >>> model = SCOT(SCOTConfig(backbone="efficientnet-lite2"))  # doctest: +SKIP
     >>> result = model("cat1.jpg", "cat2.jpg", keypoints=[[40, 60]])  # doctest: +SKIP
     >>> result.transferred  # (1, 2) in the target's pixels  # doctest: +SKIP
-    """
 
-    default_conf = SCOTConfig()
+    Args:
+        config: the options (defaults reproduce the paper); keyword ``overrides`` replace
+            single fields.
+        backbone: an already built backbone to reuse (its weights win over the config's).
+        notice: receives one-line notices (e.g. the ``auto`` backbone's fallback).
+        factorize: how the correlation treats each layer group: ``auto`` (by a cost
+            estimate), ``always`` or ``never`` (the classic dense table); all give the same
+            results up to float rounding (see :mod:`scot.cost`).
+    """
 
     def __init__(
         self,
@@ -181,6 +180,7 @@ class SCOT:
         *,
         backbone: Backbone | None = None,
         notice: Callable[[str], None] | None = None,
+        factorize: str = "auto",
         **overrides: Any,
     ) -> None:
         cfg = config if config is not None else SCOTConfig()
@@ -197,6 +197,7 @@ class SCOT:
             (notice or logger.warning)(f"--low-memory matches one way: the preset's two-way matching of {backbone.name} is off")
         assert self.config.hyperpixel_ids is not None
         self.backbone.check_ids(self.config.hyperpixel_ids)
+        self.extractor = HyperpixelExtractor(self.backbone, self.config, factorize)
 
     # ------------------------------------------------------------------------------------
     @property
@@ -204,25 +205,10 @@ class SCOT:
         assert self.config.hyperpixel_ids is not None
         return self.config.hyperpixel_ids
 
-    @torch.inference_mode()
-    def extract(self, image: ImageLike, name: str | None = None) -> Hyperpixels:
-        """Load, resize and describe one image (features, boxes, CAM weights)."""
-        loaded = load_image(image, name)
-        resized, ratio = resize_longest_side(loaded.tensor, self.config.image_side)
-        return extract_hyperpixels(
-            self.backbone,
-            resized,
-            self.hyperpixel_ids,
-            ratio=ratio,
-            original_size=loaded.size,
-            use_cam=self.config.cam,
-            cam_scales=self.config.cam_scales,
-            feature_scales=self.config.feature_scales,
-            cam_weighting=self.config.cam_weighting,
-            center=bool(self.config.center_features),
-            cost_dtype=self.config.cost_dtype,
-            name=loaded.name,
-        )
+    def extract(self, image: ImageLike, name: str | None = None, flip: bool = False,
+                timings: dict[str, float] | None = None) -> Hyperpixels:
+        """Load, resize (``flip``: mirror) and describe one image (features, boxes, CAM weights)."""
+        return self.extractor(image, name=name, flip=flip, timings=timings)
 
     @torch.inference_mode()
     def match(
@@ -248,7 +234,7 @@ class SCOT:
         keep_plan: bool = False,
         check_bounds: bool = True,
     ) -> list[MatchResult]:
-        """Match several (src, trg, keypoints) pairs through the batched cost and solver.
+        """Match several (src, trg, keypoints) pairs through the batched solver.
 
         Pairs of different sizes are zero-padded; padded hyperpixels carry no mass, so every
         pair's result equals matching it alone.  The timings of the batch are shared by its
@@ -258,82 +244,105 @@ class SCOT:
         kps_list = [
             None if k is None else as_keypoints(k, s.original_size if check_bounds else None) for s, _, k in items
         ]
+        srcs = [s.to(self.device) for s, _, _ in items]
+        trgs = [t.to(self.device) for _, t, _ in items]
         if cfg.stream_block:
-            return [self._match_streamed(s, t, k) for (s, t, _), k in zip(items, kps_list)]
+            return [self._match_streamed(s, t, k) for s, t, k in zip(srcs, trgs, kps_list)]
         timings: dict[str, float] = {}
+        clock = Clock(timings, self.device)
 
-        t0 = time.perf_counter()
-        src_f, src_w = _stack([s for s, _, _ in items], "src", self.device)
-        trg_f, trg_w = _stack([t for _, t, _ in items], "trg", self.device)
-        cost = cost_from_operands(src_f, trg_f, cfg.cost_dtype)  # (B, N, M), padded
-        timings["cost"] = time.perf_counter() - t0
+        n, m = max(s.n for s in srcs), max(t.n for t in trgs)
+        alpha = kernel_scale(cfg.eps) if cfg.ot else 1.0
+        log2k = torch.zeros(len(items), n, m, device=self.device) if len(items) > 1 else \
+            torch.empty(1, n, m, device=self.device)
+        for b, (s, t) in enumerate(zip(srcs, trgs)):
+            Correlation(s, t, alpha).fill(log2k[b, : s.n, : t.n])
+        log2_kernel_(log2k, alpha)  # (B, N, M): log2 exp(-C/eps), target cells reversed
+        clock.lap("cost")
 
-        t0 = time.perf_counter()
-        votes, votes_back, eps_used = self._votes(cost, src_w, trg_w, two_way=bool(cfg.symmetric))
-        del cost
-        timings["ot"] = time.perf_counter() - t0
+        mu = _marginals(srcs, n, self.device, reverse=False)
+        nu = _marginals(trgs, m, self.device, reverse=True)
+        votes, votes_back, eps_used = self._votes(log2k, mu, nu, alpha, two_way=bool(cfg.symmetric))
+        clock.lap("ot")
 
-        t0 = time.perf_counter()
-        confidences, bests, refinements = [], [], []
-        for b, (s, t, _) in enumerate(items):
-            v = votes[b, : s.n, : t.n]
-            conf = self._confidence(v, s, t, keep_plan)
-            if votes_back is not None:  # two-way: add the reverse confidences, each scaled to max 1
-                back = self._confidence(votes_back[b, : s.n, : t.n], s, t, keep_plan=False, reverse=True)
-                if conf is v and keep_plan:  # without RHM the plan itself is the confidence: keep it
-                    conf = conf.clone()
-                conf.div_(conf.max().clamp_min(1e-30)).add_(back, alpha=1.0 / float(back.max().clamp_min(1e-30)))
-            confidences.append(conf)
-            best = best_matches(conf)
-            bests.append(best)
-            refinements.append((
-                soft_argmax_targets(conf, best[0], t.grid, t.boxes, cfg.subpixel) if cfg.subpixel else None,
-                mutual_mask(conf, best[0]) if cfg.mutual else None,
-            ))
-        timings["rhm"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
         results = []
-        for b, (s, t, _) in enumerate(items):
-            best, best_conf = bests[b]
+        for b, (s, t) in enumerate(zip(srcs, trgs)):
+            v = votes[b, : s.n, : t.n]
+            plan = v.flip(-1) if keep_plan else None  # a copy in the natural target order
+            conf = self._confidence(v, s, t)
+            if votes_back is not None:  # two-way: add the reverse confidences, each scaled to max 1
+                back = self._confidence(votes_back[b, : s.n, : t.n], s, t, reverse=True)
+                conf.div_(conf.amax().clamp_min(1e-30)).addcdiv_(back, back.amax().clamp_min(1e-30))
+            best_conf, best_col = conf.max(dim=-1)
+            boxes_rev = t.boxes.flip(0)
+            target_tl = soft_argmax_targets(conf, best_col, t.grid, boxes_rev, cfg.subpixel) if cfg.subpixel else None
+            usable = mutual_mask(conf, best_col) if cfg.mutual else None
             result = MatchResult(
-                src=s, trg=t, best=best.cpu(), best_confidence=best_conf.float().cpu(),
-                plan=votes[b, : s.n, : t.n] if keep_plan else None, confidence=confidences[b] if keep_plan else None,
+                src=s, trg=t, best=(t.n - 1 - best_col).cpu(), best_confidence=best_conf.float().cpu(),
+                plan=plan, confidence=conf.flip(-1) if keep_plan else None,
                 config=cfg, timings=timings, eps_used=eps_used[b],
             )
-            if kps_list[b] is not None:
-                self._transfer(result, kps_list[b], *refinements[b])
-            results.append(result)
-        timings["transfer"] = time.perf_counter() - t0
-        return results
+            results.append((result, target_tl, usable))
+        clock.lap("rhm")
+
+        for (result, target_tl, usable), kps in zip(results, kps_list):
+            if kps is not None:
+                self._transfer(result, kps, target_tl, usable)
+        clock.lap("transfer")
+        return [r for r, _, _ in results]
 
     def _votes(
-        self, cost: torch.Tensor, src_w: torch.Tensor, trg_w: torch.Tensor, two_way: bool = False
+        self, log2k: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, alpha: float, two_way: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, list]:
-        """Transport votes (B, N, M) from a cost the call consumes, per-pair eps used, and with
-        ``two_way`` the target -> source votes transposed to (B, N, M) (else None)."""
+        """Transport votes (B, N, M) from a log2-kernel the call consumes, the ε used per
+        pair, and with ``two_way`` the target -> source votes transposed to (B, N, M)."""
         cfg = self.config
-        mu, nu = src_w / src_w.sum(-1, keepdim=True), trg_w / trg_w.sum(-1, keepdim=True)
-        back = None
-        if two_way:
-            if cfg.ot and cfg.sinkhorn_iters == 1 and cfg.sinkhorn_mode == "plain":  # both from one kernel
-                both = two_way_votes(cost, mu, nu, eps=cfg.eps, exp2=self._exp2, tau=cfg.unbalanced_tau, cost_bound=1.0)
-                if both is not None:
-                    return both[0], both[1], [cfg.eps] * cost.shape[0]
-            # any other solver setting: solve the transposed problem explicitly
-            back = self._votes(cost.transpose(1, 2).contiguous(), trg_w, src_w)[0].transpose(1, 2).contiguous()
-        if not cfg.ot:  # HPF's similarity: clamp(cos, 0) ** exp1 = (1 - C) ** exp1
-            votes = cost.neg_().add_(1.0)
+        batch = log2k.shape[0]
+        if not cfg.ot:  # HPF's similarity: clamp(cos, 0) ** exp1, with log2k = clamp(cos, 0) - 1 (alpha = 1)
+            votes = log2k.add_(1.0)
             if cfg.exp1 != 1.0:
                 votes.pow_(cfg.exp1)
-            return votes, back, [None] * cost.shape[0]
+            return votes, votes.clone() if two_way else None, [None] * batch
+        exp2 = self._exp2
+        fast = cfg.sinkhorn_mode == "plain" and cfg.sinkhorn_tol is None and 1.0 / cfg.eps <= _SAFE_INV_EPS
+        if fast:  # SCOT's solver on the stored log-kernel, block by block, votes formed in place
+            back = torch.empty_like(log2k) if two_way else None
+            rows = self._block_rows(log2k)
+
+            def final(r0: int, r1: int, block: torch.Tensor, a_blk: torch.Tensor, sc) -> None:
+                if back is not None:
+                    log2_votes(block, sc.b_rev[:, r0:r1], sc.a_rev, sc.cols, exp2, out=back[:, r0:r1])
+                log2_votes(block, a_blk, sc.b, sc.rows, exp2, out=block)
+
+            scalings = kernel_sinkhorn(lambda r0, r1: log2k[:, r0:r1], mu, nu, num_iters=cfg.sinkhorn_iters,
+                                       fi=dampening(cfg.eps, cfg.unbalanced_tau), two_way=two_way,
+                                       block_rows=rows, on_final_block=final)
+            if not scalings.finite():
+                raise RuntimeError("Sinkhorn produced a non-finite scaling although exp(-C/eps) cannot underflow")
+            return log2k, back, [cfg.eps] * batch
+        cost = cost_from_log2_kernel_(log2k, alpha)
+        back = None
+        if two_way:  # solve the transposed problem explicitly
+            back_cost = cost.transpose(1, 2).contiguous()
+            back = self._solve(back_cost, nu, mu)[0].transpose(1, 2).contiguous()
+        votes, eps_used = self._solve(cost, mu, nu)
+        return votes, back, eps_used
+
+    def _solve(self, cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor) -> tuple[torch.Tensor, list]:
+        cfg = self.config
         votes, stats = scot_votes(
             cost, mu, nu, eps=cfg.eps, exp2=self._exp2,
             num_iters=cfg.sinkhorn_iters, tol=cfg.sinkhorn_tol,
             log_domain=cfg.sinkhorn_mode == "log", tau=cfg.unbalanced_tau,
             max_doublings=cfg.max_eps_doublings, consume_cost=True, cost_bound=1.0,
         )
-        return votes, back, stats.eps_used
+        return votes, stats.eps_used
+
+    def _block_rows(self, matrix: torch.Tensor) -> int:
+        """Rows of the (B, N, M) matrix processed together: a few MB on the CPU, all on a GPU."""
+        if matrix.device.type != "cpu":
+            return matrix.shape[1]
+        return max(16, _BLOCK_BYTES // (matrix.element_size() * matrix.shape[0] * matrix.shape[2]))
 
     @property
     def _exp2(self) -> float:
@@ -347,38 +356,36 @@ class SCOT:
                                   how=self.config.transfer or "mean", confidence=result.best_confidence)
         result.keypoints, result.transferred_resized, result.transferred = kps, pred, pred / t.ratio
 
-    def _confidence(self, votes: torch.Tensor, s: Hyperpixels, t: Hyperpixels, keep_plan: bool,
-                    reverse: bool = False) -> torch.Tensor:
-        """RHM confidences of one pair's (N, M) votes (the votes themselves with RHM off);
-        ``reverse``: the votes are the transposed target -> source ones."""
-        cfg = self.config
-        if not cfg.rhm:
+    def _hough(self, s: Hyperpixels, t: Hyperpixels, reverse: bool = False) -> HoughWindows:
+        return HoughWindows.build(s.xs, s.ys, t.xs, t.ys, s.size, t.size, self.config.rhm_cells, self.device, reverse)
+
+    def _confidence(self, votes: torch.Tensor, s: Hyperpixels, t: Hyperpixels, reverse: bool = False) -> torch.Tensor:
+        """RHM confidences of one pair's (n, m) votes in the matching layout, in place (the
+        votes themselves with RHM off); ``reverse``: the transposed target -> source votes."""
+        if not self.config.rhm:
             return votes
-        return rhm_grid(votes, s.xs, s.ys, t.xs, t.ys, s.size, t.size, ncells=cfg.rhm_cells,
-                        kernel_side=cfg.rhm_kernel, out=None if keep_plan else votes, reverse=reverse)
+        grid = grid_view(votes, s.grid, t.grid)
+        self._hough(s, t, reverse).confidence(grid, self.config.rhm_kernel, out=grid)
+        return votes
 
     def _match_streamed(self, s: Hyperpixels, t: Hyperpixels, kps: torch.Tensor | None) -> MatchResult:
         """Low-memory matching (config.stream_block > 0): no N x M matrix is ever held."""
         cfg = self.config
-        t0 = time.perf_counter()
-        src_op, src_w = _stack([s], "src", self.device)
-        trg_op, trg_w = _stack([t], "trg", self.device)
-        hough = None
-        if cfg.rhm:
-            hough = GridHough.build(s.xs, s.ys, t.xs, t.ys, s.size, t.size, cfg.rhm_cells, self.device)
-        best, best_conf, eps_used = streamed_best_matches(
-            src_op[0], trg_op[0], src_w[0] / src_w.sum(), trg_w[0] / trg_w.sum(), s.n, t.n,
-            dtype=cfg.cost_dtype, eps=cfg.eps, exp2=self._exp2,
-            num_iters=cfg.sinkhorn_iters, tau=cfg.unbalanced_tau, hough=hough, kernel_side=cfg.rhm_kernel,
-            block_rows=cfg.stream_block, max_doublings=cfg.max_eps_doublings,
+        timings: dict[str, float] = {}
+        clock = Clock(timings, self.device)
+        hough = self._hough(s, t) if cfg.rhm else None
+        best_col, best_conf, eps_used = streamed_best_matches(
+            s, t, _marginals([s], s.n, self.device, False)[0], _marginals([t], t.n, self.device, True)[0],
+            eps=cfg.eps, exp2=self._exp2, num_iters=cfg.sinkhorn_iters, tau=cfg.unbalanced_tau, hough=hough,
+            kernel_side=cfg.rhm_kernel, block_rows=cfg.stream_block, max_doublings=cfg.max_eps_doublings,
         )
-        timings = {"cost": 0.0, "ot": time.perf_counter() - t0, "rhm": 0.0}
-        result = MatchResult(src=s, trg=t, best=best.cpu(), best_confidence=best_conf.float().cpu(),
+        timings.update(cost=0.0, rhm=0.0)
+        clock.lap("ot")
+        result = MatchResult(src=s, trg=t, best=(t.n - 1 - best_col).cpu(), best_confidence=best_conf.float().cpu(),
                              config=cfg, timings=timings, eps_used=eps_used)
-        t0 = time.perf_counter()
         if kps is not None:
             self._transfer(result, kps)
-        timings["transfer"] = time.perf_counter() - t0
+        clock.lap("transfer")
         return result
 
     def __call__(self, src: ImageLike, trg: ImageLike, keypoints: Any = None, keep_plan: bool = True) -> MatchResult:

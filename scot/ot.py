@@ -36,6 +36,7 @@ iteration above.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -107,7 +108,7 @@ def sinkhorn(
         raise ValueError(f"eps must be > 0, got {eps}")
     unbatched = cost.dim() == 2
     C, mu, nu = _batched(cost, 2), _batched(mu, 1).to(cost.dtype), _batched(nu, 1).to(cost.dtype)
-    fi = 1.0 if tau is None else tau / (tau + eps)
+    fi = dampening(eps, tau)
     if log_domain:
         result = _sinkhorn_log(C, mu, nu, eps, num_iters, tol, fi)
     else:
@@ -238,7 +239,7 @@ def scot_votes(
         inplace = consume_cost and num_iters == 1 and bound / eps <= _SAFE_EXPONENT
         if inplace:
             # Fast path: K overwrites C, and the rescaling by N is folded into the scalings.
-            fi = 1.0 if tau is None else tau / (tau + eps)
+            fi = dampening(eps, tau)
             res = _sinkhorn_plain(C, mu_b, nu_b, eps, 1, tol, fi, True, row_scale=n_rows)
             plan = res.plan
             # With K finite and positive, P has NaN exactly when a scaling is not finite,
@@ -271,46 +272,151 @@ def scot_votes(
 
 
 def _power(votes: torch.Tensor, exp2: float) -> torch.Tensor:
-    """votes ** exp2 in place (sqrt for the presets' 0.5)."""
+    """votes ** exp2 in place (sqrt for the presets' 0.5): the plan power of :func:`scot_votes`."""
     if exp2 == 1.0:
         return votes
     return votes.sqrt_() if exp2 == 0.5 else votes.pow_(exp2)
 
 
-def two_way_votes(
-    cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float = 0.05, exp2: float = 1.0,
-    tau: float | None = None, cost_bound: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    r"""SCOT's one-iteration votes of both matching directions from one kernel, consuming ``cost``.
+def dampening(eps: float, tau: float | None) -> float:
+    r"""The exponent :math:`\tau / (\tau + \varepsilon)` of unbalanced Sinkhorn updates (1 when balanced)."""
+    return 1.0 if tau is None else tau / (tau + eps)
 
-    Every plain Sinkhorn plan is a diagonal scaling of :math:`K = e^{-C/\varepsilon}`.  The
-    target-to-source problem (cost :math:`C^\top`, marginals :math:`\nu, \mu`) has the plan
-    :math:`\operatorname{diag}(a') K^\top \operatorname{diag}(b')`, whose transpose
-    :math:`\operatorname{diag}(b') K \operatorname{diag}(a')` is formed from the same kernel
-    in the source x target layout, with no transposed copy of the cost.
 
-    Returns ``(votes, reverse_votes_transposed)``, both (B, N, M) (``(M · P')^exp2``
-    transposed for the second), or None, leaving ``cost`` untouched, when
-    :math:`\max C / \varepsilon` is too large for :math:`K` to stay finite (the caller
-    then solves the transposed problem with :func:`scot_votes`).
+# --------------------------------------------------------------------------------------
+# SCOT's solver on a log2-kernel, one block of rows at a time
+@dataclass
+class Scalings:
+    """Plain-Sinkhorn scalings of a batch of problems (and of the transposed problems).
+
+    The forward plan is ``a_i K_ij b_j``; with two-way matching the target -> source plan,
+    transposed into the same (N, M) layout, is ``b_rev_i K_ij a_rev_j``.
     """
-    C = _batched(cost, 2)
-    bound = float(C.amax()) if cost_bound is None else float(cost_bound)
-    if bound / eps > _SAFE_EXPONENT:
-        return None
-    mu_b, nu_b = _batched(mu, 1).to(C.dtype), _batched(nu, 1).to(C.dtype)
-    fi = 1.0 if tau is None else tau / (tau + eps)
-    K = C.mul_(-1.0 / eps).exp_()
-    a, b, _, _ = _plain_scalings(K, mu_b, nu_b, 1, None, fi)
-    a_rev, b_rev, _, _ = _plain_scalings(K.transpose(-1, -2), nu_b, mu_b, 1, None, fi)
-    if not _finite(a, b, a_rev, b_rev):
-        raise RuntimeError("Sinkhorn produced NaN although exp(-C/eps) cannot underflow")
-    n_rows = (mu_b > 0).sum(-1, keepdim=True).to(C.dtype)
-    n_cols = (nu_b > 0).sum(-1, keepdim=True).to(C.dtype)
-    reverse = torch.mul(K, (b_rev * n_cols).unsqueeze(-1)).mul_(a_rev.unsqueeze(-2))
-    forward = K.mul_((a * n_rows).unsqueeze(-1)).mul_(b.unsqueeze(-2))
-    forward, reverse = _power(forward, exp2), _power(reverse, exp2)
-    if cost.dim() == 2:
-        return forward[0], reverse[0]
-    return forward, reverse
 
+    a: torch.Tensor  # (B, N)
+    b: torch.Tensor  # (B, M)
+    a_rev: torch.Tensor | None  # (B, M) row scalings of the transposed problem
+    b_rev: torch.Tensor | None  # (B, N) its column scalings
+    rows: torch.Tensor  # (B,) rows with mass (the reference's N of N·P)
+    cols: torch.Tensor  # (B,) columns with mass
+
+    def finite(self) -> bool:
+        parts = [self.a, self.b] + ([self.a_rev, self.b_rev] if self.a_rev is not None else [])
+        return all(bool(torch.isfinite(p).all()) for p in parts)  # type: ignore[arg-type]
+
+
+def _rowdot(block: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(B, r, M) x (B, M) -> (B, r): each row of the block dotted with v."""
+    return torch.bmm(block, v.unsqueeze(-1)).squeeze(-1)
+
+
+def _coldot(v: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """(B, r) x (B, r, M) -> (B, M): the block's columns dotted with v."""
+    return torch.bmm(v.unsqueeze(1), block).squeeze(1)
+
+
+def kernel_sinkhorn(
+    log2_kernel: Callable[[int, int], torch.Tensor],
+    mu: torch.Tensor,
+    nu: torch.Tensor,
+    *,
+    num_iters: int = 1,
+    fi: float = 1.0,
+    two_way: bool = False,
+    block_rows: int = 256,
+    on_final_block: Callable[[int, int, torch.Tensor, torch.Tensor, Scalings], None] | None = None,
+) -> Scalings:
+    r"""Plain Sinkhorn on :math:`K = 2^{L}`, reading :math:`L` one block of rows at a time.
+
+    Each iteration makes two sweeps over the rows:
+
+    .. math::
+        b \leftarrow \Big(\frac{\nu}{K^\top a}\Big)^{f}, \qquad
+        a \leftarrow \Big(\frac{\mu}{K b}\Big)^{f}
+
+    with :math:`f` the :func:`dampening` exponent.  The first sweep accumulates
+    :math:`K^\top a`; the second is row-local.  With ``two_way`` the transposed problem
+    (cost :math:`C^\top`, marginals :math:`\nu, \mu`) is iterated alongside, from the same
+    kernel blocks: :math:`b' \leftarrow (\mu / K a')^f` is row-local in the first sweep,
+    and :math:`a' \leftarrow (\nu / K^\top b')^f` accumulates there too.  :math:`K` exists
+    only one (block x M) slab at a time, in cache.
+
+    Args:
+        log2_kernel: ``log2_kernel(r0, r1)`` returns (B, r1 - r0, M) :math:`\log_2 K` of rows
+            ``r0:r1`` (a view of a stored matrix, or computed on the fly).
+        mu: (B, N) source marginals; rows without mass (padding) get zero scalings.
+        nu: (B, M) target marginals.
+        num_iters: iterations; 1 reproduces SCOT's code.
+        fi: the dampening exponent (1 for balanced OT).
+        two_way: also solve the transposed problem.
+        block_rows: rows per block.
+        on_final_block: called in the last sweep as ``(r0, r1, log2_kernel_block,
+            a_block, scalings)`` once the block's final ``a`` is known (``scalings.b`` and,
+            for two-way, ``a_rev``/``b_rev`` are final by then).
+
+    Returns:
+        The :class:`Scalings`.
+    """
+    B, N = mu.shape
+    M = nu.shape[-1]
+    a = _initial_a(mu)
+    a_rev = _initial_a(nu) if two_way else None
+    b_rev = torch.zeros_like(mu) if two_way else None
+    b = torch.zeros_like(nu)
+    rows = (mu > 0).sum(-1).to(mu.dtype)
+    cols = (nu > 0).sum(-1).to(nu.dtype)
+    out = Scalings(a, b, a_rev, b_rev, rows, cols)
+    for it in range(num_iters):
+        kta = torch.zeros_like(nu)
+        ktb_rev = torch.zeros_like(nu) if two_way else None
+        for r0 in range(0, N, block_rows):
+            r1 = min(r0 + block_rows, N)
+            K = torch.exp2(log2_kernel(r0, r1))
+            kta += _coldot(a[:, r0:r1], K)
+            if two_way:
+                assert b_rev is not None and a_rev is not None and ktb_rev is not None
+                b_rev[:, r0:r1] = _damp(_safe_div(mu[:, r0:r1], _rowdot(K, a_rev)), fi)
+                ktb_rev += _coldot(b_rev[:, r0:r1], K)
+        out.b = b = _damp(_safe_div(nu, kta), fi)
+        if two_way:
+            out.a_rev = a_rev = _damp(_safe_div(nu, ktb_rev), fi)
+        last = it == num_iters - 1
+        new_a = torch.empty_like(a)
+        for r0 in range(0, N, block_rows):
+            r1 = min(r0 + block_rows, N)
+            block = log2_kernel(r0, r1)
+            new_a[:, r0:r1] = _damp(_safe_div(mu[:, r0:r1], _rowdot(torch.exp2(block), b)), fi)
+            if last and on_final_block is not None:
+                on_final_block(r0, r1, block, new_a[:, r0:r1], out)
+        out.a = a = new_a
+    return out
+
+
+def _damp(x: torch.Tensor, fi: float) -> torch.Tensor:
+    return x if fi == 1.0 else x.pow_(fi)
+
+
+def log2_votes(
+    log2_kernel: torch.Tensor, row_scaling: torch.Tensor, col_scaling: torch.Tensor, count: torch.Tensor,
+    exp2: float, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""SCOT's votes :math:`(n\, a_i K_{ij} b_j)^{p}` of a block, as
+    :math:`2^{\,p\,(\log_2 K_{ij} + \log_2(n a_i) + \log_2 b_j)}`.
+
+    Args:
+        log2_kernel: (B, r, M) :math:`\log_2 K`.
+        row_scaling: (B, r) :math:`a` of the block's rows.
+        col_scaling: (B, M) :math:`b`.
+        count: (B,) :math:`n`, the rows with mass of each problem.
+        exp2: the plan power :math:`p`.
+        out: where to write (may be ``log2_kernel`` itself); a new tensor if None.
+
+    Zero scalings (padding) give zero votes.
+    """
+    rows = (row_scaling * count.unsqueeze(-1)).log2_().unsqueeze(-1)
+    cols = col_scaling.log2().unsqueeze(-2)
+    out = torch.add(log2_kernel, rows, out=out) if out is not None else log2_kernel + rows
+    out.add_(cols)
+    if exp2 != 1.0:
+        out.mul_(exp2)
+    return out.exp2_()

@@ -14,12 +14,22 @@ padding) and every match is re-weighted by the consensus of its translation:
 .. math::
     \text{confidence}_{ij} = P_{ij}\; \tilde H[\text{bin}_{ij}] .
 
-Hyperpixels lie on regular grids, so the bin index is separable:
-``bin_x`` depends only on the (source column, target column) pair and ``bin_y`` only on
-the row pair.  :func:`rhm_grid` exploits this: it never materialises the ``N x M`` bin
-tables (let alone the reference's ``N x 2 x M`` float vote coordinates), scattering and
-gathering one source column at a time with small index vectors.  :func:`rhm_dense`
-handles arbitrary box centres and is the readable definition.
+Hyperpixels lie on regular grids with the same spacing in both images, so ``bin_x``
+depends only on the difference of the target and source column indices, and ``bin_y``
+on that of the row indices.  The matching matrix lists the target's cells in reverse
+row-major order (:mod:`scot.cost`), which turns each difference into a *sum*
+``s = source index + column index``: along each axis a vote's bin is a function of one
+small table indexed by ``s``.  Hence (:class:`HoughWindows`):
+
+* **voting** sums the (hs, ws, ht, wt) votes along anti-diagonals into an
+  (hs + ht - 1) x (ws + wt - 1) table, with one slice addition per source column and
+  per source row, then maps the table's rows and columns to bins with two small
+  one-hot products (deterministic, no atomic scatter);
+* **re-weighting** multiplies the votes by a sliding-window view of the smoothed
+  histogram laid out on that table: ``conf[ys, xs, yt, xt] = V * T[ys + yt, xs + xt]``,
+  one broadcast multiplication with no index tensor at all.
+
+:func:`rhm_dense` handles arbitrary box centres and is the readable definition.
 """
 
 from __future__ import annotations
@@ -58,6 +68,12 @@ def _axis_bins(ref: float, src_c: torch.Tensor, trg_c: torch.Tensor, cell: float
     return torch.floor(vote / torch.tensor(cell, dtype=torch.float32)).long().clamp_(0, nbins - 1)
 
 
+def _pair_bins(ref: float, src_c: torch.Tensor, trg_c: torch.Tensor, cell: float, nbins: int) -> torch.Tensor:
+    """:func:`_axis_bins` for paired coordinates (elementwise rather than all pairs)."""
+    vote = (float(ref) - src_c.float()) + trg_c.float()
+    return torch.floor(vote / torch.tensor(cell, dtype=torch.float32)).long().clamp_(0, nbins - 1)
+
+
 def _smooth(hist: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     pad = kernel.shape[-1] // 2
     return F.conv2d(hist[None, None], kernel.to(hist)[None, None], padding=pad)[0, 0]
@@ -83,62 +99,106 @@ def rhm_dense(
     return votes * smoothed[bins].view_as(votes)
 
 
-@dataclass
-class GridHough:
-    """The Hough space of one pair of grids and its separable bin tables.
+def smooth_histogram(hist: torch.Tensor, kernel_side: int = 7) -> torch.Tensor:
+    """The vote histogram convolved with the normalised Gaussian (zero padding)."""
+    return _smooth(hist, gaussian_kernel(kernel_side, hist.device))
 
-    ``bx[xs, xt]`` is the x-bin of source column xs voting for target column xt and
-    ``by[ys, yt]`` the y-bin of a row pair; a match's bin is ``(by, bx)``.
+
+def _regular(coords: torch.Tensor) -> float | None:
+    """The spacing of evenly spaced coordinates (any spacing for fewer than two), else None."""
+    if len(coords) < 2:
+        return 0.0
+    step = coords[1] - coords[0]
+    expected = coords[0] + step * torch.arange(len(coords), dtype=coords.dtype, device=coords.device)
+    return float(step) if bool(torch.equal(coords, expected)) else None
+
+
+@dataclass
+class HoughWindows:
+    """The Hough space of one pair of regular grids, in the matching layout.
+
+    Votes are (hs, ws, ht, wt) views of an (n, m) block whose columns list the target
+    cells in reverse row-major order.  A vote's bin is ``(by[ys + yt], bx[xs + xt])`` with
+    ``yt, xt`` the reversed target row and column (see the module docstring).
     """
 
     nbx: int
     nby: int
-    bx: torch.Tensor  # (ws, wt) long
-    by: torch.Tensor  # (hs, ht) long
+    bx: torch.Tensor  # (ws + wt - 1,) x-bin of each column-index sum
+    by: torch.Tensor  # (hs + ht - 1,) y-bin of each row-index sum
     src_shape: tuple[int, int]  # (hs, ws)
     trg_shape: tuple[int, int]  # (ht, wt)
 
     @classmethod
-    def build(cls, src_xs, src_ys, trg_xs, trg_ys, src_size, trg_size, ncells=8192, device=None,
-              reverse: bool = False) -> "GridHough":
-        """The bin tables; with ``reverse``, those of the target -> source matching, indexed
-        (source, target) like the forward ones (the Hough space's size is symmetric)."""
+    def build(
+        cls, src_xs: torch.Tensor, src_ys: torch.Tensor, trg_xs: torch.Tensor, trg_ys: torch.Tensor,
+        src_size: tuple[int, int], trg_size: tuple[int, int], ncells: int = 8192,
+        device: torch.device | str | None = None, reverse: bool = False,
+    ) -> "HoughWindows":
+        """The bin tables of the source -> target matching, or with ``reverse`` of the
+        target -> source matching (still indexed source x reversed target).
+
+        Raises ValueError unless both grids are evenly spaced with the same spacing.
+        """
+        steps = {_regular(c.float().cpu()) for c in (src_xs, src_ys, trg_xs, trg_ys)} - {0.0}
+        if None in steps or len(steps) > 1:
+            raise ValueError("rhm: both hyperpixel grids must be evenly spaced with the same spacing")
         nbx, nby, cell = hough_space(src_size, trg_size, ncells)
-        if reverse:
-            bx = _axis_bins(trg_size[0], trg_xs, src_xs, cell, nbx).T.contiguous()
-            by = _axis_bins(trg_size[1], trg_ys, src_ys, cell, nby).T.contiguous()
-        else:
-            bx = _axis_bins(src_size[0], src_xs, trg_xs, cell, nbx)
-            by = _axis_bins(src_size[1], src_ys, trg_ys, cell, nby)
-        return cls(nbx, nby, bx.to(device), by.to(device), (len(src_ys), len(src_xs)), (len(trg_ys), len(trg_xs)))
+        return cls(nbx, nby, cls._sum_bins(src_xs, trg_xs, src_size[0], trg_size[0], cell, nbx, reverse).to(device),
+                   cls._sum_bins(src_ys, trg_ys, src_size[1], trg_size[1], cell, nby, reverse).to(device),
+                   (len(src_ys), len(src_xs)), (len(trg_ys), len(trg_xs)))
 
-    def vote(self, votes: torch.Tensor, hist: torch.Tensor, row0: int = 0) -> None:
-        """Add the votes of source grid rows ``row0 .. row0 + r`` (an (r * ws, M) block) to ``hist``."""
-        ws = self.src_shape[1]
+    @staticmethod
+    def _sum_bins(src_c, trg_c, src_ref, trg_ref, cell, nbins, reverse) -> torch.Tensor:
+        """The bin of every index sum s = i + k along one axis (i source, k reversed target)."""
+        src_c, trg_c = src_c.float().cpu(), trg_c.float().cpu()
+        s = torch.arange(len(src_c) + len(trg_c) - 1)
+        i = (s - (len(trg_c) - 1)).clamp_(min=0)  # a source index that reaches each sum
+        t = len(trg_c) - 1 - (s - i)  # the target index (natural order) paired with it
+        if reverse:  # the target -> source vote: (W_t - x_t) + x_s
+            return _pair_bins(trg_ref, trg_c[t], src_c[i], cell, nbins)
+        return _pair_bins(src_ref, src_c[i], trg_c[t], cell, nbins)
+
+    def sums(self, votes: torch.Tensor, table: torch.Tensor | None = None, row0: int = 0) -> torch.Tensor:
+        """Add the (r, ws, ht, wt) votes of source rows ``row0 .. row0 + r`` along anti-diagonals
+        into ``table`` ((hs + ht - 1, ws + wt - 1), created when None); returns it."""
+        hs, ws = self.src_shape
         ht, wt = self.trg_shape
-        r = votes.shape[0] // ws
-        v4 = votes.view(r, ws, ht, wt)
-        # first collapse column pairs into x-bins, then row pairs into y-bins
-        partial = votes.new_zeros(r, ht, self.nbx)
+        r = votes.shape[0]
+        if table is None:
+            table = votes.new_zeros(hs + ht - 1, ws + wt - 1)
+        columns = votes.new_zeros(r, ht, ws + wt - 1)
         for xs in range(ws):
-            partial.index_add_(2, self.bx[xs], v4[:, xs])
-        hist.index_add_(0, self.by[row0 : row0 + r].reshape(-1), partial.view(r * ht, self.nbx))
+            columns[:, :, xs : xs + wt] += votes[:, xs]
+        for k in range(r):
+            table[row0 + k : row0 + k + ht] += columns[k]
+        return table
 
-    def reweight(self, votes: torch.Tensor, smoothed: torch.Tensor, out: torch.Tensor, row0: int = 0) -> torch.Tensor:
-        """``out = votes * smoothed[bin]`` for a block of source grid rows, one source column at a time."""
-        ws = self.src_shape[1]
+    def histogram(self, sums: torch.Tensor) -> torch.Tensor:
+        """(nby, nbx) vote histogram from the anti-diagonal sums (two one-hot products)."""
+        one_y = F.one_hot(self.by, self.nby).to(sums.dtype)  # (hs + ht - 1, nby)
+        one_x = F.one_hot(self.bx, self.nbx).to(sums.dtype)
+        return one_y.t() @ sums @ one_x
+
+    def table(self, smoothed: torch.Tensor) -> torch.Tensor:
+        """The smoothed histogram laid out on index sums: ``T[sy, sx] = H[by[sy], bx[sx]]``."""
+        return smoothed[self.by][:, self.bx]
+
+    def windows(self, table: torch.Tensor, row0: int = 0, rows: int | None = None) -> torch.Tensor:
+        """(r, ws, ht, wt) view with ``[ys, xs, yt, xt] = table[row0 + ys + yt, xs + xt]`` (no copy)."""
         ht, wt = self.trg_shape
-        r = votes.shape[0] // ws
-        rows = smoothed[self.by[row0 : row0 + r]]  # (r, ht, nbx)
-        v4, o4 = votes.view(r, ws, ht, wt), out.view(r, ws, ht, wt)
-        for xs in range(ws):
-            torch.mul(v4[:, xs], rows.index_select(2, self.bx[xs]), out=o4[:, xs])
-        return out
+        view = table.unfold(0, ht, 1).unfold(1, wt, 1)
+        return view[row0 : row0 + (self.src_shape[0] - row0 if rows is None else rows)]
+
+    def confidence(self, votes: torch.Tensor, kernel_side: int = 7, out: torch.Tensor | None = None) -> torch.Tensor:
+        """RHM of one pair's (hs, ws, ht, wt) votes; ``out`` may be ``votes`` itself."""
+        smoothed = smooth_histogram(self.histogram(self.sums(votes)), kernel_side)
+        return torch.mul(votes, self.windows(self.table(smoothed)), out=out)
 
 
-def smooth_histogram(hist: torch.Tensor, kernel_side: int = 7) -> torch.Tensor:
-    """The vote histogram convolved with the normalised Gaussian (zero padding)."""
-    return _smooth(hist, gaussian_kernel(kernel_side, hist.device))
+def grid_view(matrix: torch.Tensor, src_shape: tuple[int, int], trg_shape: tuple[int, int]) -> torch.Tensor:
+    """The (n, m) matrix (possibly a strided slice) as (hs, ws, ht, wt), without a copy."""
+    return matrix.unflatten(1, trg_shape).unflatten(0, src_shape)
 
 
 def rhm_grid(
@@ -154,22 +214,25 @@ def rhm_grid(
     out: torch.Tensor | None = None,
     reverse: bool = False,
 ) -> torch.Tensor:
-    """RHM for hyperpixels on regular grids (the pipeline's case).
+    """RHM for hyperpixels on regular grids, in the matching layout.
 
     Args:
-        votes: (N, M) with N = len(src_ys) * len(src_xs) in row-major order, likewise M.
+        votes: (n, m) with n = len(src_ys) * len(src_xs) source cells in row-major order
+            and m target cells in **reverse** row-major order (column j is target cell m-1-j).
         src_xs, src_ys: centre coordinates of the source grid's columns and rows.
-        trg_xs, trg_ys: the same for the target grid.
+        trg_xs, trg_ys: the same for the target grid (natural order).
         src_size, trg_size: (W, H) of the resized images.
-        out: optional (N, M) buffer for the result; may be ``votes`` itself.
-        reverse: ``votes`` are the target -> source votes, transposed to (N, M); the
+        out: optional (n, m) buffer for the result; may be ``votes`` itself.
+        reverse: ``votes`` are the target -> source votes, transposed to (n, m); the
             result is then that matching's confidences, transposed (two-way matching).
 
     Returns:
-        The (N, M) confidences, equal to :func:`rhm_dense` on the grids' centres.
+        The (n, m) confidences in the same layout; equal to :func:`rhm_dense` on the grids'
+        centres (with the columns reversed).
     """
-    hough = GridHough.build(src_xs, src_ys, trg_xs, trg_ys, src_size, trg_size, ncells, votes.device, reverse)
-    hist = votes.new_zeros(hough.nby, hough.nbx)
-    hough.vote(votes, hist)
-    smoothed = smooth_histogram(hist, kernel_side)
-    return hough.reweight(votes, smoothed, out if out is not None else torch.empty_like(votes))
+    hough = HoughWindows.build(src_xs, src_ys, trg_xs, trg_ys, src_size, trg_size, ncells, votes.device, reverse)
+    hs, ws = hough.src_shape
+    ht, wt = hough.trg_shape
+    result = hough.confidence(grid_view(votes, (hs, ws), (ht, wt)), kernel_side,
+                              out=None if out is None else grid_view(out, (hs, ws), (ht, wt)))
+    return result.reshape(votes.shape) if out is None else out

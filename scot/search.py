@@ -26,8 +26,7 @@ from .datasets import Dataset
 from .config import PRESET_OPTIONS
 from .errors import ScotError
 from .evaluate import _pair_keypoints, score_pair
-from .features import NetworkView, hyperpixels_from_view, observe
-from .image import load_image, resize_longest_side
+from .features import NetworkView
 from .io import atomic_write_json
 from .model import SCOT
 from .pck import ALPHAS, HEADLINE_ALPHA, pair_pck
@@ -86,13 +85,7 @@ class LayerSearch:
     def view(self, path: Path, flip: bool) -> NetworkView:
         key = (str(path), flip)
         if key not in self.views:
-            cfg = self.model.config
-            loaded = load_image(path)
-            img = loaded.tensor.flip(-1) if flip else loaded.tensor
-            resized, ratio = resize_longest_side(img, cfg.image_side)
-            self.views[key] = observe(self.model.backbone, resized, self.candidate_ids, ratio=ratio,
-                                      original_size=loaded.size, use_cam=cfg.cam, cam_scales=cfg.cam_scales,
-                                      feature_scales=cfg.feature_scales, name=str(path))
+            self.views[key] = self.model.extractor.view(path, self.candidate_ids, flip=flip)
         return self.views[key]
 
     def prepare(self, on_image: Callable[[int, int], None] | None = None) -> None:
@@ -109,15 +102,12 @@ class LayerSearch:
         if key in self.done:
             return self.done[key]
         t0 = time.perf_counter()
-        bb, cfg = self.model.backbone, self.model.config
         hyper = {}
         per_alpha = {f"{a:.2f}": [] for a in ALPHAS}
         for pair in self.dataset.pairs:
             for k in (pair.src_key, pair.trg_key):
                 if k not in hyper:
-                    hyper[k] = hyperpixels_from_view(self.view(Path(k[0]), k[1]), bb, ids, cfg.cost_dtype,
-                                                     cam_weighting=cfg.cam_weighting,
-                                                     center=bool(cfg.center_features))
+                    hyper[k] = self.model.extractor.describe(self.view(Path(k[0]), k[1]), ids)
             s, t = hyper[pair.src_key], hyper[pair.trg_key]
             src_kps, _, _ = _pair_keypoints(pair, s.original_size[0], t.original_size[0])
             result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)

@@ -1,4 +1,4 @@
-"""scot bench: the commands run with their defaults and print the figures the README quotes."""
+"""scot bench: the commands run and print the figures the documentation quotes."""
 
 from __future__ import annotations
 
@@ -11,19 +11,37 @@ from cli import app
 runner = CliRunner()
 
 
-def test_bench_synthetic_prints_stages_and_ratio():
-    res = runner.invoke(app, ["bench", "synthetic", "--n", "64", "--dim", "32", "--repeats", "1"])
+def test_bench_synthetic_prints_stages_floors_and_bandwidth():
+    res = runner.invoke(app, ["bench", "synthetic", "--n", "96", "--fine-dim", "8", "--coarse-dim", "40", "--repeats", "1"])
     assert res.exit_code == 0, res.output
-    assert res.output.startswith("synthetic match: n=64 x m=64, D=32,") and ", cpu," in res.output.splitlines()[0]
-    for dtype in ("float32", "bfloat16"):
-        assert f"cost dtype {dtype}" in res.output
-    for stage in ("cost", "sinkhorn", "rhm", "transfer", "matmul alone"):
+    assert res.output.startswith("synthetic match: n=96 x m=96, D=48") and ", cpu," in res.output.splitlines()[0]
+    for stage in ("cost", "ot", "rhm", "transfer"):
         assert re.search(rf"^\s+{stage}\s+\d+\.\d ms", res.output, re.M), stage
-    ratios = re.findall(r"ratio after-features / matmul alone: (\d+\.\d+)", res.output)
-    assert len(ratios) == 2 and all(float(r) > 0 for r in ratios)
+    for stage in ("cost", "ot", "rhm"):
+        assert re.search(rf"^\s+{stage}\s+.* GB/s of the matrix \(\d+ % of a copy\)", res.output, re.M), stage
+    speedup = re.search(r"correlation: factorized .* vs the dense matmul .*: (\d+\.\d)x", res.output)
+    assert speedup and float(speedup.group(1)) > 0
+    assert re.search(r"copy_\(\) moves \d+\.\d GB/s", res.output)
 
 
 def test_bench_synthetic_bad_device_is_one_line():
     from test_cli_match import one_line_error
 
-    one_line_error(runner.invoke(app, ["bench", "synthetic", "--n", "64", "--dim", "8", "--device", "tpu"]), "--device", "tpu")
+    one_line_error(runner.invoke(app, ["bench", "synthetic", "--n", "64", "--device", "tpu"]), "--device", "tpu")
+
+
+def test_bench_pairs_runs_every_path_and_says_why(shared):
+    datapath = str(shared / "datasets" / "pfwillow-dev")
+    res = runner.invoke(app, ["bench", "pairs", "--datapath", datapath, "--pairs", "1", "--repeats", "1",
+                              "--backbone", "resnet101", "--weights", "random", "--threads", "2"])
+    assert res.exit_code == 0, res.output
+    for path in ("auto", "always", "never"):
+        assert f"path '{path}'" in res.output
+    # the chosen path for ResNet-101's ids correlates the 6,144 deep channels through their Gram matrix
+    assert re.search(r"path 'auto' \(chosen\): 256 ch at \d+x\d+, 6144 ch at \d+x\d+ \(Gram\)", res.output)
+    estimates = re.findall(r"estimate: (\d+\.\d+) G multiply-adds for the correlation vs (\d+\.\d+) G dense", res.output)
+    assert len(estimates) == 3 and float(estimates[0][0]) < float(estimates[0][1]) / 8
+    apart = [float(x) for x in re.findall(r"keypoints vs the dense path: at most (\S+) px apart", res.output)]
+    assert len(apart) == 2 and max(apart) < 0.01
+    speedup = re.search(r"correlation \(cost stage\): chosen .* = (\d+\.\d)x", res.output)
+    assert speedup and float(speedup.group(1)) > 2

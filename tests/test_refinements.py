@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from scot import SCOT, SCOTConfig, ScotError
 from scot.backbones import build_backbone
-from scot.cost import normalize_rows_
-from scot.features import NetworkView, fuse, hyperpixels_from_view
+from scot.features import NetworkView, describe
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +51,13 @@ def test_centring_removes_what_every_hyperpixel_shares(lite0):
     maps = {3: torch.randn(1, 24, 6, 5), 8: torch.randn(1, 80, 3, 3)}
     shifted = {i: m + torch.randn(1, m.shape[1], 1, 1) * 5 for i, m in maps.items()}
     views = [NetworkView(m, None, [], (20, 24), 1.0, (20, 24)) for m in (maps, shifted)]
-    plain = [hyperpixels_from_view(v, lite0, (3, 8)) for v in views]
-    centred = [hyperpixels_from_view(v, lite0, (3, 8), center=True) for v in views]
-    assert not torch.allclose(plain[0].features, plain[1].features, atol=1e-3)
-    torch.testing.assert_close(centred[0].features, centred[1].features, atol=1e-5, rtol=1e-4)
-    table = fuse([maps[3], maps[8]])
-    torch.testing.assert_close(centred[0].features, normalize_rows_(table - table.mean(0)))
+    plain = [describe(v, lite0, (3, 8)).fused() for v in views]
+    centred = [describe(v, lite0, (3, 8), center=True).fused() for v in views]
+    assert not torch.allclose(plain[0], plain[1], atol=1e-3)
+    torch.testing.assert_close(centred[0], centred[1], atol=1e-5, rtol=1e-4)
+    # the definition: upsample, concatenate, subtract the grid mean, normalise
+    table = torch.cat([F.interpolate(m, (6, 5), mode="bilinear", align_corners=True)[0].flatten(1).t() for m in maps.values()], 1)
+    torch.testing.assert_close(centred[0], F.normalize(table - table.mean(0), dim=1), atol=1e-6, rtol=1e-5)
 
 
 def test_two_way_matching_adds_the_reverse_confidences(lite0, pair):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from scot.rhm import gaussian_kernel, hough_space, rhm_dense, rhm_grid
@@ -70,12 +71,36 @@ def test_rhm_matches_brute_force():
     votes = torch.rand(len(src_c), len(trg_c))
     expected = brute_force_rhm(votes, src_c, trg_c, src_size, trg_size, ncells=64)
     torch.testing.assert_close(rhm_dense(votes, src_c, trg_c, src_size, trg_size, ncells=64).double(), expected, rtol=1e-5, atol=1e-7)
-    got = rhm_grid(votes, sxs, sys_, txs, tys, src_size, trg_size, ncells=64)
+    # rhm_grid works in the matching layout: target cells in reverse order
+    got = rhm_grid(votes.flip(1), sxs, sys_, txs, tys, src_size, trg_size, ncells=64).flip(1)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
-    # in place on the votes buffer gives the same
-    buf = votes.clone()
+    # in place on the votes buffer gives the same, also on a strided slice of a larger buffer
+    big = torch.zeros(len(src_c) + 3, len(trg_c) + 5)
+    buf = big[: len(src_c), : len(trg_c)]
+    buf.copy_(votes.flip(1))
     rhm_grid(buf, sxs, sys_, txs, tys, src_size, trg_size, ncells=64, out=buf)
-    torch.testing.assert_close(buf.double(), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(buf.flip(1).double(), expected, rtol=1e-5, atol=1e-7)
+    assert float(big[len(src_c):].abs().sum() + big[:, len(trg_c):].abs().sum()) == 0.0
+
+
+def test_reverse_rhm_matches_brute_force_of_the_transposed_problem():
+    """Two-way matching: the target -> source RHM, computed in the source x target layout."""
+    torch.manual_seed(1)
+    src_size, trg_size = (29, 21), (26, 31)
+    sxs, sys_, src_c = grid(7, 5, 4, offset=(2, 1))
+    txs, tys, trg_c = grid(6, 8, 4)
+    back = torch.rand(len(trg_c), len(src_c))  # target -> source votes
+    expected = brute_force_rhm(back, trg_c, src_c, trg_size, src_size, ncells=64).t()
+    got = rhm_grid(back.t().flip(1).contiguous(), sxs, sys_, txs, tys, src_size, trg_size, ncells=64, reverse=True)
+    torch.testing.assert_close(got.flip(1).double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_irregular_grids_are_refused():
+    xs = torch.tensor([0.0, 4.0, 9.0])
+    ys = torch.tensor([0.0, 4.0])
+    with pytest.raises(ValueError, match="evenly spaced"):
+        rhm_grid(torch.rand(6, 6), xs, ys, xs[:2] * 0 + torch.tensor([0.0, 4.0]), torch.tensor([0.0, 4.0, 8.0]),
+                 (12, 8), (8, 12), ncells=16)
 
 
 def test_rhm_rewards_consistent_translations():
@@ -90,5 +115,5 @@ def test_rhm_rewards_consistent_translations():
         if x < 5:
             votes[i, y * 6 + x + 1] = 1.0
     votes[0, n - 1] = 1.0
-    conf = rhm_grid(votes, sxs, sys_, txs, tys, (24, 24), (24, 24), ncells=256)
+    conf = rhm_grid(votes.flip(1), sxs, sys_, txs, tys, (24, 24), (24, 24), ncells=256).flip(1)
     assert int(conf[0].argmax()) == 1

@@ -16,15 +16,10 @@ def lite0_pair(willow_rows):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"sinkhorn_iters": 3}, {"unbalanced_tau": 0.5}, {"rhm": False},
-                                       {"cost_dtype": "bfloat16"}, {"exp2": 1.0}])
+                                       {"exp2": 1.0}, {"eps": 0.01}])
 def test_streamed_equals_in_memory(lite0_pair, overrides):
     base, s, t, kps = lite0_pair
     cfg = base.config.replace(symmetric=False, **overrides)  # streaming matches one way
-    if cfg.cost_dtype != "float32":
-        import dataclasses
-
-        s = dataclasses.replace(s, cost_dtype=cfg.cost_dtype, _operands={})
-        t = dataclasses.replace(t, cost_dtype=cfg.cost_dtype, _operands={})
     in_memory = SCOT(cfg, backbone=base.backbone).match(s, t, kps, keep_plan=False)
     streamed = SCOT(cfg.replace(stream_block=333), backbone=base.backbone).match(s, t, kps)
     assert float((in_memory.best == streamed.best).float().mean()) >= 0.999
