@@ -151,16 +151,14 @@ def _synthetic_hyperpixels(grid: tuple[int, int], fine_dim: int, coarse_dim: int
     hc, wc = -(-h // coarse_stride), -(-w // coarse_stride)
     fine = torch.randn(h * w, fine_dim, generator=g).to(device)
     coarse = torch.randn(hc * wc, coarse_dim, generator=g).to(device)
-    groups = [LayerGroup(fine, (h, w), bilinear_matrix(h, h, device), bilinear_matrix(w, w, device)),
-              LayerGroup(coarse, (hc, wc), bilinear_matrix(h, hc, device), bilinear_matrix(w, wc, device), True)]
+    group = LayerGroup(coarse, (hc, wc), bilinear_matrix(h, hc, device), bilinear_matrix(w, wc, device), True)
     geometry = Geometry(jump=4, rf=27, offset_x=0, offset_y=0, height=h, width=w)
     boxes = receptive_field_boxes(geometry, h, w)
     centres = box_centres(boxes)
-    probe = Hyperpixels(groups, torch.ones(h * w, device=device), centres[:w, 0].clone(), centres[::w, 1].clone(), boxes,
-                        torch.rand(h * w, generator=g) + 0.5, (4 * w, 4 * h), 1.0, (4 * w, 4 * h), geometry)
-    squared = sum(gr.upsampled().square().sum(1) for gr in groups)
-    probe.inv_norms = squared.rsqrt()
-    return probe
+    inv_norms = (fine.square().sum(1) + group.upsampled().square().sum(1)).rsqrt()
+    return Hyperpixels(fine * inv_norms.unsqueeze(1), [group], inv_norms, centres[:w, 0].clone(), centres[::w, 1].clone(),
+                       boxes, torch.rand(h * w, generator=g) + 0.5, (4 * w, 4 * h), 1.0, (4 * w, 4 * h), geometry,
+                       layout=[((h, w), fine_dim, False), ((hc, wc), coarse_dim, True)])
 
 
 def bench_synthetic(
@@ -268,13 +266,13 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
                         stages.setdefault(k, []).append(res.timings[k])
         predictions[path] = preds
         s0, t0 = described[pairs[0][0]], described[pairs[0][1]]
-        factorized = any(g.factorized for g in s0.groups)
+        factorized = bool(s0.factorized)
         stats = {k: Stat.of(v) for k, v in stages.items()}
         matrix_bytes = 4 * s0.n * t0.n
         out["paths"][path] = {
             "stages": stats, "fusion": Stat.of(fusion),
             "matching": sum(stats[k].median for k in MATCH_STAGES),
-            "groups": [(g.shape, g.channels, g.factorized) for g in s0.groups],
+            "groups": s0.layout,
             "flops": correlation_flops(s0, t0),
             "image_bytes": statistics.median(h.nbytes() for h in described.values()),  # operands built by matching
             "bandwidth": {k: matrix_passes(k, factorized, two_way) * matrix_bytes / stats[k].median

@@ -87,7 +87,7 @@ def correlation_flops(src: "Hyperpixels", trg: "Hyperpixels") -> dict[str, float
     """
     n, m = src.n, trg.n
     dense = float(n * m * src.dim)
-    planned = float(n * m * src.operand().shape[1])
+    planned = float(n * m * src.dense.shape[1])
     for gs, gt in zip(src.factorized, trg.factorized):
         (hs_g, ws_g), (ht_g, wt_g) = gs.shape, gt.shape
         ms, mt = hs_g * ws_g, ht_g * wt_g

@@ -111,7 +111,7 @@ class LayerGroup:
     shape: tuple[int, int]  # (h_g, w_g)
     rows: torch.Tensor  # (h, h_g) bilinear matrix from the native rows to the grid rows
     cols: torch.Tensor  # (w, w_g) the same for columns
-    factorized: bool = False  # correlated through its Gram matrix (else upsampled into the dense operand)
+    factorized: bool = False  # correlated through its Gram matrix (else upsampled into the dense part)
 
     @property
     def channels(self) -> int:
@@ -134,11 +134,15 @@ class LayerGroup:
 class Hyperpixels:
     """Everything the matcher needs about one image, in the resized frame.
 
-    The features are kept as layer groups at native resolution (see the module
-    docstring); :meth:`fused` builds the classic (n, D) table when it is wanted.
+    The fused features :math:`f_i / \\|f_i\\|` are kept in two parts (see the module
+    docstring): ``dense``, the groups that are cheapest to correlate by a plain product,
+    upsampled to the grid and divided by the hyperpixel norms; and ``factorized``, the
+    groups correlated through their native Gram matrices.  :meth:`fused` builds the
+    classic (n, D) table when it is wanted.
     """
 
-    groups: list[LayerGroup]  # by native resolution, the grid's own first
+    dense: torch.Tensor  # (n, D_d) upsampled groups / ||f_i||
+    factorized: list[LayerGroup]  # native-resolution groups (their maps are not divided by the norms)
     inv_norms: torch.Tensor  # (n,) 1 / ||f_i|| of the fused (centred) hyperpixels; 0 for a zero feature
     xs: torch.Tensor  # (w,) x of the grid columns' box centres
     ys: torch.Tensor  # (h,) y of the grid rows' box centres
@@ -151,7 +155,9 @@ class Hyperpixels:
     name: str = "image"
     cam: torch.Tensor | None = None  # (H, W) on CPU
     top_classes: list[int] = field(default_factory=list)
-    _operands: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    layout: list[tuple[tuple[int, int], int, bool]] = field(default_factory=list)
+    """(native shape, channels, factorized) of every layer group, grid resolution first."""
+    dense_reversed: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -165,7 +171,7 @@ class Hyperpixels:
     @property
     def dim(self) -> int:
         """D, the channels of a fused hyperpixel."""
-        return sum(g.channels for g in self.groups)
+        return int(self.dense.shape[1]) + sum(g.channels for g in self.factorized)
 
     @property
     def device(self) -> torch.device:
@@ -176,49 +182,36 @@ class Hyperpixels:
         """(n, 2) box centres (x, y), row-major over the grid."""
         return box_centres(self.boxes)
 
-    @property
-    def factorized(self) -> list[LayerGroup]:
-        """The groups correlated through their native Gram matrices."""
-        return [g for g in self.groups if g.factorized]
-
     def operand(self, reverse: bool = False) -> torch.Tensor:
-        """(n, D') the upsampled, not-factorized groups divided by the hyperpixel norms.
-
-        ``reverse`` gives the rows in reverse order (cell ``n - 1 - i`` first): the target's
-        layout in the matching matrix (see :mod:`scot.rhm`).  Built once, then kept.
-        """
-        key = "reverse" if reverse else "forward"
-        op = self._operands.get(key)
-        if op is None:
-            if reverse:
-                op = self.operand(False).flip(0)
-            else:
-                parts = [g.upsampled() for g in self.groups if not g.factorized]
-                table = torch.cat(parts, 1) if len(parts) > 1 else parts[0].clone()
-                op = table.mul_(self.inv_norms.unsqueeze(1))
-            self._operands[key] = op
-        return op
+        """(n, D_d) :attr:`dense`, or with ``reverse`` its rows in reverse order (cell ``n - 1 - i``
+        first): the target's layout in the matching matrix (see :mod:`scot.cost`)."""
+        if not reverse:
+            return self.dense
+        if self.dense_reversed is None:
+            self.dense_reversed = self.dense.flip(0)
+        return self.dense_reversed
 
     def fused(self) -> torch.Tensor:
         """(n, D) the unit-norm hyperpixel features (zero rows stay zero): the classic table."""
-        table = torch.cat([g.upsampled() for g in self.groups], 1)
-        return table.mul_(self.inv_norms.unsqueeze(1))
+        parts = [self.dense] + [g.upsampled().mul(self.inv_norms.unsqueeze(1)) for g in self.factorized]
+        return torch.cat(parts, 1)
 
     def to(self, device: torch.device | str) -> "Hyperpixels":
         """A copy whose feature tensors live on ``device`` (boxes and weights stay on the CPU)."""
         device = torch.device(device)
         if self.device == device:
             return self
-        groups = [LayerGroup(g.maps.to(device), g.shape, g.rows.to(device), g.cols.to(device), g.factorized)
-                  for g in self.groups]
-        fields = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("groups", "inv_norms", "_operands")}
-        return Hyperpixels(groups=groups, inv_norms=self.inv_norms.to(device), **fields)
+        factorized = [LayerGroup(g.maps.to(device), g.shape, g.rows.to(device), g.cols.to(device), True)
+                      for g in self.factorized]
+        moved = ("dense", "factorized", "inv_norms", "dense_reversed")
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in moved}
+        return Hyperpixels(dense=self.dense.to(device), factorized=factorized, inv_norms=self.inv_norms.to(device),
+                           **fields)
 
     def nbytes(self) -> int:
-        tensors = [self.inv_norms, self.boxes, self.weights, *self._operands.values()]
-        if self.cam is not None:
-            tensors.append(self.cam)
-        for g in self.groups:
+        tensors = [self.dense, self.inv_norms, self.boxes, self.weights]
+        tensors += [t for t in (self.cam, self.dense_reversed) if t is not None]
+        for g in self.factorized:
             tensors += [g.maps, g.rows, g.cols]
         return sum(t.element_size() * t.nelement() for t in tensors)
 
@@ -363,6 +356,8 @@ def describe(
     assert sq is not None
     norms = sq.sqrt_()
     inv_norms = torch.where(norms > 0, norms.reciprocal(), torch.zeros((), device=device))
+    parts = [g.upsampled() for g in groups if not g.factorized]
+    dense = (torch.cat(parts, 1) if len(parts) > 1 else parts[0].clone()).mul_(inv_norms.unsqueeze(1))
 
     boxes = receptive_field_boxes(geometry, h, w)
     centres = box_centres(boxes)
@@ -372,7 +367,8 @@ def describe(
         weights = torch.ones(h * w)
     clock.lap("fusion")
     return Hyperpixels(
-        groups=groups, inv_norms=inv_norms, xs=centres[:w, 0].clone(), ys=centres[::w, 1].clone(), boxes=boxes,
+        dense=dense, factorized=[g for g in groups if g.factorized], inv_norms=inv_norms,
+        layout=[(g.shape, g.channels, g.factorized) for g in groups], dense_reversed=dense.flip(0), xs=centres[:w, 0].clone(), ys=centres[::w, 1].clone(), boxes=boxes,
         weights=weights, size=view.size, ratio=view.ratio, original_size=view.original_size, geometry=geometry,
         name=view.name, cam=None if view.cam is None else view.cam.float().cpu(), top_classes=view.top_classes,
     )
