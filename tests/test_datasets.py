@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from scot.datasets import load_dataset
+from scot.datasets import Pair, load_dataset
+from scot.datasets.pfpascal import CLASSES as CLASSES_PASCAL
+from scot.datasets.pfpascal import flip_box, flip_keypoints
 from scot.datasets.pfwillow import CLASSES
+from scot.datasets.spair import read_pair_annotation
 from scot.errors import ScotError
 
 
@@ -40,8 +46,16 @@ def test_selection(willow_root):
     ds = load_dataset("pfwillow", willow_root.parent)
     sub = ds.select(category="duck(S)", limit=5)
     assert len(sub) == 5 and {p.category for p in sub.pairs} == {"duck(S)"}
-    with pytest.raises(ScotError, match="--category: 'cat' is not a pfwillow category"):
+    with pytest.raises(ScotError, match="^category: 'cat' is not a pfwillow category") as info:
         ds.select(category="cat")
+    assert info.value.option == "category" and info.value.for_cli(lambda o: f"--{o}").startswith("--category: 'cat'")
+    for option, kwargs in (("limit", {"limit": 0}), ("sample", {"sample": -1})):
+        with pytest.raises(ScotError, match=f"^{option}: must be at least 1") as info:
+            ds.select(**kwargs)
+        assert info.value.option == option
+    with pytest.raises(ScotError, match="^split: PF-WILLOW only has a 'test' split") as info:
+        load_dataset("pfwillow", willow_root.parent, split="val")
+    assert info.value.option == "split"
 
 
 def test_spair_sample_fields(shared, tmp_path):
@@ -133,3 +147,104 @@ def test_missing_dataset_says_where_to_put_it(tmp_path):
         load_dataset("pfwillow", tmp_path)
     with pytest.raises(ScotError, match="unknown dataset 'caltech'"):
         load_dataset("caltech", tmp_path)
+
+
+def _ncnet_rows(shared: Path, n: int) -> list[dict]:
+    """The first ``n`` rows of the real NCNet PF-PASCAL test list, keypoints as (K, 2) arrays."""
+    path = shared / "datasets" / "formats" / "pf-pascal-pairlists" / "test_pairs_ncnet.csv"
+    rows = []
+    with open(path, newline="") as fh:
+        for row in list(csv.DictReader(fh))[:n]:
+            xy = {c: [float(v) for v in row[c].split(";")] for c in ("XA", "YA", "XB", "YB")}
+            rows.append({"src": Path(row["source_image"]).name, "trg": Path(row["target_image"]).name,
+                         "class": int(row["class"]), "src_kps": np.array([xy["XA"], xy["YA"]]).T,
+                         "trg_kps": np.array([xy["XB"], xy["YB"]]).T})
+    return rows
+
+
+def _write_pascal(tmp_path: Path, rows: list[dict], extra_invisible: int = 0, visibility_column: bool = False) -> Path:
+    """A PF-PASCAL folder (csv + .mat annotations) holding ``rows``.
+
+    Every annotation gets ``extra_invisible`` more keypoints that are invisible: NaN rows,
+    or rows flagged 0 in a third column when ``visibility_column``.
+    """
+    import scipy.io
+
+    root = tmp_path / "PF-PASCAL"
+    lines = ["source_image,target_image,class"]
+    for row in rows:
+        cls = CLASSES_PASCAL[row["class"] - 1]
+        for side in ("src", "trg"):
+            kps = np.vstack([row[f"{side}_kps"], np.full((extra_invisible, 2), np.nan)])
+            if visibility_column:
+                visible = np.isfinite(kps).all(1).astype(float)
+                kps = np.hstack([np.nan_to_num(kps, nan=-1.0), visible[:, None]])
+            ann = root / "Annotations" / cls / f"{Path(row[side]).stem}.mat"
+            ann.parent.mkdir(parents=True, exist_ok=True)
+            scipy.io.savemat(ann, {"kps": kps, "bbox": np.array([[10.0, 20.0, 300.0, 250.0]])})
+        lines.append(f"PF-dataset-PASCAL/JPEGImages/{row['src']},PF-dataset-PASCAL/JPEGImages/{row['trg']},{row['class']}")
+    (root / "test_pairs.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("visibility_column", [False, True])
+def test_pfpascal_annotations_agree_with_the_ncnet_list(shared, tmp_path, visibility_column):
+    rows = _ncnet_rows(shared, 3)
+    _write_pascal(tmp_path, rows, extra_invisible=2, visibility_column=visibility_column)
+    ds = load_dataset("pfpascal", tmp_path, check_images=False)
+    lists = shared / "datasets" / "formats" / "pf-pascal-pairlists"
+    ncnet = load_dataset("pfpascal", tmp_path, pair_list=lists / "test_pairs_ncnet.csv", check_images=False)
+    assert len(ds) == 3
+    for mine, theirs, row in zip(ds.pairs, ncnet.pairs, rows):
+        # invisible keypoints are dropped, visible ones kept in order
+        assert mine.src_kps.shape == (len(row["src_kps"]), 2)
+        torch.testing.assert_close(mine.src_kps, theirs.src_kps)
+        torch.testing.assert_close(mine.trg_kps, theirs.trg_kps)
+        assert mine.trg_bbox == (10.0, 20.0, 300.0, 250.0) and theirs.trg_bbox == mine.trg_bbox
+        assert mine.pair_id == theirs.pair_id
+
+
+def test_pfpascal_keypoint_visible_in_one_image_only_is_dropped(shared, tmp_path):
+    import scipy.io
+
+    rows = _ncnet_rows(shared, 1)
+    root = _write_pascal(tmp_path, rows)
+    ann = root / "Annotations" / "aeroplane" / f"{Path(rows[0]['trg']).stem}.mat"
+    kps = rows[0]["trg_kps"].copy()
+    kps[4] = np.nan
+    scipy.io.savemat(ann, {"kps": kps, "bbox": np.array([[1.0, 2.0, 3.0, 4.0]])})
+    pair = load_dataset("pfpascal", tmp_path, check_images=False).pairs[0]
+    expected = np.delete(rows[0]["src_kps"], 4, axis=0)
+    np.testing.assert_allclose(pair.src_kps.numpy(), expected, rtol=1e-6)
+
+
+def test_pair_oriented_mirrors_flipped_pairs_only():
+    src_kps = torch.tensor([[10.0, 5.0], [90.0, 40.0]])
+    trg_kps = torch.tensor([[1.0, 2.0], [150.0, 70.0]])
+    pair = Pair(0, "a-b:cat", "cat", Path("a.jpg"), Path("b.jpg"), src_kps, trg_kps,
+                src_bbox=(0.0, 0.0, 100.0, 50.0), trg_bbox=(20.0, 10.0, 120.0, 80.0))
+    same = pair.oriented(100, 200)
+    assert same[0] is src_kps and same[1] is trg_kps and same[2] == (20.0, 10.0, 120.0, 80.0)
+    flipped = dataclasses.replace(pair, flip=True)
+    s, t, box = flipped.oriented(100, 200)
+    assert s.tolist() == [[90.0, 5.0], [10.0, 40.0]]
+    assert t.tolist() == [[199.0, 2.0], [50.0, 70.0]]
+    assert box == (80.0, 10.0, 180.0, 80.0)
+    assert pair.src_kps.tolist() == [[10.0, 5.0], [90.0, 40.0]]  # the stored annotation is untouched
+    # the module-level helpers other code imports give the same answers
+    assert torch.equal(flip_keypoints(trg_kps, 200), t) and flip_box(pair.trg_bbox, 200) == box
+    assert flip_box(None, 200) is None and dataclasses.replace(flipped, trg_bbox=None).oriented(100, 200)[2] is None
+
+
+def test_spair_real_pair_json_is_valid_and_image_jsons_hold_nulls(shared):
+    sample = shared / "datasets" / "formats" / "spair-71k-sample"
+    pair_json = next((sample / "PairAnnotation" / "test").glob("*.json"))
+    ann = read_pair_annotation(pair_json, "aeroplane")
+    raw = json.loads(pair_json.read_text())
+    assert ann["src_kps"].tolist() == raw["src_kps"] and len(raw["kps_ids"]) == len(raw["src_kps"])
+    assert ann["flags"]["truncation"] == 2 and ann["src_bbox"] == (210.0, 34.0, 475.0, 250.0)
+    # per-image annotations mark invisible keypoints with null; pair annotations list only visible ones
+    image_json = json.loads((sample / "ImageAnnotation" / "aeroplane" / raw["trg_imname"].replace(".jpg", ".json")).read_text())
+    assert None in image_json["kps"].values() and all(None not in p for p in raw["src_kps"] + raw["trg_kps"])
+    with pytest.raises(ScotError, match=r"'category' is 'aeroplane' but the layout line says 'bus'"):
+        read_pair_annotation(pair_json, "bus")

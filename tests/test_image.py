@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from scot.errors import ScotError
-from scot.image import load_image, resize_longest_side, resized_size
+from scot.image import image_size, load_image, reduction_factor, resize_longest_side, resized_size
 
 
 def rgb_array(h=40, w=60):
@@ -73,7 +78,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_bad_files_fail_with_one_line_naming_the_file(tmp_path):
-    with pytest.raises(ScotError, match=r"nope\.png: file does not exist"):
+    with pytest.raises(ScotError, match=r"nope\.png: does not exist"):
         load_image(tmp_path / "nope.png")
     with pytest.raises(ScotError, match="is a directory"):
         load_image(tmp_path)
@@ -123,3 +128,145 @@ def test_arrays_and_tensors_are_accepted():
     torch.testing.assert_close(a, b)
     with pytest.raises(ScotError, match="expected"):
         load_image(np.zeros((40, 60, 5), dtype=np.uint8))
+
+
+def smooth_array(h: int, w: int) -> np.ndarray:
+    """A smooth colour image (JPEG-friendly, so decoded values stay close to it)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    arr = np.stack([x / w * 255, y / h * 255, (np.sin(x / 37) * np.cos(y / 53) + 1) * 127], axis=2)
+    return arr.astype(np.uint8)
+
+
+def test_max_side_leaves_images_below_four_times_it_untouched(tmp_path):
+    Image.fromarray(smooth_array(600, 1199)).save(tmp_path / "a.jpg", quality=92)
+    plain = load_image(tmp_path / "a.jpg")
+    limited = load_image(tmp_path / "a.jpg", max_side=300)
+    assert limited.scale == 1.0 and limited.size == plain.size == (1199, 600) and limited.decoded_size == (1199, 600)
+    assert torch.equal(limited.tensor, plain.tensor)
+    out, ratio = limited.resized(300)
+    ref, ref_ratio = resize_longest_side(plain.tensor, 300)
+    assert torch.equal(out, ref) and ratio == ref_ratio
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_max_side_decodes_large_images_reduced(tmp_path, fmt):
+    arr = smooth_array(1800, 2400)
+    Image.fromarray(arr).save(tmp_path / f"big.{fmt}", **({"quality": 95} if fmt == "jpg" else {}))
+    full = load_image(tmp_path / f"big.{fmt}")
+    small = load_image(tmp_path / f"big.{fmt}", max_side=300)
+    assert small.size == full.size == (2400, 1800)
+    assert small.scale == pytest.approx(1 / 8) and small.decoded_size == (300, 225)
+    assert reduction_factor(2400, 1800, 300) == 8 and reduction_factor(1199, 600, 300) == 1
+    # each decoded pixel is the mean of its 8 x 8 block of the full decode
+    pooled = F.avg_pool2d(full.tensor[None], 8)[0]
+    assert float((small.tensor - pooled).abs().mean()) < 0.01
+    out, ratio = small.resized(300)
+    assert out.shape == (3, 225, 300)
+    assert ratio == pytest.approx(resize_longest_side(full.tensor, 300)[1])  # original -> resized pixels
+
+
+def test_max_side_never_goes_below_it(tmp_path):
+    Image.fromarray(smooth_array(500, 1900)).save(tmp_path / "odd.jpg", quality=90)
+    img = load_image(tmp_path / "odd.jpg", max_side=450)
+    assert reduction_factor(1900, 500, 450) == 4
+    assert img.scale == pytest.approx(1 / 4) and img.decoded_size == (475, 125) and max(img.decoded_size) >= 450
+    img = load_image(tmp_path / "odd.jpg", max_side=250)  # factor 7: JPEG draft 4, then no further integer step
+    assert max(img.decoded_size) >= 250 and img.decoded_size == (475, 125)
+    Image.fromarray(smooth_array(500, 1900)).save(tmp_path / "odd.png")
+    img = load_image(tmp_path / "odd.png", max_side=250)  # PNG: one box-filter reduction by 7
+    assert img.scale == pytest.approx(1 / 7) and img.decoded_size == (272, 72)
+
+
+def test_max_side_keeps_exif_orientation_and_original_size(tmp_path):
+    im = Image.fromarray(smooth_array(1600, 2400))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "r.jpg", exif=exif, quality=92)
+    full = load_image(tmp_path / "r.jpg")
+    small = load_image(tmp_path / "r.jpg", max_side=300)
+    assert full.size == small.size == image_size(tmp_path / "r.jpg") == (1600, 2400)
+    assert small.decoded_size == (200, 300) and small.scale == pytest.approx(1 / 8)
+    pooled = F.avg_pool2d(full.tensor[None], 8)[0]
+    assert float((small.tensor - pooled).abs().mean()) < 0.01
+
+
+def test_max_side_converts_palette_alpha_and_16bit_before_reducing(tmp_path):
+    pal = Image.fromarray(smooth_array(1300, 1300)).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    pal.save(tmp_path / "p.png")
+    small = load_image(tmp_path / "p.png", max_side=300)
+    expected = F.avg_pool2d(load_image(tmp_path / "p.png").tensor[None], 4)[0]  # colours averaged, not indices
+    assert small.decoded_size == (325, 325) and float((small.tensor - expected).abs().max()) < 1.5 / 255
+
+    rgba = np.zeros((1300, 1300, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[:, :650, 3] = 200, 255
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    t = load_image(tmp_path / "a.png", max_side=300).tensor
+    torch.testing.assert_close(t[:, 0, 0], torch.tensor([200 / 255, 0.0, 0.0]))
+    torch.testing.assert_close(t[:, 0, -1], torch.tensor([1.0, 1.0, 1.0]))
+
+    deep = np.full((1300, 1300), 1000, dtype=np.uint16)  # a dark 16-bit image stays dark
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    t = load_image(tmp_path / "d.png", max_side=300).tensor
+    assert t.shape == (3, 325, 325) and float(t.max()) == pytest.approx(1000 / 65535, abs=1e-6)
+
+
+def test_max_side_applies_to_pil_images_but_not_arrays():
+    arr = smooth_array(1300, 1300)
+    from_pil = load_image(Image.fromarray(arr), max_side=300)
+    from_array = load_image(arr, max_side=300)
+    assert from_pil.size == from_array.size == (1300, 1300)
+    assert from_pil.scale == pytest.approx(1 / 4) and from_pil.decoded_size == (325, 325)
+    assert from_array.scale == 1.0 and from_array.decoded_size == (1300, 1300)
+    with pytest.raises(ScotError, match=r"^max_side: must be a whole number of pixels >= 1") as info:
+        load_image(arr, max_side=0)
+    assert info.value.option == "max_side"
+
+
+def test_pillow_warning_range_is_accepted_and_its_error_range_refused(tmp_path, monkeypatch):
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; scaled down here.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    Image.fromarray(smooth_array(1000, 1500)).save(tmp_path / "warn.jpg")
+    assert load_image(tmp_path / "warn.jpg").size == (1500, 1000)
+    Image.fromarray(smooth_array(1500, 1500)).save(tmp_path / "bomb.jpg")
+    with pytest.raises(ScotError, match=r"bomb\.jpg: image is too large to decode safely") as info:
+        load_image(tmp_path / "bomb.jpg")
+    assert "\n" not in str(info.value)
+
+
+HUGE_LOAD = """
+import resource, sys
+from scot.image import load_image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+img = load_image(sys.argv[1], max_side=300)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(img.size, img.decoded_size, img.scale, (after - before) // 1024)
+"""
+
+
+def test_108_megapixel_jpeg_loads_reduced_in_little_memory(tmp_path):
+    im = Image.new("RGB", (12000, 9000), (90, 140, 200))
+    ImageDraw.Draw(im).ellipse((3000, 2000, 9000, 7000), fill=(250, 200, 40))
+    im.save(tmp_path / "huge.jpg", quality=85)
+    del im
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", HUGE_LOAD, str(tmp_path / "huge.jpg")], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    described, grown_mib = out.stdout.strip().rsplit(" ", 1)
+    assert described == "(12000, 9000) (300, 225) 0.025"
+    grown_mib = int(grown_mib)
+    assert grown_mib < 150, f"loading grew the process by {grown_mib} MiB"
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch):
+    import scot.image
+
+    Image.fromarray(rgb_array()).save(tmp_path / "a.png")
+
+    def exhausted(pixels, divisor):
+        raise MemoryError
+
+    monkeypatch.setattr(scot.image, "_unit_float", exhausted)
+    with pytest.raises(ScotError, match=r"a\.png: not enough memory to convert the 60x40 px image \(pass max_side") as info:
+        load_image(tmp_path / "a.png")
+    assert "\n" not in str(info.value)

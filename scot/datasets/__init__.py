@@ -29,16 +29,23 @@ def load_dataset(
     pair_list: str | Path | None = None,
     check_images: bool = True,
 ) -> Dataset:
-    """Load benchmark ``name`` (pfwillow, pfpascal or spair) from ``datapath``.
+    """Load a benchmark's pairs, validating every annotation file it reads.
 
-    ``pair_list`` replaces the split's pair file (e.g. an NCNet-style PF-PASCAL list).
-    With ``check_images`` every referenced image must exist.
+    Args:
+        name: ``pfwillow``, ``pfpascal`` or ``spair``.
+        datapath: the folder holding ``PF-WILLOW/``, ``PF-PASCAL/`` and ``SPair-71k/``.
+        split: the benchmark's split (``test``; PF-PASCAL and SPair-71k also ``val``, ``trn``).
+        pair_list: a file replacing the split's pair file (e.g. an NCNet-style PF-PASCAL list).
+        check_images: require every referenced image to exist.
+
+    Returns:
+        :class:`Dataset` of :class:`Pair` records, keypoints in original pixels.
     """
     if name not in LOADERS:
-        raise ScotError(f"--dataset: unknown dataset '{name}' (choose from {', '.join(LOADERS)})")
+        raise ScotError(f"unknown dataset '{name}' (choose from {', '.join(LOADERS)})", option="name")
     datapath = Path(datapath)
     if datapath.exists() and not datapath.is_dir():
-        raise ScotError(f"--datapath: {datapath} is not a directory")
+        raise ScotError(f"{datapath} is not a directory", option="datapath")
     if pair_list is not None and not Path(pair_list).is_file():
-        raise ScotError(f"--pair-list: {pair_list} does not exist or is not a file")
+        raise ScotError(f"{pair_list} does not exist or is not a regular file", option="pair_list")
     return LOADERS[name](datapath, split, Path(pair_list) if pair_list else None, check_images)

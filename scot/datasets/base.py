@@ -3,21 +3,71 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
 from ..errors import ScotError
+from ..io import MAX_COORDINATE
 
 
 class DatasetMissingError(ScotError):
     """The benchmark's files are not where they should be."""
 
 
+Box = tuple[float, float, float, float]
+
+
+def mirror_points(kps: torch.Tensor, width: int) -> torch.Tensor:
+    """Keypoints as they lie in the horizontally mirrored image, as the reference mirrors them.
+
+    Args:
+        kps: (K, 2) x, y in pixels of an image ``width`` pixels wide.
+        width: the image's width W in pixels.
+
+    Returns:
+        (K, 2) copy with x replaced by ``W - x`` (y unchanged).
+    """
+    out = kps.clone()
+    out[:, 0] = width - out[:, 0]
+    return out
+
+
+def mirror_box(box: Box | None, width: int) -> Box | None:
+    """A box (x1, y1, x2, y2) as it lies in the horizontally mirrored image (None stays None).
+
+    Args:
+        box: (x1, y1, x2, y2) in pixels, or None.
+        width: the image's width W in pixels.
+
+    Returns:
+        (W - x2, y1, W - x1, y2), still with x1 < x2, or None.
+    """
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    return (width - x2, y1, width - x1, y2)
+
+
 @dataclass
 class Pair:
-    """One annotated pair; keypoints (K, 2) and boxes in original image pixels."""
+    """One annotated pair; keypoints (K, 2) and boxes (x1, y1, x2, y2) in original image pixels.
+
+    Attributes:
+        index: position in the dataset's pair list.
+        pair_id: the benchmark's name for the pair.
+        category: the object class.
+        src, trg: image files.
+        src_kps, trg_kps: float32 (K, 2) x, y, row k of one matching row k of the other.
+        src_bbox, trg_bbox: object boxes, or None where the benchmark has none.
+        flags: SPair-71k difficulty flags (name -> int).
+        flip: both images are used mirrored horizontally (PF-PASCAL training pairs); the
+            annotations above are those of the stored images, see :meth:`oriented`.
+    """
 
     index: int
     pair_id: str
@@ -26,10 +76,10 @@ class Pair:
     trg: Path
     src_kps: torch.Tensor
     trg_kps: torch.Tensor
-    src_bbox: tuple[float, float, float, float] | None = None
-    trg_bbox: tuple[float, float, float, float] | None = None
+    src_bbox: Box | None = None
+    trg_bbox: Box | None = None
     flags: dict[str, int] = field(default_factory=dict)
-    flip: bool = False  # PF-PASCAL training pairs: both images mirrored horizontally
+    flip: bool = False
 
     @property
     def src_key(self) -> tuple[str, bool]:
@@ -38,6 +88,25 @@ class Pair:
     @property
     def trg_key(self) -> tuple[str, bool]:
         return str(self.trg), self.flip
+
+    def oriented(self, src_width: int, trg_width: int) -> tuple[torch.Tensor, torch.Tensor, Box | None]:
+        """The annotations as they lie in the images the pair is matched on.
+
+        For a pair with ``flip`` both images are mirrored horizontally, so are their
+        keypoints and the target box (x' = W - x, as the reference does); otherwise the
+        stored annotations are returned unchanged.
+
+        Args:
+            src_width: width W of the source image in original pixels.
+            trg_width: width W of the target image in original pixels.
+
+        Returns:
+            (src_kps (K, 2), trg_kps (K, 2), trg_bbox (x1, y1, x2, y2) or None).
+        """
+        if not self.flip:
+            return self.src_kps, self.trg_kps, self.trg_bbox
+        return (mirror_points(self.src_kps, src_width), mirror_points(self.trg_kps, trg_width),
+                mirror_box(self.trg_bbox, trg_width))
 
 
 @dataclass
@@ -59,16 +128,17 @@ class Dataset:
         pairs = self.pairs
         if category is not None:
             if category not in self.categories:
-                raise ScotError(f"--category: '{category}' is not a {self.name} category (one of {', '.join(self.categories)})")
+                raise ScotError(f"'{category}' is not a {self.name} category (one of {', '.join(self.categories)})",
+                                option="category")
             pairs = [p for p in pairs if p.category == category]
         if sample is not None:
             if sample < 1:
-                raise ScotError(f"--sample: must be at least 1, got {sample}")
+                raise ScotError(f"must be at least 1, got {sample}", option="sample")
             if sample < len(pairs):
                 pairs = [pairs[(i * len(pairs)) // sample] for i in range(sample)]
         if limit is not None:
             if limit < 1:
-                raise ScotError(f"--limit: must be at least 1, got {limit}")
+                raise ScotError(f"must be at least 1, got {limit}", option="limit")
             pairs = pairs[:limit]
         return dataclasses.replace(self, pairs=pairs)
 
@@ -81,14 +151,104 @@ class Dataset:
 
 
 def require_files(paths: list[Path], what: str) -> None:
-    """Fail with the first missing file named."""
+    """Fail naming the first image that is missing or not a regular file.
+
+    Args:
+        paths: the image files.
+        what: the benchmark's name, e.g. ``"PF-WILLOW"``, that starts every message.
+    """
     for p in paths:
         if not p.is_file():
-            raise ScotError(f"{what}: image {p} is missing")
+            problem = "is not a regular file" if p.exists() else "is missing"
+            raise ScotError(f"{what}: image {p} {problem}")
 
 
 def check_keypoint_counts(src: torch.Tensor, trg: torch.Tensor, where: str) -> None:
+    """Fail unless both keypoint arrays have the same (K, 2) shape with K >= 1.
+
+    Args:
+        src, trg: (K, 2) keypoint tensors of the two images.
+        where: the file (and line) the pair comes from, starting every message.
+    """
     if src.shape != trg.shape:
         raise ScotError(f"{where}: {len(src)} source keypoints but {len(trg)} target keypoints")
     if src.numel() == 0:
         raise ScotError(f"{where}: the pair has no keypoints")
+
+
+def _in_range(number: float, where: str, what: str, shown: str) -> float:
+    if not math.isfinite(number):
+        raise ScotError(f"{where}: {what} is {shown}, not a finite number")
+    if abs(number) > MAX_COORDINATE:
+        raise ScotError(f"{where}: {what} is {number:g}, beyond any image (|value| > {MAX_COORDINATE:.0f})")
+    return number
+
+
+def text_number(text: str, where: str, what: str) -> float:
+    """A coordinate written as text (a csv cell) as a finite float.
+
+    Args:
+        text: the cell, surrounding blanks allowed.
+        where: the file and line, starting every message.
+        what: the cell's name, e.g. ``"column XA3"``.
+    """
+    try:
+        number = float(text)
+    except ValueError:
+        raise ScotError(f"{where}: {what} is '{text.strip()}', not a number") from None
+    return _in_range(number, where, what, f"'{text.strip()}'")
+
+
+def json_number(value: Any, where: str, what: str) -> float:
+    """A coordinate read from JSON (an int or float; not a bool, string or null) as a finite float.
+
+    Args:
+        value: the parsed JSON value.
+        where: the file, starting every message.
+        what: the value's place, e.g. ``"'src_kps' keypoint 2"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ScotError(f"{where}: {what} is {json.dumps(value)[:40]}, not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    return _in_range(number, where, what, repr(value))
+
+
+def json_points(value: Any, where: str, name: str) -> torch.Tensor:
+    """A JSON list of ``[x, y]`` number pairs as a float32 (K, 2) tensor.
+
+    Args:
+        value: the parsed JSON value of field ``name``.
+        where: the file, starting every message.
+        name: the field, e.g. ``"src_kps"``.
+    """
+    if not isinstance(value, list):
+        raise ScotError(f"{where}: '{name}' must be a list of [x, y] pairs, not {json.dumps(value)[:40]}")
+    rows = []
+    for k, item in enumerate(value):
+        if item is None:
+            raise ScotError(f"{where}: '{name}' keypoint {k} is null (a pair lists only keypoints visible in both images)")
+        if not isinstance(item, list) or len(item) != 2:
+            raise ScotError(f"{where}: '{name}' keypoint {k} must be [x, y], not {json.dumps(item)[:40]}")
+        rows.append([json_number(v, where, f"'{name}' keypoint {k}") for v in item])
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 2)
+
+
+def checked_box(values: Sequence[float], where: str, name: str) -> Box:
+    """Four finite numbers (x1, y1, x2, y2) with x2 > x1 and y2 > y1 as a box.
+
+    Args:
+        values: the numbers, already finite floats (see :func:`json_number`).
+        where: the file, starting every message.
+        name: the field, e.g. ``"bbox"``.
+    """
+    if len(values) != 4:
+        raise ScotError(f"{where}: '{name}' must be 4 numbers (x1, y1, x2, y2), got {len(values)}")
+    x1, y1, x2, y2 = (float(v) for v in values)
+    for v in (x1, y1, x2, y2):
+        _in_range(v, where, f"'{name}' value", repr(v))
+    if not (x2 > x1 and y2 > y1):
+        raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is empty or reversed; need x2 > x1 and y2 > y1")
+    return (x1, y1, x2, y2)

@@ -4,10 +4,12 @@
   ``source_image,target_image,class`` (1-based index into the 20 VOC classes, in
   alphabetical order) and, for ``trn``, ``flip``.  Keypoints and boxes come from
   ``Annotations/<class>/<basename>.mat`` (``kps``: K x 2 with NaN rows where invisible,
-  ``bbox``); only keypoints valid in both images are kept.
+  or K x 3 with a 0/1 visibility column; ``bbox``: x1, y1, x2, y2); only keypoints
+  visible in both images are kept.  Anything else in ``kps`` (another shape, infinite
+  values, half-NaN rows) is an error naming the file.
 * NCNet pair lists (``source_image,target_image,class,XA,YA,XB,YB`` with ``;``-separated
-  coordinates) carry the keypoints themselves; boxes are read from the annotations when
-  they are present.
+  finite coordinates) carry the keypoints themselves; boxes are read from the annotations
+  when they are present.
 
 Images live in ``PF-PASCAL/JPEGImages/<basename>``.
 """
@@ -16,94 +18,140 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import ScotError
-from .base import Dataset, DatasetMissingError, Pair, check_keypoint_counts, require_files
+from .base import (Box, Dataset, DatasetMissingError, Pair, check_keypoint_counts, checked_box, mirror_box, mirror_points,
+                   require_files, text_number)
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
            "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
 SPLITS = ("test", "val", "trn")
 
 
-def _read_mat(path: Path) -> tuple[torch.Tensor, tuple[float, float, float, float] | None]:
+def _numeric(value: Any, where: str, name: str) -> np.ndarray:
+    """A .mat variable as a float64 array, refusing cells, structs, strings and booleans."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf":
+        raise ScotError(f"{where}: '{name}' must hold numbers, not {arr.dtype} data")
+    return arr.astype(np.float64)
+
+
+def _keypoints(value: Any, where: str) -> torch.Tensor:
+    """``kps`` as (K, 2) float32 with NaN rows for invisible keypoints.
+
+    ``kps`` is K x 2 (x, y per row, a NaN row where the keypoint is invisible) or K x 3
+    with a 0/1 visibility flag in the third column (rows flagged 0 become NaN rows).
+    """
+    arr = _numeric(value, where, "kps")
+    if arr.size == 0:
+        return torch.zeros(0, 2)
+    if arr.ndim != 2 or arr.shape[1] not in (2, 3):
+        raise ScotError(f"{where}: 'kps' must be a K x 2 array (x, y per row), got shape {arr.shape}")
+    if arr.shape[1] == 3:
+        visible = arr[:, 2]
+        if not np.isin(visible, (0.0, 1.0)).all():
+            raise ScotError(f"{where}: 'kps' has shape {arr.shape} and its third column is not a 0/1 visibility "
+                            f"flag; expected K x 2 (x, y per row)")
+        arr = arr[:, :2].copy()
+        hidden = visible == 0
+        arr[hidden] = np.nan
+        stray = ~hidden & np.isnan(arr).any(axis=1)
+        if stray.any():
+            k = int(np.flatnonzero(stray)[0])
+            raise ScotError(f"{where}: 'kps' keypoint {k} is flagged visible but its coordinates are NaN")
+    if np.isinf(arr).any():
+        k = int(np.flatnonzero(np.isinf(arr).any(axis=1))[0])
+        raise ScotError(f"{where}: 'kps' keypoint {k} has an infinite coordinate")
+    nan = np.isnan(arr)
+    partial = nan.any(axis=1) & ~nan.all(axis=1)
+    if partial.any():
+        k = int(np.flatnonzero(partial)[0])
+        raise ScotError(f"{where}: 'kps' keypoint {k} is half NaN ({arr[k, 0]:g}, {arr[k, 1]:g}); "
+                        f"an invisible keypoint is a whole NaN row")
+    return torch.tensor(arr, dtype=torch.float32)
+
+
+def read_annotation(path: Path) -> tuple[torch.Tensor, Box | None]:
+    """Read and validate one ``Annotations/<class>/<name>.mat``, naming the file in every error.
+
+    Args:
+        path: the .mat file.
+
+    Returns:
+        (kps, bbox): float32 (K, 2) keypoints with NaN rows where invisible, and the
+        object box (x1, y1, x2, y2) or None when the file has no ``bbox``.
+    """
     import scipy.io
 
+    where = f"PF-PASCAL: annotation {path}"
     if not path.is_file():
-        raise ScotError(f"PF-PASCAL: annotation {path} is missing")
+        problem = "is not a regular file" if path.exists() else "is missing"
+        raise ScotError(f"{where} {problem}")
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as exc:
-        raise ScotError(f"PF-PASCAL: annotation {path} cannot be read ({type(exc).__name__})") from None
+        raise ScotError(f"{where} cannot be read as a MATLAB file ({type(exc).__name__}: {exc})") from None
     if "kps" not in mat:
-        raise ScotError(f"PF-PASCAL: annotation {path} has no 'kps'")
-    kps = torch.tensor(mat["kps"], dtype=torch.float32).reshape(-1, 2)
+        raise ScotError(f"{where} has no 'kps'")
+    kps = _keypoints(mat["kps"], where)
     bbox = None
-    if "bbox" in mat and mat["bbox"].size >= 4:
-        bbox = tuple(float(v) for v in mat["bbox"].reshape(-1)[:4])
+    if "bbox" in mat:
+        values = _numeric(mat["bbox"], where, "bbox").reshape(-1)
+        bbox = checked_box(values.tolist(), where, "bbox")
     return kps, bbox
 
 
 def _coords(text: str, where: str, name: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(";") if v.strip()]
-    except ValueError:
-        raise ScotError(f"{where}: column {name} must hold ';'-separated numbers") from None
+    """A ``;``-separated coordinate list (a trailing ``;`` allowed) as finite floats."""
+    items = [v.strip() for v in text.split(";")]
+    if items and not items[-1]:
+        items.pop()
+    for i, item in enumerate(items):
+        if not item:
+            raise ScotError(f"{where}: column {name} has an empty value at position {i + 1}")
+    return [text_number(item, where, f"column {name} value {i + 1}") for i, item in enumerate(items)]
+
+
+def _flip(text: str | None, where: str) -> bool:
+    value = (text or "0").strip()
+    if value not in ("0", "1"):
+        raise ScotError(f"{where}: flip must be 0 or 1, got '{value}'")
+    return value == "1"
+
+
+def _image_name(text: str, where: str, column: str) -> str:
+    name = Path(text.strip()).name
+    if not name:
+        raise ScotError(f"{where}: {column} is empty")
+    return name
 
 
 def load_pfpascal(datapath: Path, split: str = "test", pair_list: Path | None = None, check_images: bool = True) -> Dataset:
+    """Load PF-PASCAL's ``split`` (or the pairs of ``pair_list``) from ``datapath/PF-PASCAL``.
+
+    Args:
+        datapath: the folder holding ``PF-PASCAL/``.
+        split: ``test``, ``val`` or ``trn``.
+        pair_list: a csv replacing ``{split}_pairs.csv`` (HPF columns or NCNet's with XA..YB).
+        check_images: require every image to exist.
+    """
     root = Path(datapath) / "PF-PASCAL"
     if split not in SPLITS:
-        raise ScotError(f"--split: PF-PASCAL splits are {', '.join(SPLITS)}, not '{split}'")
+        raise ScotError(f"PF-PASCAL splits are {', '.join(SPLITS)}, not '{split}'", option="split")
     csv_path = pair_list or root / f"{split}_pairs.csv"
     if not csv_path.is_file():
         raise DatasetMissingError(f"PF-PASCAL not found: expected {csv_path} (put the PF-PASCAL folder in {Path(datapath)})")
-    pairs = []
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
-        if fields[:3] != ["source_image", "target_image", "class"]:
-            raise ScotError(f"{csv_path}: header must start with source_image,target_image,class")
-        ncnet = all(c in fields for c in ("XA", "YA", "XB", "YB"))
-        for lineno, row in enumerate(reader, start=2):
-            where = f"{csv_path} line {lineno}"
-            if None in row or any(row.get(f) is None for f in fields):
-                raise ScotError(f"{where}: expected {len(fields)} columns (truncated or malformed row)")
-            try:
-                cls_id = int(row["class"])
-            except ValueError:
-                raise ScotError(f"{where}: class must be an integer 1..20") from None
-            if not 1 <= cls_id <= len(CLASSES):
-                raise ScotError(f"{where}: class {cls_id} is not in 1..20")
-            category = CLASSES[cls_id - 1]
-            src_name, trg_name = Path(row["source_image"]).name, Path(row["target_image"]).name
-            flip = bool(int(row.get("flip") or 0)) if split == "trn" else False
-            ann = root / "Annotations" / category
-            src_bbox = trg_bbox = None
-            if ncnet:
-                xa, ya = _coords(row["XA"], where, "XA"), _coords(row["YA"], where, "YA")
-                xb, yb = _coords(row["XB"], where, "XB"), _coords(row["YB"], where, "YB")
-                if len(xa) != len(ya) or len(xb) != len(yb):
-                    raise ScotError(f"{where}: X and Y coordinate lists differ in length")
-                src_kps = torch.tensor([xa, ya], dtype=torch.float32).t()
-                trg_kps = torch.tensor([xb, yb], dtype=torch.float32).t()
-                if (ann / f"{Path(src_name).stem}.mat").is_file() and (ann / f"{Path(trg_name).stem}.mat").is_file():
-                    src_bbox = _read_mat(ann / f"{Path(src_name).stem}.mat")[1]
-                    trg_bbox = _read_mat(ann / f"{Path(trg_name).stem}.mat")[1]
-            else:
-                src_kps, src_bbox = _read_mat(ann / f"{Path(src_name).stem}.mat")
-                trg_kps, trg_bbox = _read_mat(ann / f"{Path(trg_name).stem}.mat")
-            check_keypoint_counts(src_kps, trg_kps, where)
-            valid = ~(torch.isnan(src_kps).any(1) | torch.isnan(trg_kps).any(1))
-            src_kps, trg_kps = src_kps[valid], trg_kps[valid]
-            if len(src_kps) == 0:
-                raise ScotError(f"{where}: no keypoint is visible in both images")
-            pairs.append(Pair(
-                index=len(pairs), pair_id=f"{Path(src_name).stem}-{Path(trg_name).stem}:{category}", category=category,
-                src=root / "JPEGImages" / src_name, trg=root / "JPEGImages" / trg_name,
-                src_kps=src_kps, trg_kps=trg_kps, src_bbox=src_bbox, trg_bbox=trg_bbox, flip=flip,
-            ))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            pairs = _read_pairs(csv.DictReader(fh), csv_path, root, split)
+    except UnicodeDecodeError as exc:
+        raise ScotError(f"{csv_path}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+    except csv.Error as exc:
+        raise ScotError(f"{csv_path}: not a readable csv file ({exc})") from None
     if not pairs:
         raise ScotError(f"{csv_path}: no pairs")
     if check_images:
@@ -111,17 +159,64 @@ def load_pfpascal(datapath: Path, split: str = "test", pair_list: Path | None = 
     return Dataset("pfpascal", root, split, pairs, CLASSES, "img", csv_path)
 
 
+def _read_pairs(reader: csv.DictReader, csv_path: Path, root: Path, split: str) -> list[Pair]:
+    pairs: list[Pair] = []
+    fields = [f.strip() for f in (reader.fieldnames or [])]
+    if fields[:3] != ["source_image", "target_image", "class"]:
+        raise ScotError(f"{csv_path}: header must start with source_image,target_image,class")
+    ncnet = all(c in fields for c in ("XA", "YA", "XB", "YB"))
+    for row in reader:
+        where = f"{csv_path} line {reader.line_num}"
+        if None in row or any(row.get(f) is None for f in fields):
+            raise ScotError(f"{where}: expected {len(fields)} columns (truncated or malformed row)")
+        try:
+            cls_id = int(row["class"])
+        except ValueError:
+            raise ScotError(f"{where}: class must be an integer 1..20, got '{row['class'].strip()}'") from None
+        if not 1 <= cls_id <= len(CLASSES):
+            raise ScotError(f"{where}: class {cls_id} is not in 1..20")
+        category = CLASSES[cls_id - 1]
+        src_name = _image_name(row["source_image"], where, "source_image")
+        trg_name = _image_name(row["target_image"], where, "target_image")
+        flip = _flip(row.get("flip"), where) if split == "trn" else False
+        ann = root / "Annotations" / category
+        src_mat, trg_mat = ann / f"{Path(src_name).stem}.mat", ann / f"{Path(trg_name).stem}.mat"
+        src_bbox = trg_bbox = None
+        if ncnet:
+            xa, ya = _coords(row["XA"], where, "XA"), _coords(row["YA"], where, "YA")
+            xb, yb = _coords(row["XB"], where, "XB"), _coords(row["YB"], where, "YB")
+            if len(xa) != len(ya):
+                raise ScotError(f"{where}: XA has {len(xa)} values but YA has {len(ya)}")
+            if len(xb) != len(yb):
+                raise ScotError(f"{where}: XB has {len(xb)} values but YB has {len(yb)}")
+            src_kps = torch.tensor([xa, ya], dtype=torch.float32).t().reshape(-1, 2)
+            trg_kps = torch.tensor([xb, yb], dtype=torch.float32).t().reshape(-1, 2)
+            if src_mat.is_file() and trg_mat.is_file():
+                src_bbox, trg_bbox = read_annotation(src_mat)[1], read_annotation(trg_mat)[1]
+        else:
+            src_kps, src_bbox = read_annotation(src_mat)
+            trg_kps, trg_bbox = read_annotation(trg_mat)
+        check_keypoint_counts(src_kps, trg_kps, where)
+        valid = ~(torch.isnan(src_kps).any(1) | torch.isnan(trg_kps).any(1))
+        src_kps, trg_kps = src_kps[valid], trg_kps[valid]
+        if len(src_kps) == 0:
+            raise ScotError(f"{where}: no keypoint is visible in both images")
+        pairs.append(Pair(
+            index=len(pairs), pair_id=f"{Path(src_name).stem}-{Path(trg_name).stem}:{category}", category=category,
+            src=root / "JPEGImages" / src_name, trg=root / "JPEGImages" / trg_name,
+            src_kps=src_kps, trg_kps=trg_kps, src_bbox=src_bbox, trg_bbox=trg_bbox, flip=flip,
+        ))
+    return pairs
+
+
 def flip_keypoints(kps: torch.Tensor, width: int) -> torch.Tensor:
-    """Mirror x as the reference does for flipped training pairs: x' = W - x."""
-    out = kps.clone()
-    out[:, 0] = width - out[:, 0]
-    return out
+    """Mirror x as the reference does for flipped training pairs: x' = W - x.
+
+    Kept for existing callers; :meth:`Pair.oriented` mirrors a whole pair.
+    """
+    return mirror_points(kps, width)
 
 
-def flip_box(box: tuple[float, float, float, float] | None, width: int) -> tuple[float, float, float, float] | None:
-    if box is None:
-        return None
-    x1, y1, x2, y2 = box
-    return (width - x2, y1, width - x1, y2)
-
-
+def flip_box(box: Box | None, width: int) -> Box | None:
+    """Mirror a box (x1, y1, x2, y2) horizontally; kept for existing callers (see :meth:`Pair.oriented`)."""
+    return mirror_box(box, width)

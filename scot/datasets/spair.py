@@ -5,88 +5,130 @@ each has ``PairAnnotation/{split}/<line>.json`` with ``src_imname``, ``trg_imnam
 ``src_kps``, ``trg_kps``, ``src_bndbox``, ``trg_bndbox``, ``category`` and the difficulty
 flags ``viewpoint_variation``, ``scale_variation``, ``truncation``, ``occlusion``.  Images
 live in ``JPEGImages/<category>/<imname>``.
+
+A pair json lists only the keypoints visible in both images, so ``src_kps`` and
+``trg_kps`` are equally long lists of ``[x, y]`` numbers without nulls (the per-image
+``ImageAnnotation`` files are the ones with null for invisible keypoints); ``kps_ids``,
+when present, names one keypoint per row.  Boxes are ``[x1, y1, x2, y2]`` with positive
+size, flags are integers, and ``category`` matches the layout line.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from ..errors import ScotError
-from .base import Dataset, DatasetMissingError, Pair, check_keypoint_counts, require_files
+from ..io import open_regular_file
+from .base import Dataset, DatasetMissingError, Pair, check_keypoint_counts, checked_box, json_number, json_points, require_files
 
 CATEGORIES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dog", "horse",
               "motorbike", "person", "pottedplant", "sheep", "train", "tvmonitor"]
 SPLITS = ("trn", "val", "test")
 FLAGS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
 REQUIRED = ("src_imname", "trg_imname", "src_kps", "trg_kps", "src_bndbox", "trg_bndbox", "category") + FLAGS
+MAX_ANNOTATION_BYTES = 16 * 1024 * 1024
 
 
-def _box(value, where: str, name: str) -> tuple[float, float, float, float]:
+def _box(value: Any, where: str, name: str) -> tuple[float, float, float, float]:
+    if not isinstance(value, list):
+        raise ScotError(f"{where}: '{name}' must be 4 numbers [x1, y1, x2, y2], not {json.dumps(value)[:40]}")
+    return checked_box([json_number(v, where, f"'{name}' value") for v in value], where, name)
+
+
+def _flag(value: Any, where: str, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ScotError(f"{where}: '{name}' must be an integer, not {json.dumps(value)[:40]}")
+    return value
+
+
+def _text(value: Any, where: str, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ScotError(f"{where}: '{name}' must be a non-empty string, not {json.dumps(value)[:40]}")
+    return value
+
+
+def _image_name(value: Any, where: str, name: str) -> str:
+    text = _text(value, where, name)
+    if "/" in text or "\\" in text or text in (".", ".."):
+        raise ScotError(f"{where}: '{name}' must be a file name, not the path '{text}'")
+    return text
+
+
+def read_pair_annotation(path: Path, category: str | None = None) -> dict:
+    """Parse and validate one pair json, naming the file in every error.
+
+    Args:
+        path: ``PairAnnotation/<split>/<pair>.json``.
+        category: the category the layout line names, which the file must repeat
+            (None: not checked).
+
+    Returns:
+        dict with ``src_kps``, ``trg_kps`` (float32 (K, 2), K >= 1), ``src_bbox``,
+        ``trg_bbox`` ((x1, y1, x2, y2) floats), ``category``, ``src_imname``,
+        ``trg_imname`` (str) and ``flags`` (name -> int).
+    """
+    where = f"SPair-71k: annotation {path}"
+    with open_regular_file(path, where, max_bytes=MAX_ANNOTATION_BYTES) as fh:
+        raw = fh.read()
     try:
-        box = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ScotError(f"{where}: '{name}' must be 4 numbers") from None
-    if len(box) != 4:
-        raise ScotError(f"{where}: '{name}' must be 4 numbers")
-    return box  # type: ignore[return-value]
-
-
-def _kps(value, where: str, name: str) -> torch.Tensor:
-    try:
-        t = torch.tensor(value, dtype=torch.float32)
-    except (TypeError, ValueError):
-        raise ScotError(f"{where}: '{name}' must be a list of [x, y] pairs") from None
-    if t.dim() != 2 or t.shape[1] != 2:
-        raise ScotError(f"{where}: '{name}' must be a list of [x, y] pairs")
-    return t
-
-
-def read_pair_annotation(path: Path) -> dict:
-    """Parse and validate one pair json, naming the file in every error."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScotError(f"SPair-71k: annotation {path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScotError(f"SPair-71k: annotation {path} is not valid JSON ({exc})") from None
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ScotError(f"{where} is not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
-        raise ScotError(f"SPair-71k: annotation {path} must hold a JSON object")
+        raise ScotError(f"{where} must hold a JSON object")
     missing = [k for k in REQUIRED if k not in data]
     if missing:
-        raise ScotError(f"SPair-71k: annotation {path} has no {', '.join(repr(m) for m in missing)}")
-    where = f"SPair-71k: annotation {path}"
+        raise ScotError(f"{where} has no {', '.join(repr(m) for m in missing)}")
     out = {
-        "src_kps": _kps(data["src_kps"], where, "src_kps"),
-        "trg_kps": _kps(data["trg_kps"], where, "trg_kps"),
+        "src_kps": json_points(data["src_kps"], where, "src_kps"),
+        "trg_kps": json_points(data["trg_kps"], where, "trg_kps"),
         "src_bbox": _box(data["src_bndbox"], where, "src_bndbox"),
         "trg_bbox": _box(data["trg_bndbox"], where, "trg_bndbox"),
-        "category": str(data["category"]),
-        "src_imname": str(data["src_imname"]),
-        "trg_imname": str(data["trg_imname"]),
-        "flags": {k: int(data[k]) for k in FLAGS},
+        "category": _text(data["category"], where, "category"),
+        "src_imname": _image_name(data["src_imname"], where, "src_imname"),
+        "trg_imname": _image_name(data["trg_imname"], where, "trg_imname"),
+        "flags": {k: _flag(data[k], where, k) for k in FLAGS},
     }
     check_keypoint_counts(out["src_kps"], out["trg_kps"], where)
+    ids = data.get("kps_ids")
+    if ids is not None and (not isinstance(ids, list) or len(ids) != len(out["src_kps"])):
+        count = len(ids) if isinstance(ids, list) else json.dumps(ids)[:40]
+        raise ScotError(f"{where}: 'kps_ids' names {count} keypoints but 'src_kps' has {len(out['src_kps'])}")
+    if category is not None and out["category"] != category:
+        raise ScotError(f"{where}: 'category' is '{out['category']}' but the layout line says '{category}'")
     return out
 
 
 def load_spair(datapath: Path, split: str = "test", pair_list: Path | None = None, check_images: bool = True) -> Dataset:
+    """Load SPair-71k's ``split`` (or the pairs listed in ``pair_list``) from ``datapath/SPair-71k``.
+
+    Args:
+        datapath: the folder holding ``SPair-71k/``.
+        split: ``trn``, ``val`` or ``test`` (also the ``PairAnnotation`` folder read).
+        pair_list: a layout file replacing ``Layout/large/{split}.txt``.
+        check_images: require every image to exist.
+    """
     root = Path(datapath) / "SPair-71k"
     if split not in SPLITS:
-        raise ScotError(f"--split: SPair-71k splits are {', '.join(SPLITS)}, not '{split}'")
+        raise ScotError(f"SPair-71k splits are {', '.join(SPLITS)}, not '{split}'", option="split")
     layout = pair_list or root / "Layout" / "large" / f"{split}.txt"
     if not layout.is_file():
         raise DatasetMissingError(f"SPair-71k not found: expected {layout} (put the SPair-71k folder in {Path(datapath)})")
+    try:
+        lines = layout.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ScotError(f"{layout}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
     pairs = []
-    for lineno, line in enumerate(layout.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(lines, start=1):
         name = line.strip()
         if not name:
             continue
-        if ":" not in name or name.count("-") < 2:
+        stem, _, line_category = name.partition(":")
+        if not line_category or stem.count("-") < 2 or "/" in name or "\\" in name:
             raise ScotError(f"{layout} line {lineno}: expected 'NNNNNN-<src>-<trg>:<category>', got '{name}'")
-        ann = read_pair_annotation(root / "PairAnnotation" / split / f"{name}.json")
+        ann = read_pair_annotation(root / "PairAnnotation" / split / f"{name}.json", line_category)
         category = ann["category"]
         pairs.append(Pair(
             index=len(pairs), pair_id=name, category=category,
