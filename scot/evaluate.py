@@ -27,7 +27,6 @@ import torch
 
 from .cache import LRUCache
 from .datasets import Dataset, Pair
-from .datasets.pfpascal import flip_box, flip_keypoints
 from .errors import ScotError
 from .features import Hyperpixels
 from .image import load_image
@@ -152,17 +151,10 @@ def _prepare_image(model: SCOT, pair: Pair, which: str) -> Hyperpixels:
     return model.extract(pair.src if which == "src" else pair.trg, flip=pair.flip)
 
 
-def _pair_keypoints(pair: Pair, src_w: int, trg_w: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """Source/target keypoints and target box, mirrored for flipped pairs."""
-    if not pair.flip:
-        return pair.src_kps, pair.trg_kps, pair.trg_bbox
-    return flip_keypoints(pair.src_kps, src_w), flip_keypoints(pair.trg_kps, trg_w), flip_box(pair.trg_bbox, trg_w)
-
-
 def score_pair(pair: Pair, result, thres: str, alphas=ALPHAS) -> dict:
     """Score one matched pair in the resized target frame; return its journal record."""
     s, t = result.src, result.trg
-    _, trg_kps, trg_bbox = _pair_keypoints(pair, s.original_size[0], t.original_size[0])
+    _, trg_kps, trg_bbox = pair.oriented(s.original_size[0], t.original_size[0])
     if thres == "bbox" and trg_bbox is None:
         raise ScotError(f"--thres bbox: pair {pair.pair_id} has no target bounding box (annotation files missing?)")
     thr = pck_threshold(thres, t.original_size, trg_bbox)
@@ -262,7 +254,7 @@ def save_visualisations(model: SCOT, dataset: Dataset, state: RunState, run_dir:
         if pair is None:
             continue
         s, t = _prepare_image(model, pair, "src"), _prepare_image(model, pair, "trg")
-        src_kps, trg_kps, _ = _pair_keypoints(pair, s.original_size[0], t.original_size[0])
+        src_kps, trg_kps, _ = pair.oriented(s.original_size[0], t.original_size[0])
         result = model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
         src_img = load_image(pair.src).tensor
         trg_img = load_image(pair.trg).tensor
@@ -342,7 +334,7 @@ def evaluate(
                         cache.put(key, h)
                         state.images_extracted += 1
                     hs.append(h)
-                src_kps, _, _ = _pair_keypoints(pair, hs[0].original_size[0], hs[1].original_size[0])
+                src_kps, _, _ = pair.oriented(hs[0].original_size[0], hs[1].original_size[0])
                 items.append((hs[0], hs[1], src_kps))
             t1 = time.perf_counter()
             results = model.match_batch(items, keep_plan=False, check_bounds=False)

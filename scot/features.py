@@ -30,6 +30,7 @@ algebra gives, per image:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from .backbones import Backbone, Geometry
 from .cam import class_activation_map, marginal_weights
 from .cost import factorize_groups
-from .image import ImageLike, load_image, resize_longest_side
+from .image import ImageLike, load_image
 
 if TYPE_CHECKING:
     from .config import SCOTConfig
@@ -404,9 +405,10 @@ class HyperpixelExtractor:
         """Load, resize (and with ``flip`` mirror) an image and run the backbone for ``ids``."""
         cfg = self.config
         t0 = time.perf_counter()
-        loaded = load_image(image, name)
-        tensor = loaded.tensor.flip(-1) if flip else loaded.tensor
-        resized, ratio = resize_longest_side(tensor, cfg.image_side)
+        loaded = load_image(image, name, max_side=cfg.image_side)  # huge photos decode reduced
+        if flip:
+            loaded = dataclasses.replace(loaded, tensor=loaded.tensor.flip(-1))
+        resized, ratio = loaded.resized(cfg.image_side)
         if timings is not None:
             timings["load+resize"] = timings.get("load+resize", 0.0) + time.perf_counter() - t0
         return observe(self.backbone, resized, self.ids if ids is None else ids, ratio=ratio,

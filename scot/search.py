@@ -25,7 +25,7 @@ import torch
 from .datasets import Dataset
 from .config import PRESET_OPTIONS
 from .errors import ScotError
-from .evaluate import _pair_keypoints, score_pair
+from .evaluate import score_pair
 from .features import NetworkView
 from .io import atomic_write_json
 from .model import SCOT
@@ -109,7 +109,7 @@ class LayerSearch:
                 if k not in hyper:
                     hyper[k] = self.model.extractor.describe(self.view(Path(k[0]), k[1]), ids)
             s, t = hyper[pair.src_key], hyper[pair.trg_key]
-            src_kps, _, _ = _pair_keypoints(pair, s.original_size[0], t.original_size[0])
+            src_kps, _, _ = pair.oriented(s.original_size[0], t.original_size[0])
             result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
             rec = score_pair(pair, result, self.thres)
             for a in ALPHAS:
