@@ -188,7 +188,7 @@ def test_mask_through_mirror_matches_lands_mirrored():
     ok = (back >= 0) & (back < size[0])
     expected = np.zeros_like(mask)
     expected[:, ok] = mask[:, back[ok]]
-    bound = SRC.jump / rho + fill_radius(flow) + 1.0
+    bound = SRC.jump / rho + fill_radius(flow, torch.from_numpy(mask != 0)) + 1.0
     wrong = out != expected
     near_other = np.zeros_like(wrong)
     for label in np.unique(expected):
@@ -201,6 +201,32 @@ def test_mask_through_mirror_matches_lands_mirrored():
     assert not (wrong & ~near_other)[:, inner].any()
     assert wrong[:, inner].mean() < 0.05
     assert (out[:, inner] == 4).sum() > 0.9 * (expected[:, inner] == 4).sum()
+
+
+def test_mask_zoom_fills_holes_without_growing():
+    # flow = 2 (u, v): the object lands on every other target pixel; the enclosed holes are
+    # filled and the outline stays that of the scaled object (within the 1 px of the lattice)
+    size = (60, 40)
+    mask = np.zeros((40, 60), dtype=np.int32)
+    mask[10:30, 15:45] = 2
+    out = transfer_mask(mask, identity_flow(size) * 2, (120, 80)).numpy()
+    assert (out[20:59, 30:89] == 2).all()  # splats at 20..58 x 30..88, every gap filled
+    assert (out[:19] == 0).all() and (out[60:] == 0).all() and (out[:, :29] == 0).all() and (out[:, 90:] == 0).all()
+    unfilled = transfer_mask(mask, identity_flow(size) * 2, (120, 80), radius=0).numpy()
+    assert (unfilled[21:58:2, :] == 0).all()  # without filling the odd rows stay empty
+
+
+def test_scattered_background_does_not_punch_holes():
+    # the object moves by (+7, +4); background pixels land at random, many on the object
+    gen = torch.Generator().manual_seed(4)
+    size = (80, 60)
+    mask = np.zeros((60, 80), dtype=np.int64)
+    mask[15:45, 20:60] = 1
+    flow = identity_flow(size) + torch.tensor([7.0, 4.0])
+    noise = torch.rand(60, 80, 2, generator=gen) * torch.tensor([80.0, 60.0])
+    flow = torch.where(torch.from_numpy(mask == 1).unsqueeze(2), flow, noise)
+    out = transfer_mask(mask, flow, size).numpy()
+    assert (out[19:49, 27:67] == 1).all() and out.sum() == 30 * 40
 
 
 def test_warp_identity_and_translation():
