@@ -285,8 +285,12 @@ def transfer_lattice(
             kappa_table[sl] = kappa.view(n_r, len(c0))
 
     lonely = (row_id < 0).unsqueeze(1) | (col_id < 0).unsqueeze(0)  # (Q, P)
-    disp = disp_table[row_id.clamp_min(0)][:, col_id.clamp_min(0)]
-    kappa = kappa_table[row_id.clamp_min(0)][:, col_id.clamp_min(0)]
+    if disp_table.numel():
+        disp = disp_table[row_id.clamp_min(0)][:, col_id.clamp_min(0)]
+        kappa = kappa_table[row_id.clamp_min(0)][:, col_id.clamp_min(0)]
+    else:  # no point is in any box
+        disp = torch.zeros(len(ys64), len(xs64), 2, dtype=torch.float64)
+        kappa = torch.zeros(len(ys64), len(xs64), dtype=torch.float64)
     if bool(lonely.any()):
         nearest = nearest_index(ys64, axes.cy).unsqueeze(1) * w + nearest_index(xs64, axes.cx).unsqueeze(0)
         disp = torch.where(lonely.unsqueeze(2), shift[nearest], disp)

@@ -21,7 +21,7 @@ from scot.dense import (
     warp_image,
 )
 from scot.features import box_centres, receptive_field_boxes
-from scot.transfer import transfer_keypoints
+from scot.transfer import containing_boxes, transfer_keypoints
 
 SRC = Geometry(jump=4, rf=27, offset_x=0, offset_y=0, height=50, width=75)
 TRG = Geometry(jump=4, rf=27, offset_x=2, offset_y=1, height=57, width=64)
@@ -70,11 +70,22 @@ def test_flow_equals_keypoint_transfer(how, with_usable, with_landing, size, rs)
                              confidence=conf, usable=us, target_tl=landing)
     assert flow.shape == (size[1], size[0], 2) and flow.dtype == torch.float32
     assert kappa.shape == (size[1], size[0]) and bool(torch.isfinite(flow).all())
-    u, v = sample_pixels(size, 4000, seed=3)
+    u, v = sample_pixels(size, 2500, seed=3)
     ref = reference(src, trg, best, size, rs, rt, u, v, target_tl=landing, usable=us, how=how, confidence=conf)
     torch.testing.assert_close(flow[v, u], ref, atol=2e-4, rtol=0)
-    # kappa is the (weighted) mean confidence of the boxes that move the pixel: within their range
-    assert float(kappa.min()) >= 0.0 and float(kappa.max()) <= float(conf.max()) + 1e-6
+    # kappa: confidences of the boxes that move the pixel, weighted as their shifts are
+    xs, ys = pixel_coordinates(size, rs)
+    inside = containing_boxes(src, torch.stack((xs[u], ys[v]), dim=1))
+    assert bool(inside.any(1).all())  # this geometry covers every pixel
+    if us is not None:
+        preferred = inside & us.unsqueeze(0)
+        inside = torch.where(preferred.any(1, keepdim=True), preferred, inside)
+    weights = inside.double()
+    if how == "weighted":
+        positive = weights * conf.double().unsqueeze(0)
+        weights = torch.where(positive.sum(1, keepdim=True) > 0, positive, weights)
+    expected = (weights @ conf.double()) / weights.sum(1)
+    torch.testing.assert_close(kappa[v, u].double(), expected, atol=1e-6, rtol=0)
 
 
 def test_flow_outside_every_box_uses_nearest_centre():
@@ -94,6 +105,17 @@ def test_flow_outside_every_box_uses_nearest_centre():
     assert int((outside & clear).sum()) > 1000  # the fallback is what is tested here
     ref = transfer_keypoints(src, trg, best, kps, how="weighted", confidence=conf) / rt
     torch.testing.assert_close(flow[v, u][clear], ref[clear], atol=2e-4, rtol=0)
+
+
+def test_flow_when_no_pixel_is_in_any_box():
+    far = Geometry(jump=4, rf=3, offset_x=500, offset_y=400, height=6, width=7)
+    src = grid_boxes(far)
+    best, conf, _ = random_matches(len(src), len(src), seed=8)
+    flow, kappa = dense_flow(src, src, best, (far.height, far.width), (40, 30), 1.0, 1.0, confidence=conf)
+    # every pixel moves with the box whose centre is nearest: the top-left one, at (500, 400)
+    shift = src[best[0], :2] - src[0, :2]
+    torch.testing.assert_close(flow, identity_flow((40, 30)) + shift, atol=1e-5, rtol=0)
+    assert bool((kappa == conf[0]).all())
 
 
 @pytest.mark.parametrize("how", ["mean", "weighted", "median"])

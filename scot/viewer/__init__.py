@@ -100,7 +100,8 @@ def grid_axes_of(points: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray,
         return None
     cells = p.reshape(h, w, 2)
     xs, ys = cells[0, :, 0], cells[:, 0, 1]
-    if np.array_equal(cells[..., 0], np.broadcast_to(xs, (h, w))) and np.array_equal(cells[..., 1], np.broadcast_to(ys[:, None], (h, w))):
+    same_x = np.array_equal(cells[..., 0], np.broadcast_to(xs, (h, w)))
+    if same_x and np.array_equal(cells[..., 1], np.broadcast_to(ys[:, None], (h, w))):
         return xs.copy(), ys.copy()
     return None
 
@@ -175,13 +176,17 @@ def unpack_arrays(spec: dict[str, dict[str, Any]], blob: str, compressed: bool) 
     return out
 
 
-def _points_entry(prefix: str, points: np.ndarray, grid: tuple[int, int] | None) -> tuple[dict[str, Any], dict[str, tuple[str, np.ndarray]]]:
+def _points_entry(
+    prefix: str, points: np.ndarray, grid: tuple[int, int] | None
+) -> tuple[dict[str, Any], dict[str, tuple[str, np.ndarray]]]:
+    """How a point set is stored: its grid axes when it factorises (on ``grid``, or a grid found), else all of it."""
     axes = grid_axes_of(points, grid) if grid is not None else None
     if axes is None and grid is None:
         found = infer_grid(points)
         axes = grid_axes_of(points, found) if found is not None else None
     if axes is not None:
-        return {"kind": "grid", "grid": [len(axes[1]), len(axes[0])]}, {f"{prefix}_xs": ("f32", axes[0]), f"{prefix}_ys": ("f32", axes[1])}
+        desc = {"kind": "grid", "grid": [len(axes[1]), len(axes[0])]}
+        return desc, {f"{prefix}_xs": ("f32", axes[0]), f"{prefix}_ys": ("f32", axes[1])}
     return {"kind": "list"}, {f"{prefix}_xy": ("f32", points)}
 
 
