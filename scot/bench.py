@@ -286,7 +286,7 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
     out["hyperpixels"] = (s0.n, model.extractor.describe(views[pairs[0][1]]).n)
     out["dense_table_bytes"] = 4 * s0.n * s0.dim
     out["copy_bandwidth"] = copy_bandwidth(*out["hyperpixels"], model.device)
-    out["low_memory"] = bool(model.config.stream_block)
+    out["low_memory"] = model.config.low_memory
     return out
 
 
@@ -304,7 +304,7 @@ def bench_memory_run(n_pairs: int = 2000, n_images: int = 400, side: int = 96, c
 
     from . import SCOT, SCOTConfig
     from .datasets.base import Dataset, Pair
-    from .evaluate import EvalSettings, evaluate
+    from .evaluation import EvalSettings, evaluate
 
     tmp = Path(workdir or tempfile.mkdtemp(prefix="scot-bench-"))
     rng = np.random.default_rng(0)
@@ -338,3 +338,66 @@ def bench_memory_run(n_pairs: int = 2000, n_images: int = 400, side: int = 96, c
 
 def format_bytes(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def _stage_lines(stages: dict[str, Stat], bandwidth: dict[str, float] | None = None,
+                 floor: float | None = None) -> list[str]:
+    lines = []
+    for name, stat in stages.items():
+        extra = ""
+        if bandwidth and name in bandwidth and floor:
+            extra = f"   {bandwidth[name] / 1e9:5.1f} GB/s of the matrix ({100 * bandwidth[name] / floor:.0f} % of a copy)"
+        lines.append(f"  {name:<13}{stat.ms()}{extra}")
+    return lines
+
+
+def format_synthetic(res: dict, repeats: int, fine_dim: int, coarse_dim: int, coarse_stride: int, two_way: bool) -> str:
+    """The report of :func:`bench_synthetic`."""
+    lines = [f"synthetic match: n={res['n']} x m={res['m']}, D={res['dim']} ({fine_dim} on the grid + {coarse_dim} at "
+             f"1/{coarse_stride}), {'two' if two_way else 'one'}-way, {res['threads']} threads, {res['device']}, "
+             f"median [min-max] of {repeats}"]
+    lines += _stage_lines(res["stages"], res["bandwidth"], res["copy_bandwidth"])
+    lines.append(f"  {'after feats':<13}{res['after_features'].ms()}")
+    lines.append(f"  correlation: factorized {res['correlation'].ms().strip()} vs the dense matmul "
+                 f"{res['dense_matmul'].ms().strip()}: {res['dense_matmul'].median / res['correlation'].median:.1f}x")
+    lines.append(f"  memory floor: torch.empty(N, M).copy_() moves {res['copy_bandwidth'] / 1e9:.1f} GB/s")
+    lines.append(f"  peak RSS: {format_bytes(res['peak_rss'])} (the process held {format_bytes(res['baseline_rss'])} "
+                 f"before any operand: Python, PyTorch and its CUDA libraries)")
+    return "\n".join(lines)
+
+
+def format_pairs(res: dict, dataset: str) -> str:
+    """The report of :func:`bench_pairs`: every path, the estimate behind the choice, the floors."""
+    n, m = res["hyperpixels"]
+    lines = [f"{res['pairs']} {dataset} pairs x {res['repeats']} repeats | {res['backbone']} | {n} x {m} hyperpixels | "
+             f"{'two' if res['two_way'] else 'one'}-way | {res['threads']} threads, {res['device']} | median [min-max]"]
+    lines += _stage_lines(res["features"])
+    for path, label in (("auto", "chosen"), ("always", "factorized"), ("never", "dense")):
+        r = res["paths"][path]
+        groups = ", ".join(f"{c} ch at {h}x{w}{' (Gram)' if f else ''}" for (h, w), c, f in r["groups"])
+        lines.append(f"path '{path}' ({label}): {groups}")
+        lines.append(f"  estimate: {r['flops']['planned'] / 1e9:.2f} G multiply-adds for the correlation vs "
+                     f"{r['flops']['dense'] / 1e9:.2f} G dense")
+        lines.append(f"  {'fusion':<13}{r['fusion'].ms()}")
+        lines += _stage_lines(r["stages"], r["bandwidth"], res["copy_bandwidth"])
+        lines.append(f"  matching per pair: {r['matching']:.3f} s; image in cache: {format_bytes(r['image_bytes'])}; "
+                     f"matching raised the resident set by at most {format_bytes(r['match_peak_above'])}")
+        if "max_px_from_dense" in r:
+            lines.append(f"  keypoints vs the dense path: at most {r['max_px_from_dense']:.2e} px apart")
+    dense, chosen = res["paths"]["never"]["stages"]["cost"].median, res["paths"]["auto"]["stages"]["cost"].median
+    lines.append(f"correlation (cost stage): chosen {1000 * chosen:.1f} ms vs dense {1000 * dense:.1f} ms = "
+                 f"{dense / chosen:.1f}x; the dense hyperpixel table would take {format_bytes(res['dense_table_bytes'])} "
+                 f"per image")
+    lines.append(f"memory floor: torch.empty({n}, {m}).copy_() moves {res['copy_bandwidth'] / 1e9:.1f} GB/s")
+    return "\n".join(lines)
+
+
+def format_memory(res: dict, side: int, cache_gb: float) -> str:
+    """The report of :func:`bench_memory_run`."""
+    return "\n".join([
+        f"synthetic evaluation: {res['pairs']} pairs over {res['images']} images ({side}px), cache {cache_gb} GB, "
+        f"{res['seconds']:.0f} s",
+        "  pairs done -> RSS: " + ", ".join(f"{d}: {format_bytes(r)}" for d, r in res["samples"]),
+        f"  after warm-up: first {format_bytes(res['rss_first'])}, last {format_bytes(res['rss_last'])}, "
+        f"min {format_bytes(res['rss_min'])}, max {format_bytes(res['rss_max'])}",
+    ])

@@ -13,7 +13,8 @@ its reference code:
 3. the maps are summed over scales and divided by ``max + 1e-5``.
 
 Each hyperpixel's marginal weight is read from the CAM at its box centre: 0.5 by default,
-0.8 above 0.4, 0.9 above 0.5 and 1.0 above 0.6.  ``mu = w / sum(w)``.
+0.8 above 0.4, 0.9 above 0.5 and 1.0 above 0.6.  ``mu = w / sum(w)``.  A hyperpixel whose
+CAM value is above the first level (0.4) is on the object (:func:`foreground`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .backbones import Backbone, BackboneOutput
 TOP_K = 2
 WEIGHT_LEVELS = ((0.4, 0.8), (0.5, 0.9), (0.6, 1.0))  # (CAM above, weight), applied in order
 BASE_WEIGHT = 0.5
+FOREGROUND = WEIGHT_LEVELS[0][0]  # CAM above this: the hyperpixel is on the object
 
 
 def _single_scale_cam(
@@ -83,15 +85,25 @@ def class_activation_map(
     return total / (total.max() + 1e-5), top_classes, extra
 
 
+def cam_at(cam: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(n,) the CAM (H, W) read at each box centre (x, y), clamped into the image."""
+    h, w = cam.shape
+    cx = centres[:, 0].long().clamp(0, w - 1).to(cam.device)
+    cy = centres[:, 1].long().clamp(0, h - 1).to(cam.device)
+    return cam[cy, cx]
+
+
+def foreground(cam: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: the hyperpixels whose CAM value is above :data:`FOREGROUND`."""
+    return cam_at(cam, centres) > FOREGROUND
+
+
 def marginal_weights(cam: torch.Tensor, centres: torch.Tensor, mode: str = "levels") -> torch.Tensor:
     """Per-hyperpixel weights from the CAM value at each box centre (x, y).
 
     ``levels`` is the paper's step function; ``linear`` (an option) is ``0.5 + 0.5 * cam``.
     """
-    h, w = cam.shape
-    cx = centres[:, 0].long().clamp(0, w - 1).to(cam.device)
-    cy = centres[:, 1].long().clamp(0, h - 1).to(cam.device)
-    values = cam[cy, cx]
+    values = cam_at(cam, centres)
     if mode == "linear":
         return BASE_WEIGHT + (1.0 - BASE_WEIGHT) * values.clamp(0.0, 1.0)
     weights = torch.full_like(values, BASE_WEIGHT)

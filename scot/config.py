@@ -1,28 +1,33 @@
 """One typed configuration for the whole pipeline, and the named presets.
 
-A :class:`SCOTConfig` holds every algorithm option.  Options left as ``None`` are filled
-from the *preset* (``pfpascal``, ``pfwillow`` or ``spair``) for the chosen backbone when
-the model is built; :meth:`SCOTConfig.resolve` returns the concrete configuration that
-every output records.
+:class:`SCOTConfig` declares every algorithm option once: its type, default, help text,
+valid range and command-line flag live in one field (:func:`option`).  The command line
+generates its options from these fields, and :meth:`SCOTConfig.validate` checks them from
+the same declaration, so help, defaults and checks cannot drift apart.
 
-The ResNet presets are those of the SCOT paper's code (Liu et al., CVPR 2020); ResNet-50
-on PF-PASCAL/PF-WILLOW, for which SCOT gives none, uses Hyperpixel Flow's set.
+Options left as ``None`` are filled from the *preset* (``pfpascal``, ``pfwillow`` or
+``spair``) for the chosen backbone; :meth:`SCOTConfig.resolve` returns the concrete
+configuration that every output records.  The ResNet presets are those of the SCOT
+paper's code (Liu et al., CVPR 2020); ResNet-50 on PF-PASCAL/PF-WILLOW, for which SCOT
+gives none, uses Hyperpixel Flow's set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ScotError
 
 BACKBONES = ("resnet101", "resnet50", "efficientnet-lite0", "efficientnet-lite2")
-SINKHORN_MODES = ("plain", "log")
-COST_DTYPES = ("float32", "tf32")
+TRANSFERS = ("mean", "weighted", "median")
+DEFAULT_PRESET = "pfpascal"
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,304 @@ class Preset:
 PRESET_DIR = Path(__file__).with_name("presets")
 """Preset files shipped with the package, as written by ``scot search-layers``."""
 
+PRESET_OPTIONS = ("feature_scales", "center_features", "symmetric", "transfer")
+"""Options besides the ids and ``exp2`` that a preset file may set."""
 
+PAPER_OPTIONS: dict[str, Any] = {"feature_scales": (1.0,), "center_features": False, "symmetric": False, "transfer": "mean"}
+"""What the preset options resolve to when neither the configuration nor the preset sets them."""
+
+
+# --------------------------------------------------------------------------------------
+# Declaring an option
+@dataclass(frozen=True)
+class Spec:
+    """How one option is shown, parsed and checked (the metadata of a config field)."""
+
+    help: str
+    flag: str  # "--eps"; booleans "--on/--off" (or a single flag)
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None  # inclusive lower bound
+    above: float | None = None  # exclusive lower bound
+    parse: Callable[[str], Any] | None = None  # command-line text -> value
+    unset: str | None = None  # what a None default means, shown as the default
+    short: str | None = None  # a one-letter alias, e.g. "-b"
+
+    @property
+    def flags(self) -> list[str]:
+        return self.flag.split("/")
+
+
+def option(default: Any, help: str, flag: str, **spec: Any) -> Any:
+    """A :class:`SCOTConfig` field: its default and its :class:`Spec`."""
+    return field(default=default, metadata={"spec": Spec(help, flag, **spec)})
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise ScotError(f"'{text}' is not a list of numbers, e.g. '1,1.5,2'") from None
+
+
+def parse_hyperpixel_ids(value: str | Iterable[int] | None, option: str = "hyperpixel_ids") -> tuple[int, ...] | None:
+    """Parse ``"(2,22,24)"``, ``"2 22 24"`` or an iterable of ints into a tuple of ids
+    (errors name ``option``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if re.search(r"[^\d,\s()\[\]]", text):
+            raise ScotError(f"'{value}' is not a list of non-negative integers, e.g. '(2,22,24)'", option=option)
+        ids = tuple(int(tok) for tok in re.findall(r"\d+", text))
+    else:
+        try:
+            ids = tuple(int(v) for v in value)
+        except (TypeError, ValueError):
+            raise ScotError(f"{value!r} are not integers", option=option) from None
+    if not ids:
+        raise ScotError("the id list is empty", option=option)
+    if len(set(ids)) != len(ids):
+        raise ScotError(f"ids {ids} contain duplicates", option=option)
+    if any(i < 0 for i in ids):
+        raise ScotError(f"ids {ids} contain a negative id", option=option)
+    return ids
+
+
+# --------------------------------------------------------------------------------------
+@dataclass
+class SCOTConfig:
+    """Every option of the SCOT pipeline.  Defaults reproduce the paper's code."""
+
+    # --- backbone and hyperpixels ---------------------------------------------------------
+    backbone: str = option(
+        "auto", "resnet101, resnet50, efficientnet-lite0, efficientnet-lite2, or auto (ResNet-101 when its "
+        "ImageNet weights are available, else EfficientNet-Lite2).", "--backbone", choices=("auto", *BACKBONES), short="-b")
+    weights: str | None = option(
+        None, "A state-dict file for the backbone (torchvision or lukemelas key names), or random[:SEED].",
+        "--weights", unset="the backbone's ImageNet weights")
+    preset: str = option(
+        DEFAULT_PRESET, "Named settings: pfpascal, pfwillow or spair (hyperpixel ids per backbone, exp2, PCK rule).",
+        "--preset", choices=("pfpascal", "pfwillow", "spair"))
+    hyperpixel_ids: tuple[int, ...] | None = option(
+        None, "Hyperpixel ids, e.g. '(2,22,24,25,27,28,29)'; 'scot layers' lists them.", "--hyperpixel",
+        parse=parse_hyperpixel_ids, unset="the preset's")
+    image_side: int = option(300, "Longest image side after resizing, in pixels.", "--image-side", low=32)
+    device: str = option("cpu", "cpu, cuda or cuda:INDEX.", "--device")
+
+    # --- CAM and marginals ----------------------------------------------------------------
+    cam: bool = option(True, "Weight the transport marginals with class activation maps (off: uniform).", "--cam/--no-cam")
+    cam_scales: tuple[float, ...] = option(
+        (1.0, 1.5, 2.0), "Input scales of the class activation map.", "--cam-scales", parse=_floats, above=0)
+    cam_weighting: str = option(
+        "levels", "levels (the paper's 0.5/0.8/0.9/1.0 steps) or linear (0.5 + 0.5 CAM).", "--cam-weighting",
+        choices=("levels", "linear"))
+
+    # --- features -------------------------------------------------------------------------
+    feature_scales: tuple[float, ...] | None = option(
+        None, "Average hyperpixel features over these input scales, e.g. '1,1.5,2' (scales shared with the CAM "
+        "cost no extra network pass); must include 1.", "--feature-scales", parse=_floats, above=0,
+        unset="the preset's: 1,1.5,2 for EfficientNet-Lite on pfwillow/pfpascal, else 1")
+    center_features: bool | None = option(
+        None, "Subtract each image's mean hyperpixel before the cosine.", "--center-features/--no-center-features",
+        unset="the preset's: on for EfficientNet-Lite on pfwillow/pfpascal, else off")
+
+    # --- cost -----------------------------------------------------------------------------
+    tf32: bool = option(
+        False, "Let CUDA matmuls and convolutions use TF32 tensor cores (faster on Ampere and newer GPUs, about "
+        "1e-3 relative error). Off: exact float32 everywhere.", "--tf32/--no-tf32")
+    exp1: float = option(1.0, "Exponent on the clamped cosine when optimal transport is off (HPF's similarity).",
+                         "--exp1", above=0)
+
+    # --- optimal transport ----------------------------------------------------------------
+    ot: bool = option(True, "Optimal transport (off: nearest neighbour on the cosine).", "--ot/--no-ot")
+    eps: float = option(0.05, "Entropic regularisation of Sinkhorn.", "--eps", above=0)
+    sinkhorn_iters: int = option(1, "Sinkhorn iterations (the paper's code runs 1).", "--sinkhorn-iters", low=1)
+    sinkhorn_tol: float | None = option(
+        None, "Stop Sinkhorn early once the L1 marginal error is below this.", "--sinkhorn-tol", above=0,
+        unset="run every iteration")
+    sinkhorn_mode: str = option(
+        "plain", "plain, or log (log-domain iterations, stable at small eps).", "--sinkhorn-mode", choices=("plain", "log"))
+    unbalanced_tau: float | None = option(
+        None, "Unbalanced OT: KL weight of the relaxed marginals.", "--tau", above=0, unset="balanced OT")
+    max_eps_doublings: int = option(
+        10, "How many times eps may be doubled when the plain plan is not finite.", "--max-eps-doublings", low=0)
+    exp2: float | None = option(
+        None, "Exponent of the rescaled plan (N P)^exp2.", "--exp2", above=0,
+        unset="the preset's: 0.5 on pfpascal/pfwillow, 1 on spair")
+
+    # --- regularized Hough matching -------------------------------------------------------
+    rhm: bool = option(True, "Regularized Hough matching.", "--rhm/--no-rhm")
+    rhm_cells: int = option(8192, "About how many cells the Hough space has.", "--rhm-cells", low=1)
+    rhm_kernel: int = option(7, "Side of the Gaussian that smooths the Hough histogram (odd).", "--rhm-kernel", low=1)
+
+    # --- matching and transfer ------------------------------------------------------------
+    symmetric: bool | None = option(
+        None, "Also match target to source and add the two RHM confidences, each scaled to a maximum of 1.",
+        "--symmetric/--one-way", unset="the preset's: on for EfficientNet-Lite on pfwillow/pfpascal, else off")
+    transfer: str | None = option(
+        None, "How a keypoint combines the moves of the boxes that contain it: mean, weighted (by match "
+        "confidence) or median.", "--transfer", choices=TRANSFERS,
+        unset="the preset's: weighted for EfficientNet-Lite on pfwillow/pfpascal, else mean")
+    subpixel: int = option(
+        0, "Sub-pixel transfer: soft-argmax of the confidence over an NxN target window (odd N; 0: off).",
+        "--subpixel", low=0)
+    mutual: bool = option(False, "Move keypoints only with mutually-best matches (when a keypoint has any).",
+                          "--mutual/--no-mutual")
+
+    # --- execution ------------------------------------------------------------------------
+    low_memory: bool = option(
+        False, "Stream the cost, Sinkhorn and RHM over blocks of rows: no N x M matrix in memory, about 3x the "
+        "correlation work; matches one way.", "--low-memory/--in-memory")
+    low_memory_rows: int = option(1024, "Source hyperpixels per block in low-memory mode.", "--low-memory-rows", low=1)
+
+    # ------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option; raise :class:`ScotError` naming the first bad one."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _checked(f.name, getattr(self, f.name), f.metadata["spec"], f.default))
+        if self.feature_scales is not None and 1.0 not in self.feature_scales:
+            raise ScotError(f"must include 1, got {self.feature_scales}", option="feature_scales")
+        if self.rhm_kernel % 2 == 0:
+            raise ScotError(f"must be odd, got {self.rhm_kernel}", option="rhm_kernel")
+        if self.subpixel and self.subpixel % 2 == 0:
+            raise ScotError(f"the window must be an odd size (3, 5, ...) or 0, got {self.subpixel}", option="subpixel")
+        if self.tf32 and not str(self.device).startswith("cuda"):
+            raise ScotError("TF32 is a CUDA tensor-core format; use it with a cuda device", option="tf32")
+        if self.low_memory and self.symmetric:
+            raise ScotError("two-way matching needs the whole N x M matrix; it cannot be combined with low memory",
+                            option="symmetric")
+        if self.low_memory and (not self.ot or self.sinkhorn_mode == "log" or self.sinkhorn_tol is not None
+                                or self.subpixel or self.mutual):
+            raise ScotError("low memory streams plain Sinkhorn with a fixed iteration count; it cannot be combined "
+                            "with ot off, sinkhorn_mode log, sinkhorn_tol, subpixel or mutual", option="low_memory")
+
+    # ------------------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> "SCOTConfig":
+        return dataclasses.replace(self, **changes)
+
+    def resolve(self, backbone: str) -> "SCOTConfig":
+        """Fill preset-dependent options for a concrete backbone."""
+        preset = PRESETS[self.preset]
+        ids = self.hyperpixel_ids
+        if ids is None:
+            ids = preset.hyperpixel_ids.get(backbone)
+            if ids is None:
+                raise ScotError(f"preset '{self.preset}' has no hyperpixel ids for backbone '{backbone}'; give them",
+                                option="hyperpixel_ids")
+        exp2 = preset.exp2 if self.exp2 is None else self.exp2
+        options = {**PAPER_OPTIONS, **preset.options.get(backbone, {})}
+        filled = {k: options[k] if getattr(self, k) is None else getattr(self, k) for k in PRESET_OPTIONS}
+        if self.low_memory and self.symmetric is None:
+            filled["symmetric"] = False  # low-memory streaming matches one way (see dropped_by_low_memory)
+        filled["feature_scales"] = tuple(filled["feature_scales"])
+        return dataclasses.replace(self, backbone=backbone, hyperpixel_ids=tuple(ids), exp2=exp2, **filled)
+
+    def dropped_by_low_memory(self, backbone: str) -> bool:
+        """True when the preset would match both ways but low-memory mode matches one way."""
+        options = PRESETS[self.preset].options.get(backbone, {})
+        return bool(self.low_memory and self.symmetric is None and options.get("symmetric", False))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SCOTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ScotError(f"unknown option(s) {', '.join(unknown)}", option="configuration")
+        return cls(**data)
+
+
+_KINDS: dict[str, str] = {}
+
+
+def specs() -> dict[str, Spec]:
+    """Every :class:`SCOTConfig` field's :class:`Spec`, in declaration order."""
+    return {f.name: f.metadata["spec"] for f in dataclasses.fields(SCOTConfig)}
+
+
+def kind(name: str) -> str:
+    """The value kind of an option: bool, int, float, str, floats (a list) or ids."""
+    return _KINDS[name]
+
+
+def _kind(name: str) -> str:
+    """The value kind of a field from its annotation: bool, int, float, str, floats or ids."""
+    hint = str(typing.get_type_hints(SCOTConfig)[name])
+    for token, kind in (("bool", "bool"), ("tuple[int", "ids"), ("tuple[float", "floats"), ("int", "int"),
+                        ("float", "float"), ("str", "str")):
+        if token in hint:
+            return kind
+    raise TypeError(f"SCOTConfig.{name}: unsupported annotation {hint}")
+
+
+def _checked(name: str, value: Any, spec: Spec, default: Any) -> Any:
+    """``value`` converted to the field's kind and checked against ``spec`` (ScotError if bad)."""
+    if value is None:
+        if default is not None:
+            raise ScotError("must be given (None is not allowed)", option=name)
+        return None
+    kind = _KINDS[name]
+    if spec.parse is not None and isinstance(value, str):
+        try:
+            value = spec.parse(value)
+        except ScotError as exc:
+            raise ScotError(exc.message, option=name) from None
+    if kind == "ids":
+        return parse_hyperpixel_ids(value if not isinstance(value, (str, bytes)) else [value])
+    if kind == "floats":
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ScotError(f"must be a non-empty list of numbers, got {value!r}", option=name)
+        items = tuple(_number(name, v, float) for v in value)
+        for v in items:
+            _bounds(name, v, spec)
+        return items
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ScotError(f"must be true or false, got {value!r}", option=name)
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ScotError(f"must be text, got {value!r}", option=name)
+        if spec.choices is not None and value not in spec.choices:
+            raise ScotError(f"'{value}' is not one of {', '.join(spec.choices)}", option=name)
+        return value
+    value = _number(name, value, int if kind == "int" else float)
+    _bounds(name, value, spec)
+    return value
+
+
+def _number(name: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ScotError(f"must be a number, got {value!r}", option=name)
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ScotError(f"must be a whole number, got {value!r}", option=name)
+        return int(value)
+    if not math.isfinite(value):
+        raise ScotError(f"must be a finite number, got {value!r}", option=name)
+    return float(value)
+
+
+def _bounds(name: str, value: float, spec: Spec) -> None:
+    if spec.low is not None and value < spec.low:
+        raise ScotError(f"must be at least {spec.low:g}, got {value:g}", option=name)
+    if spec.above is not None and value <= spec.above:
+        raise ScotError(f"must be > {spec.above:g}, got {value:g}", option=name)
+
+
+# --------------------------------------------------------------------------------------
+# Presets
 def _shipped(name: str) -> dict[str, Any]:
     """The shipped preset file ``scot/presets/<name>.json``: its ids and its ``options``."""
     path = PRESET_DIR / f"{name}.json"
@@ -54,38 +356,24 @@ def _shipped(name: str) -> dict[str, Any]:
     return {"hyperpixel_ids": ids, "options": _preset_options(doc.get("options", {}), path)}
 
 
-PRESET_OPTIONS = ("feature_scales", "center_features", "symmetric", "transfer")
-"""Options besides the ids and ``exp2`` that a preset file may set."""
-
-TRANSFERS = ("mean", "weighted", "median")
-
-PAPER_OPTIONS: dict[str, Any] = {"feature_scales": (1.0,), "center_features": False, "symmetric": False, "transfer": "mean"}
-"""What the preset options resolve to when neither the configuration nor the preset sets them."""
-
-
 def _preset_options(options: Any, path: Path) -> dict[str, Any]:
+    """The ``options`` object of a preset file, each value checked as its field is."""
     if not isinstance(options, dict) or set(options) - set(PRESET_OPTIONS):
-        raise ScotError(f"--preset-file: {path}: 'options' must be an object with keys among {', '.join(PRESET_OPTIONS)}")
+        raise ScotError(f"{path}: 'options' must be an object with keys among {', '.join(PRESET_OPTIONS)}",
+                        option="preset_file")
+    fields = {f.name: f for f in dataclasses.fields(SCOTConfig)}
     out: dict[str, Any] = {}
-    if "feature_scales" in options:
+    for key, value in options.items():
         try:
-            out["feature_scales"] = tuple(float(v) for v in options["feature_scales"])
-        except (TypeError, ValueError):
-            raise ScotError(f"--preset-file: {path}: 'feature_scales' must be a list of numbers") from None
-    for key in ("center_features", "symmetric"):
-        if key in options:
-            if not isinstance(options[key], bool):
-                raise ScotError(f"--preset-file: {path}: '{key}' must be true or false")
-            out[key] = options[key]
-    if "transfer" in options:
-        if options["transfer"] not in TRANSFERS:
-            raise ScotError(f"--preset-file: {path}: 'transfer' must be one of {', '.join(TRANSFERS)}")
-        out["transfer"] = options["transfer"]
+            out[key] = _checked(key, value, fields[key].metadata["spec"], fields[key].default)
+        except ScotError as exc:
+            raise ScotError(f"{path}: '{key}' {exc.message}", option="preset_file") from None
     return out
 
 
-_LITE = {b: _shipped(f"pfwillow-{b}") for b in ("efficientnet-lite0", "efficientnet-lite2")}
+_KINDS.update({f.name: _kind(f.name) for f in dataclasses.fields(SCOTConfig)})
 
+_LITE = {b: _shipped(f"pfwillow-{b}") for b in ("efficientnet-lite0", "efficientnet-lite2")}
 
 _PF_IDS = {
     "resnet101": (2, 22, 24, 25, 27, 28, 29),
@@ -112,250 +400,79 @@ PRESETS: dict[str, Preset] = {
         "SPair-71k (SCOT paper settings)",
     ),
 }
-DEFAULT_PRESET = "pfpascal"
-
-
-def parse_hyperpixel_ids(value: str | Iterable[int] | None) -> tuple[int, ...] | None:
-    """Parse ``"(2,22,24)"``, ``"2 22 24"`` or an iterable of ints into a tuple of ids."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        if re.search(r"[^\d,\s()\[\]]", text):
-            raise ScotError(f"--hyperpixel: '{value}' is not a list of non-negative integers, e.g. '(2,22,24)'")
-        ids = tuple(int(tok) for tok in re.findall(r"\d+", text))
-    else:
-        try:
-            ids = tuple(int(v) for v in value)
-        except (TypeError, ValueError):
-            raise ScotError(f"hyperpixel ids {value!r} are not integers") from None
-    if not ids:
-        raise ScotError("--hyperpixel: the id list is empty")
-    if len(set(ids)) != len(ids):
-        raise ScotError(f"--hyperpixel: ids {ids} contain duplicates")
-    if any(i < 0 for i in ids):
-        raise ScotError(f"--hyperpixel: ids {ids} contain a negative id")
-    return ids
-
-
-@dataclass
-class SCOTConfig:
-    """Every option of the SCOT pipeline.  Defaults reproduce the paper's code."""
-
-    # --- backbone and hyperpixels -------------------------------------------------------
-    backbone: str = "auto"
-    """``resnet101``, ``resnet50``, ``efficientnet-lite0``, ``efficientnet-lite2`` or ``auto``
-    (ResNet-101 when its ImageNet weights are available, else EfficientNet-Lite2)."""
-    weights: str | None = None
-    """A state-dict file (torchvision/lukemelas key names), ``random`` or ``random:SEED``.
-    ``None`` uses the backbone's pretrained ImageNet weights."""
-    preset: str = DEFAULT_PRESET
-    hyperpixel_ids: tuple[int, ...] | None = None
-    """Selected feature layers (None: the preset's set for the backbone)."""
-    image_side: int = 300
-    """Images are resized so that their longest side is exactly this many pixels."""
-    device: str = "cpu"
-
-    # --- CAM and marginals --------------------------------------------------------------
-    cam: bool = True
-    cam_scales: tuple[float, ...] = (1.0, 1.5, 2.0)
-
-    # --- cost -------------------------------------------------------------------------
-    cost_dtype: str = "float32"
-    """Precision of the correlation matmuls: ``float32``, or ``tf32`` (CUDA tensor cores)."""
-    exp1: float = 1.0
-    """Exponent on the clamped cosine when OT is off (HPF's 'cos' similarity)."""
-
-    # --- optimal transport -------------------------------------------------------------
-    ot: bool = True
-    eps: float = 0.05
-    sinkhorn_iters: int = 1
-    sinkhorn_tol: float | None = None
-    sinkhorn_mode: str = "plain"
-    unbalanced_tau: float | None = None
-    """KL weight of the relaxed marginals (None: balanced OT)."""
-    max_eps_doublings: int = 10
-    exp2: float | None = None
-    """Exponent on the rescaled plan, (n·P)^exp2 (None: the preset's value)."""
-
-    # --- regularized Hough matching ----------------------------------------------------
-    rhm: bool = True
-    rhm_cells: int = 8192
-    rhm_kernel: int = 7
-
-    # --- training-free refinements (off in the paper's setting) --------------------------
-    subpixel: int = 0
-    """Sub-pixel transfer: soft-argmax over a ``subpixel x subpixel`` target window (0: off)."""
-    mutual: bool = False
-    """Move keypoints only with mutually-best matches (when a keypoint has any)."""
-    feature_scales: tuple[float, ...] | None = None
-    """Input scales whose hyperpixel features are averaged (scales shared with the CAM
-    passes cost no extra network pass).  None: the preset's scales for the backbone,
-    ``(1,)`` (the paper) unless a shipped preset file says otherwise."""
-    cam_weighting: str = "levels"
-    """``levels`` (the paper's 0.5/0.8/0.9/1.0 steps) or ``linear`` (0.5 + 0.5 * CAM)."""
-    center_features: bool | None = None
-    """Subtract each image's mean hyperpixel before the cosine (None: the preset's; the
-    paper does not)."""
-    symmetric: bool | None = None
-    """Also match target to source and add the two RHM confidences, each scaled to a
-    maximum of 1 (None: the preset's; the paper matches one way)."""
-    transfer: str | None = None
-    """How a keypoint combines the displacements of the source boxes that contain it:
-    ``mean`` (the paper), ``weighted`` (by match confidence) or ``median`` (None: the
-    preset's)."""
-
-    # --- execution ----------------------------------------------------------------------
-    stream_block: int = 0
-    """Low-memory mode: stream cost, Sinkhorn and RHM over blocks of about this many source
-    hyperpixels (0: hold the whole N x M matrix; ~3x the matmul work when on)."""
-
-    # --- bookkeeping ------------------------------------------------------------------
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    # ------------------------------------------------------------------------------------
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check every option; raise :class:`ScotError` naming the first bad one."""
-        if self.backbone != "auto" and self.backbone not in BACKBONES:
-            raise ScotError(f"--backbone: unknown backbone '{self.backbone}' (choose from auto, {', '.join(BACKBONES)})")
-        if self.preset not in PRESETS:
-            raise ScotError(f"--preset: unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
-        if self.hyperpixel_ids is not None:
-            self.hyperpixel_ids = parse_hyperpixel_ids(self.hyperpixel_ids)
-        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
-            raise ScotError(f"--eps: epsilon must be > 0, got {self.eps}")
-        if self.image_side < 32:
-            raise ScotError(f"--image-side: must be at least 32 px, got {self.image_side}")
-        if self.sinkhorn_iters < 1:
-            raise ScotError(f"--sinkhorn-iters: must be >= 1, got {self.sinkhorn_iters}")
-        if self.sinkhorn_tol is not None and self.sinkhorn_tol <= 0:
-            raise ScotError(f"--sinkhorn-tol: must be > 0, got {self.sinkhorn_tol}")
-        if self.sinkhorn_mode not in SINKHORN_MODES:
-            raise ScotError(f"--sinkhorn-mode: '{self.sinkhorn_mode}' is not one of {', '.join(SINKHORN_MODES)}")
-        if self.unbalanced_tau is not None and self.unbalanced_tau <= 0:
-            raise ScotError(f"--tau: the unbalanced-OT marginal weight must be > 0, got {self.unbalanced_tau}")
-        if self.max_eps_doublings < 0:
-            raise ScotError(f"max_eps_doublings must be >= 0, got {self.max_eps_doublings}")
-        if self.exp2 is not None and self.exp2 <= 0:
-            raise ScotError(f"--exp2: must be > 0, got {self.exp2}")
-        if self.exp1 <= 0:
-            raise ScotError(f"--exp1: must be > 0, got {self.exp1}")
-        if self.cost_dtype not in COST_DTYPES:
-            raise ScotError(f"--cost-dtype: '{self.cost_dtype}' is not one of {', '.join(COST_DTYPES)}")
-        if self.cost_dtype == "tf32" and not str(self.device).startswith("cuda"):
-            raise ScotError("--cost-dtype tf32 is a CUDA tensor-core format; use it with --device cuda")
-        if self.rhm_cells < 1:
-            raise ScotError(f"--rhm-cells: must be >= 1, got {self.rhm_cells}")
-        if self.rhm_kernel < 1 or self.rhm_kernel % 2 == 0:
-            raise ScotError(f"rhm_kernel must be a positive odd number, got {self.rhm_kernel}")
-        if self.feature_scales is not None and (not self.feature_scales or 1.0 not in self.feature_scales
-                                                or any(f <= 0 for f in self.feature_scales)):
-            raise ScotError(f"--feature-scales: must be positive and include 1, got {self.feature_scales}")
-        if self.cam_weighting not in ("levels", "linear"):
-            raise ScotError(f"--cam-weighting: '{self.cam_weighting}' is not one of levels, linear")
-        if self.transfer is not None and self.transfer not in TRANSFERS:
-            raise ScotError(f"--transfer: '{self.transfer}' is not one of {', '.join(TRANSFERS)}")
-        if self.stream_block and self.symmetric:
-            raise ScotError("--symmetric matches both ways on the whole N x M matrix; it cannot be combined with --low-memory")
-        if self.subpixel < 0 or (self.subpixel and self.subpixel % 2 == 0):
-            raise ScotError(f"--subpixel: the window must be an odd size (3, 5, ...) or 0, got {self.subpixel}")
-        if self.stream_block < 0:
-            raise ScotError(f"--low-memory: block size must be >= 0, got {self.stream_block}")
-        if self.stream_block and (not self.ot or self.sinkhorn_mode == "log" or self.sinkhorn_tol is not None
-                                  or self.subpixel or self.mutual):
-            raise ScotError("--low-memory streams plain Sinkhorn with a fixed iteration count; it cannot be combined "
-                            "with --no-ot, --sinkhorn-mode log, --sinkhorn-tol, --subpixel or --mutual")
-        if not self.cam_scales or any(s <= 0 for s in self.cam_scales):
-            raise ScotError(f"cam_scales must be positive, got {self.cam_scales}")
-
-    # ------------------------------------------------------------------------------------
-    @classmethod
-    def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides: Any) -> "SCOTConfig":
-        """The configuration of a named preset, with keyword overrides."""
-        return cls(preset=preset, **overrides)
-
-    def replace(self, **changes: Any) -> "SCOTConfig":
-        return dataclasses.replace(self, **changes)
-
-    def resolve(self, backbone: str) -> "SCOTConfig":
-        """Fill preset-dependent options for a concrete backbone."""
-        preset = PRESETS[self.preset]
-        ids = self.hyperpixel_ids
-        if ids is None:
-            ids = preset.hyperpixel_ids.get(backbone)
-            if ids is None:
-                raise ScotError(f"--preset: preset '{self.preset}' has no hyperpixel ids for backbone '{backbone}'; pass --hyperpixel")
-        exp2 = preset.exp2 if self.exp2 is None else self.exp2
-        options = {**PAPER_OPTIONS, **preset.options.get(backbone, {})}
-        filled = {k: options[k] if getattr(self, k) is None else getattr(self, k) for k in PRESET_OPTIONS}
-        if self.stream_block and self.symmetric is None:
-            filled["symmetric"] = False  # low-memory streaming matches one way (see dropped_by_low_memory)
-        filled["feature_scales"] = tuple(filled["feature_scales"])
-        return dataclasses.replace(self, backbone=backbone, hyperpixel_ids=tuple(ids), exp2=exp2, **filled)
-
-    def dropped_by_low_memory(self, backbone: str) -> bool:
-        """True when the preset would match both ways but ``--low-memory`` matches one way."""
-        options = PRESETS[self.preset].options.get(backbone, {})
-        return bool(self.stream_block and self.symmetric is None and options.get("symmetric", False))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for key, value in out.items():
-            if isinstance(value, tuple):
-                out[key] = list(value)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SCOTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ScotError(f"configuration: unknown option(s) {', '.join(unknown)}")
-        kwargs = dict(data)
-        for key in ("hyperpixel_ids", "cam_scales", "feature_scales"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
 
 
 def load_preset_file(path: str | Path, backbone: str | None = None) -> dict[str, Any]:
     """Read a preset JSON written by ``scot search-layers``.
 
-    Returns the options it sets (``hyperpixel_ids``; ``exp2``, ``backbone`` and the
-    ``options`` object, e.g. ``feature_scales``, when present).
-    The file holds either one result or a ``results`` list ranked best first; the best
-    entry for ``backbone`` (or the overall best) is used.
+    The file's top-level ``hyperpixel_ids`` are authoritative: they are what the file says
+    to use.  When it also holds a ``results`` list (ranked best first), its first entry must
+    carry the same ids, so an edit of one without the other is an error rather than a
+    silent choice.
+
+    Returns:
+        The options it sets: ``hyperpixel_ids``, and ``exp2``, ``backbone`` and the
+        ``options`` object's fields when present.
     """
     p = Path(path)
     if not p.is_file():
-        raise ScotError(f"--preset-file: {p} does not exist or is not a file")
+        raise ScotError(f"{p} does not exist or is not a file", option="preset_file")
     try:
-        data = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScotError(f"--preset-file: {p} is not valid JSON ({exc})") from None
+        data = json.loads(p.read_text(), parse_constant=_reject_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ScotError(f"{p} is not valid JSON ({exc})", option="preset_file") from None
     if not isinstance(data, dict):
-        raise ScotError(f"--preset-file: {p} must hold a JSON object")
+        raise ScotError(f"{p} must hold a JSON object", option="preset_file")
     file_backbone = data.get("backbone")
-    if backbone is not None and file_backbone is not None and backbone != file_backbone and backbone != "auto":
-        raise ScotError(f"--preset-file: {p} was searched for backbone '{file_backbone}', not '{backbone}'")
-    entry = data
-    if "results" in data:
-        results = data["results"]
-        if not isinstance(results, list) or not results:
-            raise ScotError(f"--preset-file: {p} has an empty 'results' list")
-        entry = results[0]
-    if "hyperpixel_ids" not in entry:
-        raise ScotError(f"--preset-file: {p} has no 'hyperpixel_ids'")
-    out: dict[str, Any] = {"hyperpixel_ids": parse_hyperpixel_ids(entry["hyperpixel_ids"])}
-    for key in ("exp2",):
-        if key in data:
-            out[key] = float(data[key])
+    if file_backbone is not None and file_backbone not in BACKBONES:
+        raise ScotError(f"{p}: unknown backbone {file_backbone!r}", option="preset_file")
+    if backbone is not None and file_backbone is not None and backbone not in (file_backbone, "auto"):
+        raise ScotError(f"{p} was searched for backbone '{file_backbone}', not '{backbone}'", option="preset_file")
+    if "hyperpixel_ids" not in data:
+        raise ScotError(f"{p} has no top-level 'hyperpixel_ids'", option="preset_file")
+    try:
+        ids = parse_hyperpixel_ids(data["hyperpixel_ids"])
+    except ScotError as exc:
+        raise ScotError(f"{p}: 'hyperpixel_ids' {exc.message}", option="preset_file") from None
+    results = data.get("results")
+    if results is not None:
+        if not isinstance(results, list) or not results or not isinstance(results[0], dict):
+            raise ScotError(f"{p}: 'results' must be a non-empty list of objects", option="preset_file")
+        best = results[0].get("hyperpixel_ids")
+        if best is None or sorted(best) != sorted(ids or ()):
+            raise ScotError(f"{p}: top-level 'hyperpixel_ids' {list(ids or ())} differ from the best result's "
+                            f"{best}; edit both or remove 'results'", option="preset_file")
+    out: dict[str, Any] = {"hyperpixel_ids": ids}
+    if "exp2" in data and data["exp2"] is not None:
+        spec = specs()["exp2"]
+        try:
+            out["exp2"] = _checked("exp2", data["exp2"], spec, 1.0)
+        except ScotError as exc:
+            raise ScotError(f"{p}: 'exp2' {exc.message}", option="preset_file") from None
     out.update(_preset_options(data.get("options", {}), p))
     if file_backbone is not None:
         out["backbone"] = file_backbone
     return out
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def build_config(options: Mapping[str, Any], preset_file: str | Path | None = None) -> SCOTConfig:
+    """A configuration from option values, with the precedence
+    defaults < preset < preset file < explicit options.
+
+    Args:
+        options: field name -> value; ``None`` leaves the field unset (its default).
+        preset_file: a ``scot search-layers`` JSON whose ids and options apply unless an
+            explicit option overrides them; its backbone replaces ``auto``.
+    """
+    fields = {k: v for k, v in options.items() if v is not None}
+    if preset_file is not None:
+        from_file = load_preset_file(preset_file, fields.get("backbone"))
+        file_backbone = from_file.pop("backbone", None)
+        if file_backbone is not None and fields.get("backbone", "auto") == "auto":
+            fields["backbone"] = file_backbone
+        fields = {**from_file, **fields}
+    return SCOTConfig(**fields)

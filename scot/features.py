@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone, Geometry
-from .cam import class_activation_map, marginal_weights
+from .cam import class_activation_map, foreground, marginal_weights
 from .cost import factorize_groups
 from .image import ImageLike, load_image
 
@@ -156,6 +156,7 @@ class Hyperpixels:
     name: str = "image"
     cam: torch.Tensor | None = None  # (H, W) on CPU
     top_classes: list[int] = field(default_factory=list)
+    on_object: torch.Tensor | None = None  # (n,) bool, CAM above the foreground level (None: no CAM)
     layout: list[tuple[tuple[int, int], int, bool]] = field(default_factory=list)
     """(native shape, channels, factorized) of every layer group, grid resolution first."""
     dense_reversed: torch.Tensor | None = field(default=None, repr=False)
@@ -355,6 +356,11 @@ def describe(
         part = _squared_norms(g)
         sq = part if sq is None else sq.add_(part)
     assert sq is not None
+    if not bool(torch.isfinite(sq).all()):
+        from .errors import ScotError
+
+        raise ScotError(f"{view.name}: the backbone's features are not finite (NaN or infinite); its weights "
+                        f"({getattr(backbone, 'weights_source', 'unknown')}) are broken", option="weights")
     norms = sq.sqrt_()
     inv_norms = torch.where(norms > 0, norms.reciprocal(), torch.zeros((), device=device))
     parts = [g.upsampled() for g in groups if not g.factorized]
@@ -362,8 +368,10 @@ def describe(
 
     boxes = receptive_field_boxes(geometry, h, w)
     centres = box_centres(boxes)
+    on_object = None
     if view.cam is not None:
         weights = marginal_weights(view.cam, centres, cam_weighting).float().cpu()
+        on_object = foreground(view.cam, centres).cpu()
     else:
         weights = torch.ones(h * w)
     clock.lap("fusion")
@@ -372,6 +380,7 @@ def describe(
         layout=[(g.shape, g.channels, g.factorized) for g in groups], dense_reversed=dense.flip(0), xs=centres[:w, 0].clone(), ys=centres[::w, 1].clone(), boxes=boxes,
         weights=weights, size=view.size, ratio=view.ratio, original_size=view.original_size, geometry=geometry,
         name=view.name, cam=None if view.cam is None else view.cam.float().cpu(), top_classes=view.top_classes,
+        on_object=on_object,
     )
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
 
@@ -277,4 +278,51 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Write strict JSON atomically: NaN or Infinity anywhere in ``obj`` is a ValueError."""
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One row of a pairs CSV: where it was, and the resolved paths."""
+
+    line: int
+    source: str
+    target: str
+    keypoints: str | None
+
+
+def read_pair_list(path: str | Path) -> list[PairRow]:
+    """Rows ``source,target[,keypoints]`` of a pairs CSV.
+
+    Relative paths always resolve from the CSV's own folder, wherever the command runs,
+    so a pair list means the same files from anywhere.  Blank lines and lines starting
+    with ``#`` are skipped, as is a ``source,target`` header.  A row that names fewer than
+    two files is an error naming its line.
+    """
+    p = Path(path)
+    with open_regular_file(p, "pair list") as fh:
+        try:
+            text = fh.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ScotError(f"{p} is not UTF-8 text", option="pairs") from None
+    base = p.parent
+
+    def resolve(item: str) -> str:
+        q = Path(item).expanduser()
+        return str(q if q.is_absolute() else base / q)
+
+    rows = []
+    for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        if lineno == 1 and cells[0].lower() in ("source", "src", "source_image", "imagea"):
+            continue
+        if len(cells) < 2 or not cells[0] or not cells[1] or len(cells) > 3:
+            raise ScotError(f"{p} line {lineno}: expected 'source,target[,keypoints]'", option="pairs")
+        kp = resolve(cells[2]) if len(cells) > 2 and cells[2] else None
+        rows.append(PairRow(lineno, resolve(cells[0]), resolve(cells[1]), kp))
+    if not rows:
+        raise ScotError(f"{p} lists no pairs", option="pairs")
+    return rows

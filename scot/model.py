@@ -39,14 +39,22 @@ logger = logging.getLogger("scot")
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` names, checked: ``cpu``, ``cuda`` or ``cuda:INDEX`` of a present GPU."""
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ScotError(f"--device: '{name}' is not a device (use cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ScotError("--device: CUDA was requested but no CUDA GPU is available; use --device cpu")
+        raise ScotError(f"'{name}' is not a device (use cpu, cuda or cuda:INDEX)", option="device") from None
     if device.type not in ("cpu", "cuda"):
-        raise ScotError(f"--device: '{name}' is not supported (use cpu or cuda)")
+        raise ScotError(f"'{name}' is not supported (use cpu, cuda or cuda:INDEX)", option="device")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ScotError("CUDA was requested but no CUDA GPU is available; use cpu", option="device")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ScotError(f"'{name}' does not exist: this machine has {count} CUDA GPU{'s' if count != 1 else ''} "
+                            f"(cuda:0{f'..cuda:{count - 1}' if count > 1 else ''})", option="device")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
@@ -97,10 +105,9 @@ class MatchResult:
 
     def foreground(self) -> torch.Tensor:
         """(N,) bool: source hyperpixels on the object, i.e. CAM above 0.4 (all if CAM is off)."""
-        w = self.src.weights
-        if self.config is not None and not self.config.cam:
-            return torch.ones_like(w, dtype=torch.bool)
-        return w >= 0.8
+        if self.src.on_object is None:
+            return torch.ones(self.src.n, dtype=torch.bool)
+        return self.src.on_object
 
     def matches(self, top_k: int | None = None, foreground_only: bool = False) -> torch.Tensor:
         """(k, 5) rows ``src_x, src_y, trg_x, trg_y, confidence`` in original pixels, most confident first.
@@ -194,7 +201,8 @@ class SCOT:
         self.backbone = backbone.to(self.device, memory_format=torch.channels_last).eval()
         self.config = cfg.resolve(backbone.name)
         if cfg.dropped_by_low_memory(backbone.name):
-            (notice or logger.warning)(f"--low-memory matches one way: the preset's two-way matching of {backbone.name} is off")
+            (notice or logger.warning)(f"notice: low-memory mode matches one way; the preset's two-way matching of "
+                                       f"{backbone.name} is off")
         assert self.config.hyperpixel_ids is not None
         self.backbone.check_ids(self.config.hyperpixel_ids)
         self.extractor = HyperpixelExtractor(self.backbone, self.config, factorize)
@@ -246,7 +254,7 @@ class SCOT:
         ]
         srcs = [s.to(self.device) for s, _, _ in items]
         trgs = [t.to(self.device) for _, t, _ in items]
-        if cfg.stream_block:
+        if cfg.low_memory:
             return [self._match_streamed(s, t, k) for s, t, k in zip(srcs, trgs, kps_list)]
         timings: dict[str, float] = {}
         clock = Clock(timings, self.device)
@@ -369,7 +377,7 @@ class SCOT:
         return votes
 
     def _match_streamed(self, s: Hyperpixels, t: Hyperpixels, kps: torch.Tensor | None) -> MatchResult:
-        """Low-memory matching (config.stream_block > 0): no N x M matrix is ever held."""
+        """Low-memory matching: no N x M matrix is ever held."""
         cfg = self.config
         timings: dict[str, float] = {}
         clock = Clock(timings, self.device)
@@ -377,7 +385,7 @@ class SCOT:
         best_col, best_conf, eps_used = streamed_best_matches(
             s, t, _marginals([s], s.n, self.device, False)[0], _marginals([t], t.n, self.device, True)[0],
             eps=cfg.eps, exp2=self._exp2, num_iters=cfg.sinkhorn_iters, tau=cfg.unbalanced_tau, hough=hough,
-            kernel_side=cfg.rhm_kernel, block_rows=cfg.stream_block, max_doublings=cfg.max_eps_doublings,
+            kernel_side=cfg.rhm_kernel, block_rows=cfg.low_memory_rows, max_doublings=cfg.max_eps_doublings,
         )
         timings.update(cost=0.0, rhm=0.0)
         clock.lap("ot")

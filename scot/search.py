@@ -22,10 +22,11 @@ from typing import Callable, Sequence
 
 import torch
 
+from .backbones import Backbone
 from .datasets import Dataset
 from .config import PRESET_OPTIONS
 from .errors import ScotError
-from .evaluate import score_pair
+from .evaluation import score_pair
 from .features import NetworkView
 from .io import atomic_write_json
 from .model import SCOT
@@ -68,9 +69,9 @@ class LayerSearch:
         try:
             data = json.loads(self.resume_file.read_text())
         except (OSError, ValueError) as exc:
-            raise ScotError(f"--resume-file: {self.resume_file} is not readable JSON ({exc})") from None
+            raise ScotError(f"{self.resume_file} is not readable JSON ({exc})", option="resume_file") from None
         if data.get("settings") != self.settings:
-            raise ScotError(f"--resume-file: {self.resume_file} belongs to a search with other settings; use another file")
+            raise ScotError(f"{self.resume_file} belongs to a search with other settings; use another file", option="resume_file")
         for key, rec in data.get("evaluated", {}).items():
             self.done[key] = Evaluated(tuple(rec["ids"]), rec["pck"], rec["seconds"])
 
@@ -121,6 +122,15 @@ class LayerSearch:
         return ev
 
 
+def ids_of_stride(backbone: Backbone, stride: int, side: int) -> list[int]:
+    """The hyperpixel ids of ``backbone`` whose stride (jump) is ``stride`` on a ``side`` square image."""
+    ids = [i for i in range(backbone.num_ids) if backbone.geometry(i, side, side).jump == stride]
+    if not ids:
+        strides = sorted({backbone.geometry(i, side, side).jump for i in range(backbone.num_ids)})
+        raise ScotError(f"{backbone.name} has no layer of stride {stride} (strides: {strides})", option="grid_stride")
+    return ids
+
+
 def search_layers(
     model: SCOT,
     dataset: Dataset,
@@ -133,15 +143,17 @@ def search_layers(
     resume_file: Path | None = None,
     on_image: Callable[[int, int], None] | None = None,
     on_depth: Callable[[int, int], None] | None = None,
-    on_eval: Callable[[Evaluated], None] | None = None,
+    on_eval: Callable[[Evaluated, Evaluated], None] | None = None,
 ) -> list[Evaluated]:
     """Beam search; returns every evaluated set, best first.
+
+    ``on_eval(evaluated, best_so_far)`` follows every scored set.
 
     Depth 1 scores each base id alone; depth k extends each of the ``beam`` best sets of
     depth k-1 by one candidate id deeper than its base, up to ``max_size`` ids.
     """
     if beam < 1 or max_size < 1:
-        raise ScotError("--beam and --max-size must be at least 1")
+        raise ScotError(f"must be at least 1, got {min(beam, max_size)}", option="beam" if beam < 1 else "max_size")
     bb = model.backbone
     all_ids = sorted(set(base_ids) | set(candidate_ids))
     bb.check_ids(all_ids)
@@ -155,6 +167,7 @@ def search_layers(
     search.prepare(on_image)
 
     frontier: list[Key] = [(b,) for b in sorted(set(base_ids))]
+    best: Evaluated | None = None
     for depth in range(1, max_size + 1):
         if on_depth:
             on_depth(depth, len(frontier))
@@ -162,8 +175,10 @@ def search_layers(
         for ids in frontier:
             ev = search.evaluate(ids)
             scored.append(ev)
+            if best is None or ev.score > best.score:
+                best = ev
             if on_eval:
-                on_eval(ev)
+                on_eval(ev, best)
         scored.sort(key=lambda e: (-e.score, len(e.ids), e.ids))
         keep = [e.ids for e in scored[:beam]]
         nxt: list[Key] = []
@@ -177,6 +192,43 @@ def search_layers(
             break
         frontier = nxt
     return sorted(search.done.values(), key=lambda e: (-e.score, len(e.ids), e.ids))
+
+
+@dataclass
+class SearchPlan:
+    """Where a search starts and what it may add."""
+
+    thres: str
+    base_ids: list[int]
+    candidates: list[int]
+    backbone: str
+
+    def describe(self, dataset: Dataset) -> str:
+        return (f"search on {dataset.name} {dataset.split}: {len(dataset)} pairs, {len(dataset.image_keys())} images | "
+                f"{self.backbone} | base ids {self.base_ids} | PCK threshold {self.thres}")
+
+
+def plan_search(model: SCOT, dataset: Dataset, thres: str | None, grid_stride: int, base_ids: str | None,
+                candidates: str | None) -> SearchPlan:
+    """The search's base ids (``base_ids``, else the ids of stride ``grid_stride``), the ids
+    it may add (``candidates``, else every id) and its PCK threshold (else the dataset's)."""
+    from .config import parse_hyperpixel_ids
+
+    if thres is not None and thres not in ("img", "bbox"):
+        raise ScotError(f"must be img or bbox, got '{thres}'", option="thres")
+    bb = model.backbone
+    side = model.config.image_side
+    bases = list(parse_hyperpixel_ids(base_ids, option="base_ids") or ()) if base_ids else ids_of_stride(bb, grid_stride, side)
+    cands = list(parse_hyperpixel_ids(candidates, option="candidates") or ()) if candidates else list(range(bb.num_ids))
+    return SearchPlan(thres or dataset.default_thres, bases, cands, bb.name)
+
+
+def format_results(results: Sequence[Evaluated], top: int = 5) -> str:
+    """The number of sets scored, and the best ``top`` with their PCK at every alpha."""
+    lines = [f"{len(results)} sets evaluated; best: {list(results[0].ids)} PCK@0.10 {results[0].score:.2f}%"]
+    for e in results[:top]:
+        lines.append(f"  {str(list(e.ids)):<32} " + "  ".join(f"@{a}: {v:.2f}" for a, v in e.pck.items()))
+    return "\n".join(lines)
 
 
 def write_preset(path: Path, results: Sequence[Evaluated], model: SCOT, dataset: Dataset, thres: str,

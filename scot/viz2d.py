@@ -11,12 +11,15 @@ from typing import Sequence
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 
 from .io import atomic_write_bytes
 
 GAP = 10  # pixels between the two images
+LABELLED_KEYPOINTS = 40  # keypoints beyond this are drawn as small dots without numbers
+DISPLAY_SIDE = 1200  # images are drawn from a decode at about this size, never from the full photo
 
 
 def _to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -31,6 +34,10 @@ def _to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     return np.clip(arr, 0.0, 1.0)
+
+
+def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
+    return np.asarray(points.cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float64).reshape(-1, 2)
 
 
 def position_colours(points: np.ndarray, width: float, height: float) -> np.ndarray:
@@ -98,27 +105,30 @@ def plot_matches(
         conf = m[:, 4] if m.shape[1] > 4 else np.ones(len(m))
         alpha = 0.35 + 0.6 * (conf - conf.min()) / max(np.ptp(conf), 1e-12)
         tb = to_b(m[:, 2:4])
-        for (sx, sy), (tx, ty), c, al in zip(m[:, :2], tb, colours, alpha):
-            ax.plot([sx, tx], [sy, ty], color=c, lw=0.9, alpha=float(al), solid_capstyle="round")
+        rgba = np.concatenate([colours, alpha[:, None]], 1)
+        ax.add_collection(LineCollection(np.stack([m[:, :2], tb], 1), colors=rgba, linewidths=0.9, capstyle="round"))
         ax.scatter(m[:, 0], m[:, 1], s=7, c=colours, linewidths=0, zorder=3)
         ax.scatter(tb[:, 0], tb[:, 1], s=7, c=colours, linewidths=0, zorder=3)
 
     if src_keypoints is not None and trg_keypoints is not None and len(src_keypoints):
-        sk = np.asarray(src_keypoints.cpu() if isinstance(src_keypoints, torch.Tensor) else src_keypoints, dtype=np.float64)
-        tk = to_b(np.asarray(trg_keypoints.cpu() if isinstance(trg_keypoints, torch.Tensor) else trg_keypoints, dtype=np.float64))
-        gk = None
+        sk = _points(src_keypoints)
+        tk = to_b(_points(trg_keypoints))
+        cols = KEYPOINT_COLOURS[np.arange(len(sk)) % len(KEYPOINT_COLOURS)]
+        labelled = len(sk) <= LABELLED_KEYPOINTS  # numbers and outlines only where they stay readable
         if gt_keypoints is not None:
-            gk = to_b(np.asarray(gt_keypoints.cpu() if isinstance(gt_keypoints, torch.Tensor) else gt_keypoints, dtype=np.float64))
-        for k, ((sx, sy), (tx, ty)) in enumerate(zip(sk, tk)):
-            col = KEYPOINT_COLOURS[k % len(KEYPOINT_COLOURS)]
-            if gk is not None:
-                ax.plot([tx, gk[k, 0]], [ty, gk[k, 1]], color=col, lw=1.2, ls=":", zorder=4)
-                ax.scatter([gk[k, 0]], [gk[k, 1]], s=60, facecolors="none", edgecolors=[col], linewidths=1.6, zorder=5)
-            for x, y in ((sx, sy), (tx, ty)):
-                ax.scatter([x], [y], s=70, c=[col], edgecolors="black", linewidths=0.8, zorder=6)
-                ax.annotate(str(k), (x, y), xytext=(5, -5), textcoords="offset points", fontsize=8, fontweight="bold",
-                            color="white", zorder=7,
-                            bbox=dict(boxstyle="round,pad=0.15", fc=col * 0.6, ec="none", alpha=0.85))
+            gk = to_b(_points(gt_keypoints))
+            ax.add_collection(LineCollection(np.stack([tk, gk], 1), colors=cols, linewidths=1.2, linestyles=":", zorder=4))
+            ax.scatter(gk[:, 0], gk[:, 1], s=60 if labelled else 12, facecolors="none", edgecolors=cols, linewidths=1.6,
+                       zorder=5)
+        size, edge = (70, 0.8) if labelled else (10, 0.0)
+        for pts in (sk, tk):
+            ax.scatter(pts[:, 0], pts[:, 1], s=size, c=cols, edgecolors="black", linewidths=edge, zorder=6)
+        if labelled:
+            for k, ((sx, sy), (tx, ty)) in enumerate(zip(sk, tk)):
+                for x, y in ((sx, sy), (tx, ty)):
+                    ax.annotate(str(k), (x, y), xytext=(5, -5), textcoords="offset points", fontsize=8,
+                                fontweight="bold", color="white", zorder=7,
+                                bbox=dict(boxstyle="round,pad=0.15", fc=cols[k] * 0.6, ec="none", alpha=0.85))
 
     if title or subtitle:
         text = title or ""
@@ -128,6 +138,29 @@ def plot_matches(
     if path is not None:
         save_figure(fig, path, dpi=dpi)
     return fig
+
+
+def draw_match_result(result, src_path: str | Path, trg_path: str | Path, path: str | Path, *, top_k: int = 100,
+                      foreground: bool = True, subtitle_prefix: str = "", cam: bool = True) -> None:
+    """The picture ``scot match`` writes: the ``top_k`` most confident matches and the keypoints.
+
+    The images are decoded at display size (at most about :data:`DISPLAY_SIDE` pixels),
+    and every coordinate is scaled to that decode.
+    """
+    from .image import load_image
+
+    src, trg = load_image(src_path, max_side=DISPLAY_SIDE), load_image(trg_path, max_side=DISPLAY_SIDE)
+    matches = result.matches(top_k, foreground_only=foreground).clone()
+    matches[:, 0:2] *= src.scale
+    matches[:, 2:4] *= trg.scale
+    kps = None if result.keypoints is None else result.keypoints * src.scale
+    moved = None if result.transferred is None else result.transferred * trg.scale
+    n_kp = 0 if kps is None else len(kps)
+    where = " on the object" if foreground and cam else ""
+    subtitle = (f"{subtitle_prefix} | {len(matches)} most confident of {result.src.n} matches{where}"
+                + (f" | {n_kp} keypoint{'s' if n_kp != 1 else ''}" if n_kp else ""))
+    plot_matches(src.tensor, trg.tensor, matches, kps, moved, title=f"{Path(src_path).name}  ->  {Path(trg_path).name}",
+                 subtitle=subtitle, path=path)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int | None = None) -> None:

@@ -49,3 +49,12 @@ def willow_rows(willow_root: Path) -> list[dict]:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def one_line_error(res, *fragments: str) -> None:
+    """A CLI run failed with exit 2 and one line on stderr holding every fragment."""
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    err = res.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, (f, err)

@@ -6,7 +6,8 @@ import re
 
 from typer.testing import CliRunner
 
-from cli import app
+from conftest import one_line_error
+from scot.cli import app
 
 runner = CliRunner()
 
@@ -25,8 +26,7 @@ def test_bench_synthetic_prints_stages_floors_and_bandwidth():
 
 
 def test_bench_synthetic_bad_device_is_one_line():
-    from test_cli_match import one_line_error
-
+    
     one_line_error(runner.invoke(app, ["bench", "synthetic", "--n", "64", "--device", "tpu"]), "--device", "tpu")
 
 

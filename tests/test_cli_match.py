@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
+from conftest import one_line_error
+from scot.cli import app
 
 runner = CliRunner()
 
@@ -77,19 +78,11 @@ def test_match_pairs_csv(tmp_path, willow_rows):
     out = tmp_path / "many"
     res = runner.invoke(app, ["match", "--pairs", str(csv_file), "-o", str(out), "--backbone", "efficientnet-lite0", "--no-cam"])
     assert res.exit_code == 0, res.output
-    assert "matched 2 pairs" in res.stdout
+    assert "matched 2 of 2 pairs" in res.stdout
     assert len(list(out.glob("*.png"))) == 2 and len(list(out.glob("*.json"))) == 2
     doc = json.loads(sorted(out.glob("*.json"))[0].read_text())
     check_match_json(doc, 100, None)
     assert doc["config"]["cam"] is False
-
-
-def one_line_error(res, *fragments: str) -> None:
-    assert res.exit_code == 2, (res.exit_code, res.output)
-    err = res.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    for f in fragments:
-        assert f in err, (f, err)
 
 
 @pytest.mark.parametrize("variant", ["missing", "directory", "not-image", "tiny"])
@@ -114,7 +107,7 @@ def test_bad_options(tmp_path, willow_rows):
     one_line_error(runner.invoke(app, ["match", src, trg, *o, "--preset", "nope"]), "--preset", "nope")
     one_line_error(runner.invoke(app, ["match", src, trg, *o, "--eps", "0"]), "--eps")
     one_line_error(runner.invoke(app, ["match", src, trg, *o, "--transfer", "vote"]), "--transfer", "vote")
-    one_line_error(runner.invoke(app, ["match", src, trg, *o, "--symmetric", "--low-memory"]), "--symmetric", "--low-memory")
+    one_line_error(runner.invoke(app, ["match", src, trg, *o, "--symmetric", "--low-memory"]), "--symmetric", "low memory")
     one_line_error(runner.invoke(app, ["match", src, trg, *o, "--backbone", "efficientnet-lite0", "--hyperpixel", "(1,99)"]), "99", "out of range")
     kp = tmp_path / "k.json"
     kp.write_text("[[1, 2], [5000, 3]]")

@@ -36,16 +36,18 @@ def test_paper_defaults():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"backbone": "vgg"}, "--backbone: unknown backbone 'vgg'"),
-        ({"preset": "caltech"}, "--preset: unknown preset 'caltech'"),
-        ({"eps": 0.0}, "--eps: epsilon must be > 0"),
-        ({"eps": -1.0}, "--eps: epsilon must be > 0"),
-        ({"hyperpixel_ids": "2,x"}, "--hyperpixel: '2,x' is not a list"),
+        ({"backbone": "vgg"}, "backbone: 'vgg' is not one of auto, resnet101"),
+        ({"preset": "caltech"}, "preset: 'caltech' is not one of pfpascal"),
+        ({"eps": 0.0}, "eps: must be > 0, got 0"),
+        ({"eps": -1.0}, "eps: must be > 0"),
+        ({"eps": float("inf")}, "eps: must be a finite number, got inf"),
+        ({"exp2": float("nan")}, "exp2: must be a finite number, got nan"),
+        ({"hyperpixel_ids": "2,x"}, "hyperpixel_ids: '2,x' is not a list"),
         ({"hyperpixel_ids": (2, 2)}, "duplicates"),
-        ({"sinkhorn_mode": "fast"}, "--sinkhorn-mode"),
-        ({"sinkhorn_iters": 0}, "--sinkhorn-iters"),
-        ({"cost_dtype": "float16"}, "--cost-dtype"),
-        ({"unbalanced_tau": 0.0}, "--tau"),
+        ({"sinkhorn_mode": "fast"}, "sinkhorn_mode"),
+        ({"sinkhorn_iters": 0}, "sinkhorn_iters: must be at least 1"),
+        ({"tf32": True}, "tf32: TF32 is a CUDA tensor-core format"),
+        ({"unbalanced_tau": 0.0}, "unbalanced_tau: must be > 0"),
     ],
 )
 def test_invalid_options(kwargs, message):
@@ -71,7 +73,7 @@ def test_hyperpixel_ids_out_of_range():
 def test_cuda_unavailable_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(ScotError, match="--device: CUDA was requested but no CUDA GPU is available"):
+    with pytest.raises(ScotError, match="device: CUDA was requested but no CUDA GPU is available"):
         SCOT(SCOTConfig(backbone="efficientnet-lite0", device="cuda"))
 
 
@@ -109,8 +111,15 @@ def test_keypoint_files(tmp_path):
 
 def test_preset_file(tmp_path):
     f = tmp_path / "p.json"
-    f.write_text(json.dumps({"backbone": "efficientnet-lite0", "results": [{"hyperpixel_ids": [3, 5, 9], "pck": 0.7}]}))
+    f.write_text(json.dumps({"backbone": "efficientnet-lite0", "hyperpixel_ids": [3, 5, 9],
+                             "results": [{"hyperpixel_ids": [3, 5, 9], "pck": 0.7}, {"hyperpixel_ids": [2]}]}))
     assert load_preset_file(f) == {"hyperpixel_ids": (3, 5, 9), "backbone": "efficientnet-lite0"}
+    # the top-level ids are authoritative: a file whose best result disagrees is refused, not half-used
+    f.write_text(json.dumps({"backbone": "efficientnet-lite0", "hyperpixel_ids": [3, 5],
+                             "results": [{"hyperpixel_ids": [3, 5, 9]}]}))
+    with pytest.raises(ScotError, match=r"preset_file: .*p\.json: top-level 'hyperpixel_ids' \[3, 5\] differ from the best"):
+        load_preset_file(f)
+    f.write_text(json.dumps({"backbone": "efficientnet-lite0", "hyperpixel_ids": [3, 5, 9]}))
     with pytest.raises(ScotError, match="searched for backbone 'efficientnet-lite0', not 'resnet101'"):
         load_preset_file(f, "resnet101")
     f.write_text(json.dumps({"hyperpixel_ids": [3, 5], "options": {"feature_scales": [1, 1.5]}}))
@@ -119,7 +128,7 @@ def test_preset_file(tmp_path):
     assert {k: load_preset_file(f)[k] for k in ("center_features", "symmetric", "transfer")} == {
         "center_features": True, "symmetric": False, "transfer": "median"}
     f.write_text(json.dumps({"hyperpixel_ids": [3], "options": {"transfer": "vote"}}))
-    with pytest.raises(ScotError, match=r"p\.json: 'transfer' must be one of mean, weighted, median"):
+    with pytest.raises(ScotError, match=r"p\.json: 'transfer' 'vote' is not one of mean, weighted, median"):
         load_preset_file(f)
     f.write_text(json.dumps({"hyperpixel_ids": [3], "options": {"symmetric": "yes"}}))
     with pytest.raises(ScotError, match=r"p\.json: 'symmetric' must be true or false"):
@@ -128,7 +137,7 @@ def test_preset_file(tmp_path):
     with pytest.raises(ScotError, match=r"p\.json: 'options' must be an object with keys among feature_scales"):
         load_preset_file(f)
     (tmp_path / "q.json").write_text("{}")
-    with pytest.raises(ScotError, match="no 'hyperpixel_ids'"):
+    with pytest.raises(ScotError, match="no top-level 'hyperpixel_ids'"):
         load_preset_file(tmp_path / "q.json")
 
 
@@ -167,12 +176,12 @@ def test_config_dict_roundtrip():
 
 
 def test_refinement_options_are_validated():
-    with pytest.raises(ScotError, match="--subpixel"):
+    with pytest.raises(ScotError, match="^subpixel: the window must be an odd size"):
         SCOTConfig(subpixel=4)
-    with pytest.raises(ScotError, match="--feature-scales"):
+    with pytest.raises(ScotError, match="^feature_scales: must include 1"):
         SCOTConfig(feature_scales=(1.5,))
-    with pytest.raises(ScotError, match="--cam-weighting"):
+    with pytest.raises(ScotError, match="^cam_weighting: 'soft' is not one of levels, linear"):
         SCOTConfig(cam_weighting="soft")
-    with pytest.raises(ScotError, match="--low-memory"):
-        SCOTConfig(stream_block=256, subpixel=3)
+    with pytest.raises(ScotError, match="^low_memory: "):
+        SCOTConfig(low_memory=True, subpixel=3)
     assert SCOTConfig(subpixel=3, mutual=True, feature_scales=(1.0, 1.5)).subpixel == 3

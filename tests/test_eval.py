@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
+from scot.cli import app
 from scot import SCOT, SCOTConfig
 from scot.datasets import download_dataset, load_dataset
 from scot.errors import ScotError
-from scot.evaluate import EvalSettings, evaluate
+from scot.evaluation import EvalSettings, evaluate
 
 runner = CliRunner()
 
@@ -83,7 +83,7 @@ def test_resume_after_interrupt_gives_the_same_numbers(willow_root, tmp_path):
     b = list(csv.DictReader(open(tmp_path / "cut" / "per_pair.csv")))
     assert a == b
     other = EvalSettings(thres="img", batch_size=2)
-    with pytest.raises(ScotError, match="--resume: .* different settings \\(thres differ\\)"):
+    with pytest.raises(ScotError, match="resume: .* different settings \\(thres differ\\)"):
         evaluate(model, data, tmp_path / "cut", other, selection, resume=True)
 
 

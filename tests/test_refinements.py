@@ -35,12 +35,12 @@ def test_presets_adopt_the_refinements_only_for_efficientnet_lite():
 
 
 def test_refinement_options_are_checked():
-    with pytest.raises(ScotError, match="--transfer: 'vote' is not one of mean, weighted, median"):
+    with pytest.raises(ScotError, match="transfer: 'vote' is not one of mean, weighted, median"):
         SCOTConfig(transfer="vote")
-    with pytest.raises(ScotError, match="--symmetric .* cannot be combined with --low-memory"):
-        SCOTConfig(symmetric=True, stream_block=256)
+    with pytest.raises(ScotError, match="symmetric: two-way matching .* cannot be combined with low memory"):
+        SCOTConfig(symmetric=True, low_memory=True)
     # low memory streams one way: the preset's two-way matching is dropped, with a notice
-    cfg = SCOTConfig(preset="pfwillow", stream_block=256)
+    cfg = SCOTConfig(preset="pfwillow", low_memory=True)
     assert cfg.resolve("efficientnet-lite2").symmetric is False and cfg.dropped_by_low_memory("efficientnet-lite2")
     assert not cfg.dropped_by_low_memory("resnet101")
 

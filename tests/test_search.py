@@ -6,10 +6,11 @@ import json
 
 from typer.testing import CliRunner
 
-from cli import app
+from conftest import one_line_error
+from scot.cli import app
 from scot import SCOT, SCOTConfig, load_preset_file
 from scot.datasets import load_dataset
-from scot.evaluate import EvalSettings, evaluate
+from scot.evaluation import EvalSettings, evaluate
 from scot.search import search_layers
 
 runner = CliRunner()
@@ -64,8 +65,7 @@ def test_search_api_grows_only_deeper_ids(willow_root):
 
 
 def test_bad_thres_is_one_line_before_any_work(willow_root, tmp_path):
-    from test_cli_match import one_line_error
-
+    
     for cmd in ("eval", "search-layers"):
         res = runner.invoke(app, [cmd, "--dataset", "pfwillow", "--datapath", str(willow_root.parent), "--backbone",
                                   "efficientnet-lite0", "--thres", "foo", "-o", str(tmp_path / cmd)])

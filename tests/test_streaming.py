@@ -21,7 +21,7 @@ def test_streamed_equals_in_memory(lite0_pair, overrides):
     base, s, t, kps = lite0_pair
     cfg = base.config.replace(symmetric=False, **overrides)  # streaming matches one way
     in_memory = SCOT(cfg, backbone=base.backbone).match(s, t, kps, keep_plan=False)
-    streamed = SCOT(cfg.replace(stream_block=333), backbone=base.backbone).match(s, t, kps)
+    streamed = SCOT(cfg.replace(low_memory=True, low_memory_rows=333), backbone=base.backbone).match(s, t, kps)
     assert float((in_memory.best == streamed.best).float().mean()) >= 0.999
     torch.testing.assert_close(streamed.best_confidence, in_memory.best_confidence, rtol=1e-4, atol=0)
     torch.testing.assert_close(streamed.transferred, in_memory.transferred, atol=0.5, rtol=0)
@@ -29,7 +29,7 @@ def test_streamed_equals_in_memory(lite0_pair, overrides):
 
 
 def test_streaming_rejects_incompatible_options():
-    with pytest.raises(ScotError, match="--low-memory"):
-        SCOTConfig(stream_block=512, sinkhorn_mode="log")
-    with pytest.raises(ScotError, match="--low-memory"):
-        SCOTConfig(stream_block=512, ot=False)
+    with pytest.raises(ScotError, match="low_memory"):
+        SCOTConfig(low_memory=True, sinkhorn_mode="log")
+    with pytest.raises(ScotError, match="low_memory"):
+        SCOTConfig(low_memory=True, ot=False)

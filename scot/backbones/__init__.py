@@ -16,7 +16,7 @@ from .resnet import ResNetBackbone
 
 __all__ = [
     "Backbone", "BackboneOutput", "Geometry", "SpatialOp", "propagate_geometry",
-    "build_backbone", "BACKBONE_NAMES", "FALLBACK_BACKBONE",
+    "build_backbone", "id_table", "BACKBONE_NAMES", "FALLBACK_BACKBONE",
 ]
 
 BACKBONE_NAMES = ("resnet101", "resnet50", "efficientnet-lite0", "efficientnet-lite2")
@@ -34,7 +34,7 @@ def build_backbone(
     """
     if name == "auto":
         if weights is not None:
-            raise ScotError("--weights: give --backbone explicitly when passing a weights file")
+            raise ScotError("give the backbone explicitly when passing a weights file", option="weights")
         try:
             return ResNetBackbone("resnet101", None)
         except WeightsUnavailableError as exc:
@@ -46,4 +46,20 @@ def build_backbone(
         return ResNetBackbone(name, weights)
     if name in ("efficientnet-lite0", "efficientnet-lite2"):
         return EfficientNetLiteBackbone(name, weights)
-    raise ScotError(f"--backbone: unknown backbone '{name}' (choose from auto, {', '.join(BACKBONE_NAMES)})")
+    raise ScotError(f"unknown backbone '{name}' (choose from auto, {', '.join(BACKBONE_NAMES)})", option="backbone")
+
+
+def id_table(name: str, side: int = 300) -> str:
+    """The hyperpixel ids of backbone ``name`` with their stride, receptive field, channels and
+    grid on a ``side`` square image (the architecture only: no weights are loaded)."""
+    if name not in BACKBONE_NAMES:
+        raise ScotError(f"unknown backbone '{name}' (choose from {', '.join(BACKBONE_NAMES)})", option="backbone")
+    if side < 32:
+        raise ScotError(f"must be at least 32 px, got {side}", option="image_side")
+    bb = build_backbone(name, "random")
+    lines = [f"{bb.name}: ids 0..{bb.num_ids - 1}, grid for a {side}x{side} image",
+             f"{'id':>3}  {'stride':>6}  {'rf':>4}  {'channels':>8}  {'grid':>7}  layer"]
+    for hid, label in enumerate(bb.id_names()):
+        g = bb.geometry(hid, side, side)
+        lines.append(f"{hid:>3}  {g.jump:>6}  {g.rf:>4}  {bb.channels(hid):>8}  {g.height:>3}x{g.width:<3}  {label}")
+    return "\n".join(lines)

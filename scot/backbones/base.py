@@ -125,5 +125,5 @@ class Backbone(nn.Module):
         bad = [i for i in ids if not 0 <= i < self.num_ids]
         if bad:
             raise ScotError(
-                f"--hyperpixel: id(s) {bad} out of range for {self.name}, which has ids 0..{self.num_ids - 1}"
+                f"id(s) {bad} out of range for {self.name}, which has ids 0..{self.num_ids - 1}", option="hyperpixel_ids"
             )

@@ -139,7 +139,7 @@ class EfficientNetLiteBackbone(Backbone):
     def __init__(self, name: str = "efficientnet-lite2", weights: str | None = None) -> None:
         super().__init__()
         if name not in _STAGES:
-            raise ScotError(f"--backbone: unknown EfficientNet-Lite variant '{name}'")
+            raise ScotError(f"unknown EfficientNet-Lite variant '{name}'", option="backbone")
         self.name = name
         seed = parse_random_spec(weights)
         if seed is not None:

@@ -29,7 +29,7 @@ def parse_random_spec(spec: str | None) -> int | None:
         try:
             return int(spec.split(":", 1)[1])
         except ValueError:
-            raise ScotError(f"--weights: '{spec}' must be 'random' or 'random:SEED' with an integer seed") from None
+            raise ScotError(f"'{spec}' must be 'random' or 'random:SEED' with an integer seed", option="weights") from None
     return None
 
 
@@ -37,16 +37,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a state dict from a file, unwrapping common checkpoint containers."""
     p = Path(path)
     if not p.is_file():
-        raise ScotError(f"--weights: {p} does not exist or is not a file")
+        raise ScotError(f"{p} does not exist or is not a file", option="weights")
     try:
         obj: Any = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, truncated files
-        raise ScotError(f"--weights: {p} is not a loadable PyTorch state dict ({type(exc).__name__}: {exc})") from None
+        detail = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
+        raise ScotError(f"{p} is not a loadable PyTorch state dict ({type(exc).__name__}{': ' + detail if detail else ''})",
+                        option="weights") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ScotError(f"--weights: {p} does not hold a state dict of tensors")
+        raise ScotError(f"{p} does not hold a state dict of tensors", option="weights")
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
@@ -66,7 +68,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, bac
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         if wrong_shape:
             parts.append(f"{len(wrong_shape)} with the wrong shape (e.g. {', '.join(wrong_shape[:3])})")
-        raise ScotError(f"--weights: {source} does not fit {backbone}: keys {'; '.join(parts)}")
+        raise ScotError(f"{source} does not fit {backbone}: keys {'; '.join(parts)}", option="weights")
     model.load_state_dict(state, strict=True)
 
 

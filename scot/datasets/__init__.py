@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from ..errors import ScotError
 from .base import Dataset, DatasetMissingError, Pair
@@ -19,7 +20,8 @@ from .spair import load_spair
 LOADERS = {"pfwillow": load_pfwillow, "pfpascal": load_pfpascal, "spair": load_spair}
 DATASET_NAMES = tuple(LOADERS)
 
-__all__ = ["Dataset", "DatasetMissingError", "Pair", "load_dataset", "download_dataset", "SOURCES", "DATASET_NAMES"]
+__all__ = ["Dataset", "DatasetMissingError", "Pair", "load_dataset", "open_dataset", "download_dataset", "SOURCES",
+           "DATASET_NAMES"]
 
 
 def load_dataset(
@@ -49,3 +51,31 @@ def load_dataset(
     if pair_list is not None and not Path(pair_list).is_file():
         raise ScotError(f"{pair_list} does not exist or is not a regular file", option="pair_list")
     return LOADERS[name](datapath, split, Path(pair_list) if pair_list else None, check_images)
+
+
+def open_dataset(
+    name: str,
+    datapath: str | Path = "data",
+    split: str = "test",
+    pair_list: str | Path | None = None,
+    *,
+    download: bool = False,
+    ask: Callable[[str], bool] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> Dataset:
+    """:func:`load_dataset`, downloading the benchmark into ``datapath`` when it is missing.
+
+    Args:
+        download: fetch a missing benchmark without asking.
+        ask: ``ask(question) -> bool`` may allow the download when ``download`` is off.
+        progress: ``progress(bytes_so_far, total_or_None)`` during a download.
+    """
+    try:
+        return load_dataset(name, datapath, split, pair_list)
+    except DatasetMissingError as exc:
+        src = SOURCES[name]
+        if not download and not (ask is not None and ask(f"{exc}. Download {src.folder} ({src.approx_size}) into {datapath}?")):
+            raise ScotError(f"{exc}; or allow the download (--download, download=True) of {src.folder} "
+                            f"({src.approx_size}) from {src.urls[0]}") from None
+    download_dataset(name, datapath, progress=progress)
+    return load_dataset(name, datapath, split, pair_list)

@@ -122,9 +122,11 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def select(self, category: str | None = None, limit: int | None = None, sample: int | None = None) -> "Dataset":
+    def select(self, category: str | None = None, limit: int | None = None, sample: int | None = None,
+               option: str = "limit") -> "Dataset":
         """A subset: only ``category`` (if given), then ``sample`` pairs spread evenly over
-        the list (so every class is represented), then the first ``limit`` pairs."""
+        the list (so every class is represented), then the first ``limit`` pairs (errors
+        about the limit name ``option``)."""
         pairs = self.pairs
         if category is not None:
             if category not in self.categories:
@@ -138,7 +140,7 @@ class Dataset:
                 pairs = [pairs[(i * len(pairs)) // sample] for i in range(sample)]
         if limit is not None:
             if limit < 1:
-                raise ScotError(f"must be at least 1, got {limit}", option="limit")
+                raise ScotError(f"must be at least 1, got {limit}", option=option)
             pairs = pairs[:limit]
         return dataclasses.replace(self, pairs=pairs)
 

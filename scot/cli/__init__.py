@@ -1,0 +1,5 @@
+"""The ``scot`` command line (``python -m scot`` and the ``scot`` script)."""
+
+from .app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,326 @@
+"""The ``scot`` commands.  Each one parses, calls the library, and prints.
+
+Algorithm options come from :class:`~scot.SCOTConfig` (:func:`~.options.with_config`);
+problems with the input are one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .. import __version__
+from .options import OneLineErrors, cli_errors, progress, set_threads, with_config
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_enable=False,
+                  help="Training-free semantic correspondence (SCOT: optimal transport + regularized Hough matching).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"scot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                     help="Print the version and exit.")] = None,
+) -> None:
+    """Training-free semantic correspondence (SCOT: optimal transport + regularized Hough matching)."""
+
+
+def _notice(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+# Options that several commands share (not algorithm options).
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per core")]
+PresetFileOpt = Annotated[Optional[Path], typer.Option("--preset-file", help="A JSON written by 'scot search-layers': its ids and options apply unless given explicitly.")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="spair, pfpascal or pfwillow.")]
+DatapathOpt = Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="test, val or trn (PF-PASCAL, SPair-71k).")]
+PairListOpt = Annotated[Optional[Path], typer.Option("--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet PF-PASCAL csv).")]
+ThresOpt = Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox.", show_default="the dataset's, as in the paper")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs (after --category and --sample).")]
+CategoryOpt = Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")]
+SampleOpt = Annotated[Optional[int], typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")]
+DATASET_PRESET = {"preset": "the dataset's"}
+
+
+def _model(config: dict[str, Any], preset_file: Optional[Path] = None, **defaults: Any):
+    from .. import SCOT
+    from ..config import build_config
+
+    return SCOT(build_config({**defaults, **config}, preset_file), notice=_notice)
+
+
+@app.command()
+@cli_errors
+@with_config()
+def match(
+    config: dict,
+    src: Annotated[Optional[str], typer.Argument(help="Source image.", show_default=False)] = None,
+    trg: Annotated[Optional[str], typer.Argument(help="Target image.", show_default=False)] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the outputs.")] = Path("."),
+    keypoints: Annotated[Optional[str], typer.Option("--keypoints", "-k", help="Source keypoints to transfer: JSON [[x, y], ...] or CSV x,y rows.")] = None,
+    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="CSV of source,target[,keypoints] rows to match in one run; relative paths resolve from the CSV's folder.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="How many of the most confident matches to draw.")] = 100,
+    foreground: Annotated[bool, typer.Option("--foreground/--anywhere", help="Draw only matches on the object (CAM > 0.4), or rank all.")] = True,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the PNG picture (off: only the JSON).")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier result of the same images.")] = False,
+    preset_file: PresetFileOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Match two images (or every row of --pairs); write a JSON of every match and a PNG picture."""
+    from ..errors import ScotError
+    from ..io import read_pair_list
+    from ..outputs import Job, check_folder, match_jobs, prepare_jobs
+
+    if top_k < 1:
+        raise ScotError(f"must be at least 1, got {top_k}", option="top_k")
+    set_threads(threads)
+    if pairs is not None and (src or trg or keypoints):
+        raise ScotError("give either SRC TRG [--keypoints] or --pairs, not both", option="pairs")
+    if pairs is None and not (src and trg):
+        raise ScotError("missing SRC and TRG images (or use --pairs FILE)")
+    jobs = ([Job(r.source, r.target, r.keypoints, r.line) for r in read_pair_list(pairs)] if pairs is not None
+            else [Job(src, trg, keypoints)])
+    folder = check_folder(output)
+    jobs, failed = prepare_jobs(jobs, stop_on_error=pairs is None)
+    model = _model(config, preset_file)
+    kw = dict(top_k=top_k, foreground=foreground, picture=plot, overwrite=overwrite)
+    if pairs is None:
+        t0 = time.perf_counter()
+        [out], _ = match_jobs(model, jobs, folder, **kw)
+        n = 0 if jobs[0].points is None else len(jobs[0].points)
+        moved = f", {n} keypoint{'s' if n != 1 else ''} transferred" if n else ""
+        typer.echo(f"matched {Path(src).name} -> {Path(trg).name}{moved} [{model.backbone.name}, "
+                   f"{time.perf_counter() - t0:.2f}s]")
+        typer.echo("\n".join(f"  {p}" for p in (out.picture, out.record) if p is not None))
+        return
+    with progress(TextColumn("matching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task("pairs", total=len(jobs))
+        written, more = match_jobs(model, jobs, folder, numbered=True, on_done=lambda *_: bar.advance(task), **kw)
+    typer.echo(f"matched {len(written)} of {len(written) + len(failed) + len(more)} pairs [{model.backbone.name}]; "
+               f"outputs in {folder}")
+    failures = failed + more
+    if failures:
+        from .options import flag_of
+
+        for f in failures:
+            typer.echo(f"  failed: {pairs} line {f.job.line}: {f.error.for_cli(flag_of)}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+@cli_errors
+@with_config(unset=DATASET_PRESET)
+def eval_(
+    config: dict,
+    dataset: DatasetOpt,
+    datapath: DatapathOpt = Path("data"),
+    split: SplitOpt = "test",
+    pair_list: PairListOpt = None,
+    thres: ThresOpt = None,
+    limit: LimitOpt = None,
+    category: CategoryOpt = None,
+    sample: SampleOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per batched solve (0: 1 on the CPU, 8 on a GPU).")] = 0,
+    cache_gb: Annotated[float, typer.Option("--cache-gb", help="Memory budget of the per-image feature cache, GB.")] = 2.0,
+    save_viz: Annotated[int, typer.Option("--save-viz", help="Also draw the N worst and N best pairs.")] = 0,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run folder.", show_default="results/<dataset>-<backbone>-<time>")] = None,
+    results: Annotated[Path, typer.Option("--results", help="Where run folders are created.")] = Path("results"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this dataset and backbone (or --output-dir).")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing, without asking.")] = False,
+    preset_file: PresetFileOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it."""
+    from ..datasets import open_dataset
+    from ..evaluation import EvalSettings, evaluate, format_table, resolve_run_folder
+
+    set_threads(threads)
+    with progress(TextColumn(f"downloading {dataset}"), BarColumn(), DownloadColumn(), transient=True) as bar:
+        task = bar.add_task("download", total=None)
+        data = open_dataset(dataset, datapath, split, pair_list, download=download, ask=_ask,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    data = data.select(category, limit, sample)
+    model = _model(config, preset_file, preset=dataset)
+    settings = EvalSettings.create(thres or data.default_thres, batch_size, cache_gb, save_viz, model.device)
+    run_dir = resolve_run_folder(output_dir, results, dataset, model.backbone.name, resume)
+    typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
+               f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {run_dir}")
+    with progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task(data.name, total=len(data), info="")
+        try:
+            summary = evaluate(model, data, run_dir, settings, {"category": category, "limit": limit, "sample": sample,
+                                                                  "pairs": len(data)}, resume=resume,
+                               on_progress=lambda done, total, rate, pck: bar.update(
+                                   task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"))
+        except KeyboardInterrupt:
+            _notice(f"interrupted; scored pairs are saved in {run_dir}; continue with the same command plus "
+                    f"--resume -o {run_dir}")
+            raise typer.Exit(130)
+    typer.echo(format_table(summary))
+    typer.echo(f"results: {run_dir}")
+
+
+def _ask(question: str) -> bool:
+    return sys.stdin is not None and sys.stdin.isatty() and typer.confirm(question, default=False)
+
+
+@app.command("search-layers")
+@cli_errors
+@with_config(exclude=("hyperpixel_ids",), unset=DATASET_PRESET)
+def search_layers_cmd(
+    config: dict,
+    dataset: DatasetOpt,
+    datapath: DatapathOpt = Path("data"),
+    split: Annotated[str, typer.Option("--split", help="Split to search on (use a validation split where there is one).")] = "test",
+    pair_list: PairListOpt = None,
+    limit: LimitOpt = None,
+    category: CategoryOpt = None,
+    sample: SampleOpt = None,
+    thres: ThresOpt = None,
+    grid_stride: Annotated[int, typer.Option("--grid-stride", help="Base ids are the layers of this stride (the hyperpixel grid).")] = 4,
+    base_ids: Annotated[Optional[str], typer.Option("--base-ids", help="Explicit base ids, e.g. '(2,3,4)' (overrides --grid-stride).")] = None,
+    candidates: Annotated[Optional[str], typer.Option("--candidates", help="Ids that may be added.", show_default="every id")] = None,
+    beam: Annotated[int, typer.Option("--beam", help="Beam width.")] = 3,
+    max_size: Annotated[int, typer.Option("--max-size", help="Largest id set.")] = 6,
+    resume_file: Annotated[Optional[Path], typer.Option("--resume-file", help="Scores are saved here after every evaluation and reused on rerun.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Preset JSON to write (load it with --preset-file).")] = Path("search-layers.json"),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Beam search over hyperpixel ids maximising PCK@0.1; writes a preset file."""
+    from ..datasets import load_dataset
+    from ..search import format_results, plan_search, search_layers, write_preset
+
+    set_threads(threads)
+    data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
+    model = _model(config, preset=dataset)
+    plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)
+    typer.echo(plan.describe(data))
+    with progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn()) as bar:
+        images = bar.add_task("backbone passes", total=len(data.image_keys()), info="")
+        depth = bar.add_task("depth 1", total=1, info="", visible=False)
+        results = search_layers(model, data, thres=plan.thres, base_ids=plan.base_ids, candidate_ids=plan.candidates,
+                                beam=beam, max_size=max_size, resume_file=resume_file,
+                                on_image=lambda i, n: bar.update(images, completed=i),
+                                on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
+                                on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"))
+    command = "scot search-layers " + " ".join(sys.argv[2:])
+    write_preset(output, results, model, data, plan.thres, command)
+    typer.echo(format_results(results))
+    typer.echo(f"preset written to {output} (use --preset-file {output})")
+
+
+@app.command()
+@cli_errors
+def layers(
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="The backbone whose ids to list.")] = "efficientnet-lite2",
+    image_side: Annotated[int, typer.Option("--image-side", help="Image side to compute grid sizes for.")] = 300,
+) -> None:
+    """List a backbone's hyperpixel ids with their stride, receptive field and channels (no weights needed)."""
+    from ..backbones import id_table
+
+    typer.echo(id_table(backbone, image_side))
+
+
+@app.command("config")
+@cli_errors
+@with_config()
+def config_cmd(
+    config: dict,
+    preset_file: PresetFileOpt = None,
+) -> None:
+    """Print the configuration the options resolve to (presets and preset file applied), as JSON."""
+    import json
+
+    from ..config import build_config
+
+    cfg = build_config(config, preset_file)
+    backbone = cfg.backbone if cfg.backbone != "auto" else None
+    resolved = cfg.resolve(backbone) if backbone else cfg
+    typer.echo(json.dumps(resolved.to_dict(), indent=2))
+    if backbone is None:
+        _notice("note: with --backbone auto the preset's ids are filled once the backbone is known")
+
+
+bench_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, rich_markup_mode=None,
+                        help="Measure speed and memory, stage by stage.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("synthetic")
+@cli_errors
+def bench_synthetic_cmd(
+    n: Annotated[int, typer.Option("--n", help="Hyperpixels per image (a grid of about this many cells).")] = 4000,
+    fine_dim: Annotated[int, typer.Option("--fine-dim", help="Channels on the hyperpixel grid.")] = 256,
+    coarse_dim: Annotated[int, typer.Option("--coarse-dim", help="Channels of the coarse layer group.")] = 6144,
+    coarse_stride: Annotated[int, typer.Option("--coarse-stride", help="How much coarser that group's grid is.")] = 4,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after two warm-up runs).")] = 5,
+    two_way: Annotated[bool, typer.Option("--two-way/--one-way", help="Time two-way matching (the Lite presets').")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:INDEX.")] = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Matching stages on random hyperpixels (default: ResNet-101's PF layout) against their floors."""
+    from ..bench import bench_synthetic, format_synthetic
+    from ..errors import ScotError
+    from ..model import resolve_device
+
+    set_threads(threads)
+    if n < 16 or min(fine_dim, coarse_dim, coarse_stride, repeats) < 1:
+        raise ScotError("--n must be >= 16; --fine-dim, --coarse-dim, --coarse-stride and --repeats >= 1")
+    res = bench_synthetic(n, fine_dim, coarse_dim, coarse_stride, repeats, str(resolve_device(device)), two_way)
+    typer.echo(format_synthetic(res, repeats, fine_dim, coarse_dim, coarse_stride, two_way))
+
+
+@bench_app.command("pairs")
+@cli_errors
+@with_config(unset=DATASET_PRESET)
+def bench_pairs_cmd(
+    config: dict,
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Benchmark to take pairs from.")] = "pfwillow",
+    datapath: DatapathOpt = Path("data"),
+    pairs: Annotated[int, typer.Option("--pairs", help="Number of pairs (the first ones).")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after one warm-up round).")] = 3,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Every stage on real pairs, for each correlation path (factorized, dense, and the chosen one)."""
+    from ..bench import bench_pairs, format_pairs
+    from ..datasets import load_dataset
+
+    set_threads(threads)
+    data = load_dataset(dataset, datapath).select(limit=pairs, option="pairs")
+    model = _model(config, preset=dataset)
+    res = bench_pairs(model, [(p.src, p.trg, p.src_kps) for p in data.pairs], repeats)
+    typer.echo(format_pairs(res, dataset))
+
+
+@bench_app.command("memory")
+@cli_errors
+def bench_memory_cmd(
+    pairs: Annotated[int, typer.Option("--pairs", help="Pairs in the synthetic evaluation.")] = 2000,
+    images: Annotated[int, typer.Option("--images", help="Distinct generated images.")] = 400,
+    side: Annotated[int, typer.Option("--image-side", help="Image side (small keeps the run short).")] = 96,
+    cache_gb: Annotated[float, typer.Option("--cache-gb", help="Feature cache budget (small: constant eviction).")] = 0.02,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Resident memory along a long synthetic evaluation: it must stay flat."""
+    from ..bench import bench_memory_run, format_memory
+
+    set_threads(threads)
+    typer.echo(format_memory(bench_memory_run(pairs, images, side, cache_gb), side, cache_gb))
+
+
+def main() -> None:  # pragma: no cover - the console script
+    app()

@@ -1,0 +1,181 @@
+"""The command line's glue: options generated from :class:`~scot.SCOTConfig`, one-line errors.
+
+Every algorithm option is declared once, as a :class:`~scot.config.SCOTConfig` field with
+its :class:`~scot.config.Spec`; :func:`with_config` turns those fields into command-line
+options (help, flag names and the real default come from the declaration) and hands the
+command the options the user actually gave.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from ..config import SCOTConfig, Spec, kind, specs
+
+CONFIG_SPECS: dict[str, Spec] = specs()
+
+# Flags of parameters that are not configuration fields but appear in errors.
+OTHER_FLAGS = {"name": "--dataset", "preset_file": "--preset-file", "output_dir": "--output-dir", "pairs": "--pairs",
+               "output": "--output", "resume": "--resume", "configuration": "--preset-file"}
+
+
+def flag_of(name: str | None) -> str:
+    """The command-line flag of a configuration field or library parameter."""
+    if name is None:
+        return ""
+    if name in CONFIG_SPECS:
+        return CONFIG_SPECS[name].flags[0]
+    return OTHER_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _echo_error(message: str) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+
+
+class OneLineErrors(TyperGroup):
+    """A command group whose usage errors are one line on stderr (exit status 2)."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # usage errors of the command-line parser
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as usual
+                ctx = getattr(exc, "ctx", None)
+                typer.echo(ctx.get_help() if ctx is not None else message)
+                sys.exit(0)
+            _echo_error(message)
+            sys.exit(getattr(exc, "exit_code", 2))
+        except typer.Abort:
+            _echo_error("aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors become one line on stderr (exit 2); interrupts exit 130; memory exhaustion 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..errors import ScotError
+
+        try:
+            return fn(*args, **kwargs)
+        except ScotError as exc:
+            _echo_error(exc.for_cli(flag_of))
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            _echo_error("interrupted")
+            raise typer.Exit(130)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if _out_of_memory(exc):
+                _echo_error("out of memory; try --low-memory, a smaller --image-side or fewer --hyperpixel ids")
+                raise typer.Exit(1)
+            if os.environ.get("SCOT_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            _echo_error(f"unexpected {type(exc).__name__}: {first} (set SCOT_DEBUG=1 for the traceback)")
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "floats": str, "ids": str}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
+    return str(value)
+
+
+def _parameter(name: str, spec: Spec, default: Any, unset: str | None) -> inspect.Parameter:
+    """The Typer parameter of one configuration field, defaulting to the field's default."""
+    decls = [spec.flag] + ([spec.short] if spec.short else [])
+    shown: Any = unset if unset is not None else (spec.unset if default is None else True)
+    if isinstance(default, tuple):
+        shown, default = unset or ",".join(f"{v:g}" for v in default), None
+    metavar = {"floats": "<list>", "ids": "<ids>"}.get(kind(name))
+    info = typer.Option(*decls, help=spec.help, show_default=shown, metavar=metavar)
+    annotation = Annotated[Optional[_TYPES[kind(name)]], info]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None if unset else default,
+                             annotation=annotation)
+
+
+def with_config(exclude: tuple[str, ...] = (), unset: dict[str, str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per :class:`SCOTConfig` field (but ``exclude``).
+
+    Help text, flags and the shown default come from the field's declaration.  The
+    command receives ``config``: field -> value for exactly the options given on the
+    command line, so presets and preset files fill the rest.  ``unset`` replaces how a
+    field's default is described (e.g. ``eval``'s preset is the dataset's).
+    """
+    unset = unset or {}
+    fields = {f.name: f.default for f in SCOTConfig.__dataclass_fields__.values()}
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "config"]
+        added = [_parameter(name, spec, fields[name], unset.get(name)) for name, spec in CONFIG_SPECS.items()
+                 if name not in exclude]
+        context = inspect.Parameter("_scot_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            ctx = kwargs.pop("_scot_context")
+            given = {}
+            for p in added:
+                value = kwargs.pop(p.name)
+                source = ctx.get_parameter_source(p.name)
+                if value is not None and source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+                    given[p.name] = value
+            return fn(config=given, **kwargs)
+
+        params = own + added + [context]
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # Typer must read the new signature, not the original's
+        return wrapper
+
+    return decorate
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: the CPU threads PyTorch uses."""
+    from ..errors import ScotError
+
+    if threads is None:
+        return
+    if threads < 1:
+        raise ScotError(f"must be at least 1, got {threads}", option="threads")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def progress(*columns: Any, transient: bool = False) -> Any:
+    """A rich progress bar on stderr, so stdout keeps only results."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    return Progress(*columns, console=Console(stderr=True), transient=transient)

@@ -1,0 +1,225 @@
+"""What ``scot match`` writes for a matched pair, and where.
+
+One place owns the match record (the JSON: models, sizes, every match, keypoints,
+timings) and the file names, so that:
+
+* names are unique for different inputs: ``<src>__<trg>`` from the two file stems, and
+  when that name already holds the result of *other* files (``a.jpg`` and ``a.png``
+  against one target), ``<src>__<trg>-2``, ``-3``, ...;
+* a result of the same inputs is never replaced silently (``overwrite`` allows it);
+* an output folder that cannot be written is reported before any work;
+* nothing is written unless the whole result is finite, and the JSON is strict
+  (no NaN or Infinity can appear in it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ScotError
+from .io import atomic_write_json
+
+RECORD = ".json"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files of one matched pair (the picture is optional)."""
+
+    record: Path
+    picture: Path | None
+
+
+def check_folder(folder: Path) -> Path:
+    """Create ``folder`` if needed and prove it writable, or fail naming it (before any work)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ScotError(f"{folder} exists and is not a folder", option="output")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".scot-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ScotError(f"cannot write to {folder} ({exc.strerror or exc})", option="output") from None
+    return folder
+
+
+def _same_inputs(record: Path, src: str, trg: str) -> bool:
+    try:
+        doc = json.loads(record.read_text())
+        return (Path(doc["source"]["path"]).resolve() == Path(src).resolve()
+                and Path(doc["target"]["path"]).resolve() == Path(trg).resolve())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture: bool = True,
+                 overwrite: bool = False, taken: set[Path] | None = None) -> Outputs:
+    """The files for matching ``src`` to ``trg`` in ``folder``.
+
+    Args:
+        folder: a writable folder (:func:`check_folder`).
+        src, trg: the two image paths (their stems name the files).
+        prefix: prepended to the name (``--pairs`` numbers its rows).
+        picture: also plan the PNG.
+        overwrite: replace an earlier result of the same inputs instead of refusing.
+        taken: names already planned in this run (other rows of ``--pairs``).
+
+    Raises:
+        ScotError: the name holds a result of the same inputs and ``overwrite`` is off, or
+            the file name is longer than the filesystem allows.
+    """
+    stem = f"{prefix}{Path(src).stem or 'image'}__{Path(trg).stem or 'image'}"
+    taken = taken if taken is not None else set()
+    for k in range(1, 10_000):
+        name = stem if k == 1 else f"{stem}-{k}"
+        record = folder / f"{name}{RECORD}"
+        if record in taken:
+            continue
+        if record.exists() and not _same_inputs(record, src, trg):
+            continue  # another pair's result: find a free name
+        if record.exists() and not overwrite:
+            raise ScotError(f"{record} already holds the result of these images; pass --overwrite to replace it "
+                            "or choose another output folder", option="output")
+        limit = _name_max(folder)
+        if len(f"{name}.png".encode()) > limit:
+            raise ScotError(f"the output name {name}.png is longer than the {limit} bytes the filesystem allows; "
+                            "rename the images", option="output")
+        taken.add(record)
+        return Outputs(record, folder / f"{name}.png" if picture else None)
+    raise ScotError(f"{folder}: no free output name for {stem}", option="output")
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _rounded(values: torch.Tensor) -> list:
+    return [[round(float(x), 3) for x in row] for row in values.tolist()]
+
+
+def match_record(model: Any, result: Any, src_path: str, trg_path: str, drawn: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON record of a matched pair: scot version, model, images, matches, keypoints, timings.
+
+    Raises:
+        ScotError: a value of the result is not finite (nothing is written then).
+    """
+    import scot
+
+    check = [result.best_confidence] + ([result.transferred] if result.transferred is not None else [])
+    if not all(bool(torch.isfinite(t).all()) for t in check):
+        raise ScotError(f"matching {src_path} to {trg_path} gave non-finite values; no output was written "
+                        "(check --eps, --exp2 and the weights)")
+    order = torch.argsort(result.best_confidence.float(), descending=True, stable=True)
+    on_object = result.foreground()[order].tolist()
+    rows = result.matches()
+    record: dict[str, Any] = {"scot_version": scot.__version__, **model.describe()}
+    for side, h, path in (("source", result.src, src_path), ("target", result.trg, trg_path)):
+        record[side] = {"name": h.name, "path": str(path), "width": h.original_size[0], "height": h.original_size[1],
+                        "resized": list(h.size), "hyperpixels": h.n}
+    record["matches"] = [
+        {"source": [round(r[0], 3), round(r[1], 3)], "target": [round(r[2], 3), round(r[3], 3)],
+         "confidence": r[4], "foreground": f}
+        for r, f in zip(rows.tolist(), on_object)
+    ]
+    record["keypoints"] = None
+    if result.keypoints is not None and result.transferred is not None:
+        record["keypoints"] = [{"index": k, "source": s, "target": t}
+                               for k, (s, t) in enumerate(zip(_rounded(result.keypoints), _rounded(result.transferred)))]
+    record["drawn"] = drawn
+    record["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
+    return record
+
+
+def write_match(model: Any, result: Any, src_path: str, trg_path: str, outputs: Outputs, *, top_k: int = 100,
+                foreground: bool = True) -> Outputs:
+    """Write the record and, when planned, the picture of the ``top_k`` most confident matches."""
+    drawn = {"top_k": top_k, "foreground_only": foreground} if outputs.picture is not None else None
+    record = match_record(model, result, src_path, trg_path, drawn)
+    if outputs.picture is not None:
+        from .viz2d import draw_match_result
+
+        draw_match_result(result, src_path, trg_path, outputs.picture, top_k=top_k, foreground=foreground,
+                          subtitle_prefix=model.backbone.name, cam=model.config.cam)
+    atomic_write_json(outputs.record, record)
+    return outputs
+
+
+@dataclass
+class Job:
+    """One pair to match: the images, the keypoints file, and the line of ``--pairs`` it came from."""
+
+    source: str
+    target: str
+    keypoints: str | None = None
+    line: int | None = None
+    points: Any = None  # the keypoints read and checked up front
+
+
+@dataclass
+class Failure:
+    """A job that could not be matched, and why."""
+
+    job: Job
+    error: ScotError
+
+
+def prepare_jobs(jobs: list[Job], *, stop_on_error: bool) -> tuple[list[Job], list[Failure]]:
+    """Read every keypoint file and check it against its source image, before any network pass.
+
+    With ``stop_on_error`` the first problem raises; otherwise bad rows are returned as
+    failures and the good ones still run.
+    """
+    from .image import image_size
+    from .io import read_keypoints
+
+    ready, failed = [], []
+    for job in jobs:
+        try:
+            if job.keypoints is not None:
+                job.points = read_keypoints(job.keypoints, bounds=image_size(job.source))
+            ready.append(job)
+        except ScotError as exc:
+            if stop_on_error:
+                raise
+            failed.append(Failure(job, exc))
+    return ready, failed
+
+
+def match_jobs(model: Any, jobs: list[Job], folder: Path, *, numbered: bool = False, top_k: int = 100,
+               foreground: bool = True, picture: bool = True, overwrite: bool = False,
+               on_done: Any = None) -> tuple[list[Outputs], list[Failure]]:
+    """Match every job and write its outputs; a failing job is recorded and the rest go on.
+
+    ``on_done(job, outputs_or_failure)`` is called after each job.  Returns the outputs
+    written and the failures.
+    """
+    taken: set[Path] = set()
+    written, failed = [], []
+    for k, job in enumerate(jobs):
+        try:
+            outputs = plan_outputs(folder, job.source, job.target, prefix=f"{k:04d}_" if numbered else "",
+                                   picture=picture, overwrite=overwrite, taken=taken)
+            result = model(job.source, job.target, keypoints=job.points, keep_plan=False)
+            written.append(write_match(model, result, job.source, job.target, outputs, top_k=top_k,
+                                       foreground=foreground))
+            done: Any = written[-1]
+        except ScotError as exc:
+            if not numbered:
+                raise
+            failed.append(Failure(job, exc))
+            done = failed[-1]
+        if on_done is not None:
+            on_done(job, done)
+    return written, failed
