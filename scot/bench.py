@@ -18,7 +18,6 @@ mark, reset before each measurement through ``/proc/self/clear_refs``.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass

@@ -91,7 +91,7 @@ def correlation_flops(src: "Hyperpixels", trg: "Hyperpixels") -> dict[str, float
     for gs, gt in zip(src.factorized, trg.factorized):
         (hs_g, ws_g), (ht_g, wt_g) = gs.shape, gt.shape
         ms, mt = hs_g * ws_g, ht_g * wt_g
-        ht, wt = gt.rows.shape[0], gt.cols.shape[0]
+        wt = gt.cols.shape[0]
         hs = gs.rows.shape[0]
         planned += ms * mt * gs.channels + ms * ht_g * wt * wt_g + ms * m * ht_g  # Gram, target side
         planned += hs * ws_g * m * hs_g + n * m * ws_g  # source side

@@ -25,7 +25,7 @@ from .cost import Correlation, cost_from_log2_kernel_, kernel_scale, log2_kernel
 from .errors import ScotError
 from .features import Clock, HyperpixelExtractor, Hyperpixels
 from .image import ImageLike
-from .ot import dampening, kernel_sinkhorn, log2_votes, scot_votes
+from .ot import Scalings, dampening, kernel_sinkhorn, log2_votes, scot_votes
 from .rhm import HoughWindows, grid_view
 from .streaming import streamed_best_matches
 from .transfer import mutual_mask, soft_argmax_targets, transfer_keypoints
@@ -317,15 +317,16 @@ class SCOT:
             back = torch.empty_like(log2k) if two_way else None
             rows = self._block_rows(log2k)
 
-            def final(r0: int, r1: int, block: torch.Tensor, a_blk: torch.Tensor, sc) -> None:
-                if back is not None:
-                    log2_votes(block, sc.b_rev[:, r0:r1], sc.a_rev, sc.cols, exp2, out=back[:, r0:r1])
-                log2_votes(block, a_blk, sc.b, sc.rows, exp2, out=block)
+            def final(r0: int, r1: int, block: torch.Tensor, sc: Scalings) -> None:
+                if back is not None:  # first: the forward votes overwrite the block
+                    log2_votes(block, sc.log2_rows(r0, r1, reverse=True), sc.log2_cols(reverse=True), exp2,
+                               out=back[:, r0:r1])
+                log2_votes(block, sc.log2_rows(r0, r1), sc.log2_cols(), exp2, out=block)
 
             scalings = kernel_sinkhorn(lambda r0, r1: log2k[:, r0:r1], mu, nu, num_iters=cfg.sinkhorn_iters,
                                        fi=dampening(cfg.eps, cfg.unbalanced_tau), two_way=two_way,
                                        block_rows=rows, on_final_block=final)
-            if not scalings.finite():
+            if not bool(scalings.finite()):  # cannot happen for 1/eps <= 80; never return NaN votes
                 raise RuntimeError("Sinkhorn produced a non-finite scaling although exp(-C/eps) cannot underflow")
             return log2k, back, [cfg.eps] * batch
         cost = cost_from_log2_kernel_(log2k, alpha)
@@ -339,10 +340,8 @@ class SCOT:
     def _solve(self, cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor) -> tuple[torch.Tensor, list]:
         cfg = self.config
         votes, stats = scot_votes(
-            cost, mu, nu, eps=cfg.eps, exp2=self._exp2,
-            num_iters=cfg.sinkhorn_iters, tol=cfg.sinkhorn_tol,
-            log_domain=cfg.sinkhorn_mode == "log", tau=cfg.unbalanced_tau,
-            max_doublings=cfg.max_eps_doublings, consume_cost=True, cost_bound=1.0,
+            cost, mu, nu, eps=cfg.eps, exp2=self._exp2, num_iters=cfg.sinkhorn_iters, tol=cfg.sinkhorn_tol,
+            log_domain=cfg.sinkhorn_mode == "log", tau=cfg.unbalanced_tau, max_doublings=cfg.max_eps_doublings,
         )
         return votes, stats.eps_used
 

@@ -15,18 +15,19 @@ One Sinkhorn iteration (the paper's setting) therefore computes the correlation 
 times instead of once; results equal the in-memory path's up to float rounding.  Blocks
 are whole rows of the source grid, which the Hough windows need.
 
-If :math:`e^{-C/\varepsilon}` underflows so that a scaling is not finite, ε is doubled
-(at most ``max_doublings`` times), the policy of :func:`scot.ot.scot_votes`.
+ε follows the one policy of :mod:`scot.ot`: doubled while a scaling is not finite, at most
+``max_doublings`` times.
 """
 
 from __future__ import annotations
 
 import torch
 
+from typing import Callable
+
 from .cost import Correlation, kernel_scale, log2_kernel_
-from .errors import ScotError
 from .features import Hyperpixels
-from .ot import Scalings, dampening, kernel_sinkhorn, log2_votes
+from .ot import Scalings, dampening, kernel_sinkhorn, log2_votes, with_eps_doublings
 from .rhm import HoughWindows, grid_view, smooth_histogram
 
 
@@ -62,41 +63,37 @@ def streamed_best_matches(
     n, m = src.n, trg.n
     step = max(1, block_rows // ws) * ws
     mu_b, nu_b = mu.unsqueeze(0), nu.unsqueeze(0)
-    eps_now = float(eps)
-    for _ in range(max_doublings + 1):
+    slab = mu.new_empty(step, m)
+    best = torch.empty(n, dtype=torch.long, device=mu.device)
+    best_conf = torch.empty(n, device=mu.device)
+
+    def attempt(eps_now: float) -> tuple[Callable[[int, int], torch.Tensor], Scalings, torch.Tensor | None] | None:
         alpha = kernel_scale(eps_now)
         corr = Correlation(src, trg, alpha)
-        slab = mu.new_empty(step, m)
 
         def block(r0: int, r1: int) -> torch.Tensor:
-            out = corr.fill(slab[: r1 - r0], r0 // ws, r1 // ws)
-            return log2_kernel_(out, alpha).unsqueeze(0)
+            return log2_kernel_(corr.fill(slab[: r1 - r0], r0 // ws, r1 // ws), alpha).unsqueeze(0)
 
         sums = mu.new_zeros(hs + ht - 1, ws + wt - 1) if hough is not None else None
-        best = torch.empty(n, dtype=torch.long, device=mu.device)
-        best_conf = torch.empty(n, device=mu.device)
 
-        def vote(r0: int, r1: int, log2k: torch.Tensor, a_blk: torch.Tensor, sc: Scalings) -> None:
-            votes = log2_votes(log2k, a_blk, sc.b, sc.rows, exp2, out=log2k)[0]
-            if sums is not None:
+        def vote(r0: int, r1: int, log2k: torch.Tensor, sc: Scalings) -> None:
+            votes = log2_votes(log2k, sc.log2_rows(r0, r1), sc.log2_cols(), exp2, out=log2k)[0]
+            if hough is not None:
                 hough.sums(grid_view(votes, ((r1 - r0) // ws, ws), (ht, wt)), sums, row0=r0 // ws)
             else:
                 torch.max(votes, 1, out=(best_conf[r0:r1], best[r0:r1]))
 
         scalings = kernel_sinkhorn(block, mu_b, nu_b, num_iters=num_iters, fi=dampening(eps_now, tau),
                                    block_rows=step, on_final_block=vote)
-        if scalings.finite():
-            break
-        eps_now *= 2.0
-    else:
-        raise ScotError(f"Sinkhorn did not give a finite plan even at eps {eps_now / 2:g}; "
-                        "use a larger --eps, or --sinkhorn-mode log without --low-memory")
+        return (block, scalings, sums) if bool(scalings.finite()) else None
+
+    (block, scalings, sums), eps_used = with_eps_doublings(attempt, eps, max_doublings)
     if hough is None or sums is None:
-        return best, best_conf, eps_now
+        return best, best_conf, eps_used
     windows = hough.windows(hough.table(smooth_histogram(hough.histogram(sums), kernel_side)))
     for r0 in range(0, n, step):
         r1 = min(r0 + step, n)
-        votes = log2_votes(block(r0, r1), scalings.a[:, r0:r1], scalings.b, scalings.rows, exp2)[0]
+        votes = log2_votes(block(r0, r1), scalings.log2_rows(r0, r1), scalings.log2_cols(), exp2)[0]
         conf = grid_view(votes, ((r1 - r0) // ws, ws), (ht, wt)).mul_(windows[r0 // ws : r1 // ws])
         torch.max(conf.view(r1 - r0, m), 1, out=(best_conf[r0:r1], best[r0:r1]))
-    return best, best_conf, eps_now
+    return best, best_conf, eps_used
