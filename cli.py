@@ -700,6 +700,21 @@ def layers(
         typer.echo(f"{hid:>3}  {g.jump:>6}  {g.rf:>4}  {bb.channels(hid):>8}  {g.height:>3}x{g.width:<3}  {name}")
 
 
+@app.command()
+@cli_errors
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the outputs.")] = Path("scot-demo"),
+) -> None:
+    """Match a photo that matplotlib ships against a modified copy of itself: no data, no network."""
+    from scot.demo import run_demo
+
+    res = run_demo(output, notice=_err)
+    typer.echo(f"demo: {res.pair.description} [{res.backbone}]")
+    typer.echo(f"{len(res.errors_px)} keypoints transferred, median error {res.median_error_px:.1f} px "
+               f"(the copy's crop and scale are known)")
+    typer.echo(f"  {res.png}\n  {res.json}\n  {res.pair.target}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
