@@ -1,4 +1,4 @@
-"""Loaders against the real annotation files in ../shared, and bad data."""
+"""Loaders against the real annotation files (see conftest: ``$SCOT_DATA``, ``../shared`` or ``data/``), and bad data."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def test_selection(willow_root):
         ds.select(category="cat")
 
 
-def test_spair_sample_fields(shared, tmp_path):
-    sample = shared / "datasets" / "formats" / "spair-71k-sample"
+def test_spair_sample_fields(spair_sample, tmp_path):
+    sample = spair_sample
     root = tmp_path / "SPair-71k"
     shutil.copytree(sample, root)
     ds = load_dataset("spair", tmp_path, check_images=False)
@@ -64,8 +64,8 @@ def test_spair_sample_fields(shared, tmp_path):
         load_dataset("spair", tmp_path)
 
 
-def test_ncnet_pair_list(shared):
-    lists = shared / "datasets" / "formats" / "pf-pascal-pairlists"
+def test_ncnet_pair_list(pfpascal_lists):
+    lists = pfpascal_lists
     ds = load_dataset("pfpascal", "/nonexistent", pair_list=lists / "test_pairs_ncnet.csv", check_images=False)
     assert len(ds) == 299
     p = ds.pairs[0]
@@ -102,9 +102,9 @@ def test_truncated_csv_is_named(willow_root, tmp_path):
         load_dataset("pfwillow", tmp_path)
 
 
-def test_spair_json_without_trg_kps(shared, tmp_path):
+def test_spair_json_without_trg_kps(spair_sample, tmp_path):
     root = tmp_path / "SPair-71k"
-    shutil.copytree(shared / "datasets" / "formats" / "spair-71k-sample", root)
+    shutil.copytree(spair_sample, root)
     ann = next((root / "PairAnnotation" / "test").glob("*.json"))
     data = json.loads(ann.read_text())
     del data["trg_kps"]
@@ -113,15 +113,18 @@ def test_spair_json_without_trg_kps(shared, tmp_path):
         load_dataset("spair", tmp_path, check_images=False)
 
 
-def test_mismatched_keypoint_counts(shared, tmp_path):
+def test_mismatched_keypoint_counts(spair_sample, tmp_path):
     root = tmp_path / "SPair-71k"
-    shutil.copytree(shared / "datasets" / "formats" / "spair-71k-sample", root)
+    shutil.copytree(spair_sample, root)
     ann = next((root / "PairAnnotation" / "test").glob("*.json"))
     data = json.loads(ann.read_text())
     data["trg_kps"] = data["trg_kps"][:2]
     ann.write_text(json.dumps(data))
     with pytest.raises(ScotError, match=rf"{ann.name}: 3 source keypoints but 2 target keypoints"):
         load_dataset("spair", tmp_path, check_images=False)
+
+
+def test_mismatched_keypoint_counts_in_an_ncnet_list(tmp_path):
     bad = tmp_path / "bad_ncnet.csv"
     bad.write_text("source_image,target_image,class,XA,YA,XB,YB\na.jpg,b.jpg,1,1;2,3;4,5,6\n")
     with pytest.raises(ScotError, match=r"bad_ncnet\.csv line 2: 2 source keypoints but 1 target keypoints"):
