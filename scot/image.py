@@ -363,8 +363,13 @@ def _tensor_to_rgb(t: torch.Tensor, label: str) -> torch.Tensor:
 
 
 def resize_ratio(width: int, height: int, side: int = 300) -> float:
-    """The reference's resize factor ``side / max(H, W)``, evaluated in float32."""
-    ratio = torch.tensor(float(side), dtype=torch.float32) / torch.tensor(float(max(width, height)), dtype=torch.float32)
+    """The reference's resize factor ``side / max(H, W)``, evaluated in float32 as the reference does.
+
+    The reference divides a Python number by a float32 tensor, which PyTorch evaluates as
+    ``reciprocal(max(H, W)) * side``; that rounds differently from a true float32 division
+    for about one long side in ten (e.g. 490 px: 299 rows after truncation, not 300).
+    """
+    ratio = torch.tensor(float(max(width, height)), dtype=torch.float32).reciprocal() * side
     return float(ratio)
 
 

@@ -145,6 +145,18 @@ def test_efficientnet_lite_classifies_pfwillow_images(name, willow_root):
     assert sum("wine bottle" in top(p, 3) for p in bottles) >= 4
 
 
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2"])
+def test_efficientnet_lite_classifies_the_sample_photo(name):
+    """The embedded ImageNet weights, with no data: matplotlib's portrait of Grace Hopper in uniform."""
+    from scot.demo import sample_photo
+
+    bb = build_backbone(name)
+    img, _ = resize_longest_side(load_image(sample_photo()).tensor, 300)
+    with torch.no_grad():
+        logits = bb.extract(bb.normalize(img[None]), (), head=True).logits[0]
+    assert IMAGENET[int(logits.argmax())] == "military uniform"
+
+
 def test_efficientnet_normalisation_is_tensorflow_style():
     bb = build_backbone("efficientnet-lite0")
     x = torch.tensor([0.0, 127 / 255, 1.0]).view(1, 3, 1, 1)

@@ -1,4 +1,4 @@
-"""End to end: ``scot match`` on shared PF-WILLOW images, and its error handling."""
+"""End to end: ``scot match`` on real PF-WILLOW images and on generated photo pairs, and its error handling."""
 
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ def test_match_writes_png_and_json(tmp_path, willow_rows):
     assert close >= 4
 
 
-def test_match_pairs_csv(tmp_path, willow_rows):
-    rows = willow_rows[:2]
+def test_match_pairs_csv(tmp_path, photo_rows):
+    rows = photo_rows[:2]
     csv_file = tmp_path / "pairs.csv"
     csv_file.write_text("source,target\n" + "".join(f"{r['src']},{r['trg']}\n" for r in rows))
     out = tmp_path / "many"
@@ -86,8 +86,8 @@ def test_match_pairs_csv(tmp_path, willow_rows):
 
 
 @pytest.mark.parametrize("variant", ["missing", "directory", "not-image", "tiny"])
-def test_bad_images(tmp_path, willow_rows, variant):
-    good = str(willow_rows[0]["src"])
+def test_bad_images(tmp_path, photo_rows, variant):
+    good = str(photo_rows[0]["src"])
     bad = tmp_path / "bad.png"
     if variant == "directory":
         bad = tmp_path
@@ -100,8 +100,8 @@ def test_bad_images(tmp_path, willow_rows, variant):
     one_line_error(res, str(bad), expected)
 
 
-def test_bad_options(tmp_path, willow_rows):
-    src, trg = str(willow_rows[0]["src"]), str(willow_rows[0]["trg"])
+def test_bad_options(tmp_path, photo_rows):
+    src, trg = str(photo_rows[0]["src"]), str(photo_rows[0]["trg"])
     o = ["-o", str(tmp_path / "o")]
     one_line_error(runner.invoke(app, ["match", src, trg, *o, "--backbone", "alexnet"]), "--backbone", "alexnet")
     one_line_error(runner.invoke(app, ["match", src, trg, *o, "--preset", "nope"]), "--preset", "nope")
@@ -120,10 +120,10 @@ def test_bad_options(tmp_path, willow_rows):
     one_line_error(runner.invoke(app, ["match", src, *o]), "missing SRC and TRG")
 
 
-def test_console_script_runs(tmp_path, willow_rows):
+def test_console_script_runs(tmp_path, photo_rows):
     """The installed ``scot`` entry point works as a subprocess."""
     exe = shutil.which("scot") or str(Path(sys.executable).with_name("scot"))
-    row = willow_rows[5]
+    row = photo_rows[5]
     proc = subprocess.run([exe, "match", str(row["src"]), str(row["trg"]), "-o", str(tmp_path), "--backbone",
                            "efficientnet-lite0", "--top-k", "10"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""Loaders against the real annotation files in ../shared, and bad data."""
+"""Loaders against the real annotation files (see conftest: ``$SCOT_DATA``, ``../shared`` or ``data/``), and bad data."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def test_selection(willow_root):
     assert info.value.option == "split"
 
 
-def test_spair_sample_fields(shared, tmp_path):
-    sample = shared / "datasets" / "formats" / "spair-71k-sample"
+def test_spair_sample_fields(spair_sample, tmp_path):
+    sample = spair_sample
     root = tmp_path / "SPair-71k"
     shutil.copytree(sample, root)
     ds = load_dataset("spair", tmp_path, check_images=False)
@@ -78,8 +78,8 @@ def test_spair_sample_fields(shared, tmp_path):
         load_dataset("spair", tmp_path)
 
 
-def test_ncnet_pair_list(shared):
-    lists = shared / "datasets" / "formats" / "pf-pascal-pairlists"
+def test_ncnet_pair_list(pfpascal_lists):
+    lists = pfpascal_lists
     ds = load_dataset("pfpascal", "/nonexistent", pair_list=lists / "test_pairs_ncnet.csv", check_images=False)
     assert len(ds) == 299
     p = ds.pairs[0]
@@ -116,9 +116,9 @@ def test_truncated_csv_is_named(willow_root, tmp_path):
         load_dataset("pfwillow", tmp_path)
 
 
-def test_spair_json_without_trg_kps(shared, tmp_path):
+def test_spair_json_without_trg_kps(spair_sample, tmp_path):
     root = tmp_path / "SPair-71k"
-    shutil.copytree(shared / "datasets" / "formats" / "spair-71k-sample", root)
+    shutil.copytree(spair_sample, root)
     ann = next((root / "PairAnnotation" / "test").glob("*.json"))
     data = json.loads(ann.read_text())
     del data["trg_kps"]
@@ -127,15 +127,18 @@ def test_spair_json_without_trg_kps(shared, tmp_path):
         load_dataset("spair", tmp_path, check_images=False)
 
 
-def test_mismatched_keypoint_counts(shared, tmp_path):
+def test_mismatched_keypoint_counts(spair_sample, tmp_path):
     root = tmp_path / "SPair-71k"
-    shutil.copytree(shared / "datasets" / "formats" / "spair-71k-sample", root)
+    shutil.copytree(spair_sample, root)
     ann = next((root / "PairAnnotation" / "test").glob("*.json"))
     data = json.loads(ann.read_text())
     data["trg_kps"] = data["trg_kps"][:2]
     ann.write_text(json.dumps(data))
     with pytest.raises(ScotError, match=rf"{ann.name}: 3 source keypoints but 2 target keypoints"):
         load_dataset("spair", tmp_path, check_images=False)
+
+
+def test_mismatched_keypoint_counts_in_an_ncnet_list(tmp_path):
     bad = tmp_path / "bad_ncnet.csv"
     bad.write_text("source_image,target_image,class,XA,YA,XB,YB\na.jpg,b.jpg,1,1;2,3;4,5,6\n")
     with pytest.raises(ScotError, match=r"bad_ncnet\.csv line 2: 2 source keypoints but 1 target keypoints"):
@@ -149,9 +152,9 @@ def test_missing_dataset_says_where_to_put_it(tmp_path):
         load_dataset("caltech", tmp_path)
 
 
-def _ncnet_rows(shared: Path, n: int) -> list[dict]:
+def _ncnet_rows(pfpascal_lists: Path, n: int) -> list[dict]:
     """The first ``n`` rows of the real NCNet PF-PASCAL test list, keypoints as (K, 2) arrays."""
-    path = shared / "datasets" / "formats" / "pf-pascal-pairlists" / "test_pairs_ncnet.csv"
+    path = pfpascal_lists / "test_pairs_ncnet.csv"
     rows = []
     with open(path, newline="") as fh:
         for row in list(csv.DictReader(fh))[:n]:
@@ -188,11 +191,11 @@ def _write_pascal(tmp_path: Path, rows: list[dict], extra_invisible: int = 0, vi
 
 
 @pytest.mark.parametrize("visibility_column", [False, True])
-def test_pfpascal_annotations_agree_with_the_ncnet_list(shared, tmp_path, visibility_column):
-    rows = _ncnet_rows(shared, 3)
+def test_pfpascal_annotations_agree_with_the_ncnet_list(pfpascal_lists, tmp_path, visibility_column):
+    rows = _ncnet_rows(pfpascal_lists, 3)
     _write_pascal(tmp_path, rows, extra_invisible=2, visibility_column=visibility_column)
     ds = load_dataset("pfpascal", tmp_path, check_images=False)
-    lists = shared / "datasets" / "formats" / "pf-pascal-pairlists"
+    lists = pfpascal_lists
     ncnet = load_dataset("pfpascal", tmp_path, pair_list=lists / "test_pairs_ncnet.csv", check_images=False)
     assert len(ds) == 3
     for mine, theirs, row in zip(ds.pairs, ncnet.pairs, rows):
@@ -204,10 +207,10 @@ def test_pfpascal_annotations_agree_with_the_ncnet_list(shared, tmp_path, visibi
         assert mine.pair_id == theirs.pair_id
 
 
-def test_pfpascal_keypoint_visible_in_one_image_only_is_dropped(shared, tmp_path):
+def test_pfpascal_keypoint_visible_in_one_image_only_is_dropped(pfpascal_lists, tmp_path):
     import scipy.io
 
-    rows = _ncnet_rows(shared, 1)
+    rows = _ncnet_rows(pfpascal_lists, 1)
     root = _write_pascal(tmp_path, rows)
     ann = root / "Annotations" / "aeroplane" / f"{Path(rows[0]['trg']).stem}.mat"
     kps = rows[0]["trg_kps"].copy()
@@ -236,8 +239,8 @@ def test_pair_oriented_mirrors_flipped_pairs_only():
     assert flip_box(None, 200) is None and dataclasses.replace(flipped, trg_bbox=None).oriented(100, 200)[2] is None
 
 
-def test_spair_real_pair_json_is_valid_and_image_jsons_hold_nulls(shared):
-    sample = shared / "datasets" / "formats" / "spair-71k-sample"
+def test_spair_real_pair_json_is_valid_and_image_jsons_hold_nulls(spair_sample):
+    sample = spair_sample
     pair_json = next((sample / "PairAnnotation" / "test").glob("*.json"))
     ann = read_pair_annotation(pair_json, "aeroplane")
     raw = json.loads(pair_json.read_text())

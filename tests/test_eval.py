@@ -54,9 +54,9 @@ def test_eval_pfwillow_writes_all_outputs(willow_root, tmp_path):
     assert "car(G)" in res.stdout and "mean over pairs" in res.stdout and "mean over kps" in res.stdout
 
 
-def test_resume_after_interrupt_gives_the_same_numbers(willow_root, tmp_path):
+def test_resume_after_interrupt_gives_the_same_numbers(photo_willow, tmp_path):
     model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow", cam=False))
-    data = load_dataset("pfwillow", willow_root.parent).select(category="duck(S)", limit=8)
+    data = load_dataset("pfwillow", photo_willow.parent).select(category="duck(S)", limit=8)
     settings = EvalSettings(thres="bbox", batch_size=2)
     selection = {"category": "duck(S)", "limit": 8}
 
@@ -87,11 +87,11 @@ def test_resume_after_interrupt_gives_the_same_numbers(willow_root, tmp_path):
         evaluate(model, data, tmp_path / "cut", other, selection, resume=True)
 
 
-def test_batched_matching_equals_one_by_one(willow_root):
+def test_batched_matching_equals_one_by_one(photo_willow):
     model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow"))
     assert model.config.symmetric  # the preset's two-way matching, batched with padding too
-    ds = load_dataset("pfwillow", willow_root.parent)
-    pairs = [ds.pairs[0], ds.pairs[23], ds.pairs[150]]  # different image sizes
+    ds = load_dataset("pfwillow", photo_willow.parent)
+    pairs = [ds.pairs[0], ds.pairs[7], ds.pairs[13]]  # different image sizes
     items = [(model.extract(p.src), model.extract(p.trg), p.src_kps) for p in pairs]
     assert len({it[0].n for it in items} | {it[1].n for it in items}) > 1
     batched = model.match_batch(items)
@@ -101,9 +101,8 @@ def test_batched_matching_equals_one_by_one(willow_root):
         assert torch.equal(res.best, single.best)
 
 
-def _fake_spair(shared: Path, root: Path) -> None:
+def _fake_spair(sample: Path, root: Path) -> None:
     """The real SPair annotation sample with generated images of the stated sizes."""
-    sample = shared / "datasets" / "formats" / "spair-71k-sample"
     shutil.copytree(sample, root / "SPair-71k")
     for ann in (sample / "ImageAnnotation" / "aeroplane").glob("*.json"):
         info = json.loads(ann.read_text())
@@ -113,8 +112,8 @@ def _fake_spair(shared: Path, root: Path) -> None:
         img.save(path)
 
 
-def test_spair_fixture_runs_with_flags(shared, tmp_path):
-    _fake_spair(shared, tmp_path)
+def test_spair_fixture_runs_with_flags(spair_sample, tmp_path):
+    _fake_spair(spair_sample, tmp_path)
     out = tmp_path / "run"
     res = runner.invoke(app, ["eval", "--dataset", "spair", "--datapath", str(tmp_path), "--backbone",
                               "efficientnet-lite0", "-o", str(out)])
@@ -163,11 +162,11 @@ def http_server():
     server.shutdown()
 
 
-def test_download_installs_and_checks_integrity(willow_root, tmp_path, http_server):
+def test_download_installs_and_checks_integrity(photo_willow, tmp_path, http_server):
     base, files = http_server
     src = tmp_path / "src" / "PF-WILLOW"
-    shutil.copytree(willow_root / "duck(S)", src / "duck(S)")
-    lines = (willow_root / "test_pairs.csv").read_text().splitlines()
+    shutil.copytree(photo_willow / "duck(S)", src / "duck(S)")
+    lines = (photo_willow / "test_pairs.csv").read_text().splitlines()
     (src / "test_pairs.csv").write_text("\n".join([lines[0]] + [ln for ln in lines if "duck(S)" in ln]) + "\n")
     good = _archive(src, "PF-WILLOW")
     files["/good.tar.gz"] = good

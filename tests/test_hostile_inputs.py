@@ -57,13 +57,13 @@ def no_hang():
 # PF-PASCAL: Annotations/<class>/<name>.mat, built from the first real NCNet test pair
 
 
-def _first_ncnet_pair(shared: Path) -> tuple[list[str], list[str]]:
-    lines = (shared / "datasets" / "formats" / "pf-pascal-pairlists" / "test_pairs_ncnet.csv").read_text().splitlines()
+def _first_ncnet_pair(pfpascal_lists: Path) -> tuple[list[str], list[str]]:
+    lines = (pfpascal_lists / "test_pairs_ncnet.csv").read_text().splitlines()
     return lines[0].split(","), lines[1].split(",")
 
 
-def _pascal_keypoints(shared: Path) -> tuple[str, str, np.ndarray, np.ndarray]:
-    _, row = _first_ncnet_pair(shared)
+def _pascal_keypoints(pfpascal_lists: Path) -> tuple[str, str, np.ndarray, np.ndarray]:
+    _, row = _first_ncnet_pair(pfpascal_lists)
     src, trg = Path(row[0]).stem, Path(row[1]).stem
     xy = [[float(v) for v in cell.split(";")] for cell in row[3:7]]
     return src, trg, np.array(xy[0:2]).T, np.array(xy[2:4]).T
@@ -118,15 +118,15 @@ def _write_pascal(root: Path, src: str, trg: str, src_content: Any, trg_kps: np.
 
 
 @pytest.mark.parametrize("case, content, expected", MAT_CASES, ids=[c[0] for c in MAT_CASES])
-def test_pfpascal_bad_mat(shared, tmp_path, case, content, expected):
-    src, trg, src_kps, trg_kps = _pascal_keypoints(shared)
+def test_pfpascal_bad_mat(pfpascal_lists, tmp_path, case, content, expected):
+    src, trg, src_kps, trg_kps = _pascal_keypoints(pfpascal_lists)
     _write_pascal(tmp_path, src, trg, content(src_kps), trg_kps)
     named = r"test_pairs\.csv" if expected.startswith("line") else re.escape(f"{src}.mat")
     raises_one_line(lambda: load_dataset("pfpascal", tmp_path, check_images=False), named, expected)
 
 
-def test_pfpascal_visibility_column_drops_hidden_keypoints(shared, tmp_path):
-    src, trg, src_kps, trg_kps = _pascal_keypoints(shared)
+def test_pfpascal_visibility_column_drops_hidden_keypoints(pfpascal_lists, tmp_path):
+    src, trg, src_kps, trg_kps = _pascal_keypoints(pfpascal_lists)
     flags = [0.0, 1.0, 1.0, 0.0] + [1.0] * 7
     hidden = np.where(np.array(flags)[:, None] == 1.0, src_kps, -1.0)  # hidden rows hold junk
     _write_pascal(tmp_path, src, trg, {"kps": _visibility(hidden, flags), "bbox": BBOX}, trg_kps)
@@ -137,8 +137,8 @@ def test_pfpascal_visibility_column_drops_hidden_keypoints(shared, tmp_path):
     assert pair.src_bbox == (10.0, 20.0, 300.0, 250.0)
 
 
-def test_pfpascal_flip_must_be_zero_or_one(shared, tmp_path):
-    src, trg, src_kps, trg_kps = _pascal_keypoints(shared)
+def test_pfpascal_flip_must_be_zero_or_one(pfpascal_lists, tmp_path):
+    src, trg, src_kps, trg_kps = _pascal_keypoints(pfpascal_lists)
     _write_pascal(tmp_path, src, trg, {"kps": src_kps, "bbox": BBOX}, trg_kps, flip="yes")
     raises_one_line(lambda: load_dataset("pfpascal", tmp_path, split="trn", check_images=False),
                     r"trn_pairs\.csv line 2: flip must be 0 or 1, got 'yes'")
@@ -173,15 +173,15 @@ NCNET_CASES: list[tuple[str, Callable[[list[str]], list[str]], str]] = [
 
 
 @pytest.mark.parametrize("case, mutate, expected", NCNET_CASES, ids=[c[0] for c in NCNET_CASES])
-def test_ncnet_list_bad_row(shared, tmp_path, case, mutate, expected):
-    header, row = _first_ncnet_pair(shared)
+def test_ncnet_list_bad_row(pfpascal_lists, tmp_path, case, mutate, expected):
+    header, row = _first_ncnet_pair(pfpascal_lists)
     bad = tmp_path / "pairs.csv"
     bad.write_text(",".join(header) + "\n" + ",".join(mutate(row)) + "\n")
     raises_one_line(lambda: load_dataset("pfpascal", tmp_path, pair_list=bad, check_images=False), r"pairs\.csv", expected)
 
 
-def test_ncnet_list_trailing_separator_and_bom_read_the_same(shared, tmp_path):
-    header, row = _first_ncnet_pair(shared)
+def test_ncnet_list_trailing_separator_and_bom_read_the_same(pfpascal_lists, tmp_path):
+    header, row = _first_ncnet_pair(pfpascal_lists)
     plain, odd = tmp_path / "plain.csv", tmp_path / "odd.csv"
     plain.write_text(",".join(header) + "\n" + ",".join(row) + "\n")
     odd.write_bytes(("\ufeff" + ",".join(header) + "\r\n" + ",".join(row[:3] + [c + ";" for c in row[3:]]) + "\r\n").encode())
@@ -201,8 +201,8 @@ def test_ncnet_list_not_utf8(tmp_path):
 # PF-WILLOW test_pairs.csv
 
 
-def _willow_lines(shared: Path) -> tuple[str, list[str]]:
-    lines = (shared / "datasets" / "pfwillow-dev" / "PF-WILLOW" / "test_pairs.csv").read_text().splitlines()
+def _willow_lines(willow_root: Path) -> tuple[str, list[str]]:
+    lines = (willow_root / "test_pairs.csv").read_text().splitlines()
     return lines[0], lines[1].split(",")
 
 
@@ -231,15 +231,15 @@ WILLOW_CASES: list[tuple[str, Callable[[list[str]], list[str]], str]] = [
 
 
 @pytest.mark.parametrize("case, mutate, expected", WILLOW_CASES, ids=[c[0] for c in WILLOW_CASES])
-def test_pfwillow_bad_row(shared, tmp_path, case, mutate, expected):
-    header, row = _willow_lines(shared)
+def test_pfwillow_bad_row(willow_root, tmp_path, case, mutate, expected):
+    header, row = _willow_lines(willow_root)
     (tmp_path / "PF-WILLOW").mkdir()
     (tmp_path / "PF-WILLOW" / "test_pairs.csv").write_text(header + "\n" + ",".join(mutate(row)) + "\n")
     raises_one_line(lambda: load_dataset("pfwillow", tmp_path, check_images=False), r"test_pairs\.csv", expected)
 
 
-def test_pfwillow_bom_and_crlf_read_the_same(shared, willow_root, tmp_path):
-    header, row = _willow_lines(shared)
+def test_pfwillow_bom_and_crlf_read_the_same(willow_root, tmp_path):
+    header, row = _willow_lines(willow_root)
     (tmp_path / "PF-WILLOW").mkdir()
     (tmp_path / "PF-WILLOW" / "test_pairs.csv").write_bytes(("\ufeff" + header + "\r\n" + ",".join(row) + "\r\n").encode())
     mine = load_dataset("pfwillow", tmp_path, check_images=False).pairs[0]
@@ -291,15 +291,15 @@ SPAIR_CASES: list[tuple[str, Callable[[dict], None], str]] = [
 ]
 
 
-def _spair_copy(shared: Path, tmp_path: Path) -> Path:
+def _spair_copy(spair_sample: Path, tmp_path: Path) -> Path:
     root = tmp_path / "SPair-71k"
-    shutil.copytree(shared / "datasets" / "formats" / "spair-71k-sample", root)
+    shutil.copytree(spair_sample, root)
     return next((root / "PairAnnotation" / "test").glob("*.json"))
 
 
 @pytest.mark.parametrize("case, mutate, expected", SPAIR_CASES, ids=[c[0] for c in SPAIR_CASES])
-def test_spair_bad_pair_json(shared, tmp_path, case, mutate, expected):
-    ann = _spair_copy(shared, tmp_path)
+def test_spair_bad_pair_json(spair_sample, tmp_path, case, mutate, expected):
+    ann = _spair_copy(spair_sample, tmp_path)
     data = json.loads(ann.read_text())
     mutate(data)
     ann.write_text(json.dumps(data))
@@ -311,22 +311,22 @@ def test_spair_bad_pair_json(shared, tmp_path, case, mutate, expected):
     ('{"src_kps": [[212, 153], [300, 130]', r"is not valid JSON"),
     ("", r"is empty"),
 ], ids=["list", "truncated", "empty"])
-def test_spair_unreadable_pair_json(shared, tmp_path, content, expected):
-    ann = _spair_copy(shared, tmp_path)
+def test_spair_unreadable_pair_json(spair_sample, tmp_path, content, expected):
+    ann = _spair_copy(spair_sample, tmp_path)
     ann.write_text(content)
     raises_one_line(lambda: load_dataset("spair", tmp_path, check_images=False), re.escape(ann.name), expected)
 
 
-def test_spair_pair_json_as_named_pipe_is_refused_without_blocking(shared, tmp_path, no_hang):
-    ann = _spair_copy(shared, tmp_path)
+def test_spair_pair_json_as_named_pipe_is_refused_without_blocking(spair_sample, tmp_path, no_hang):
+    ann = _spair_copy(spair_sample, tmp_path)
     ann.unlink()
     os.mkfifo(ann)
     raises_one_line(lambda: load_dataset("spair", tmp_path, check_images=False), re.escape(ann.name),
                     r"is a named pipe \(FIFO\), not a regular file")
 
 
-def test_spair_fractional_coordinates_are_kept(shared, tmp_path):
-    ann = _spair_copy(shared, tmp_path)
+def test_spair_fractional_coordinates_are_kept(spair_sample, tmp_path):
+    ann = _spair_copy(spair_sample, tmp_path)
     data = json.loads(ann.read_text())
     data["src_kps"][0] = [212.5, 153.25]
     ann.write_text(json.dumps(data))

@@ -100,12 +100,13 @@ def test_tiny_images_are_rejected(tmp_path):
 
 
 def test_resize_matches_reference_rule():
-    # float32 ratio, int() truncation, bilinear align_corners=False, up or down
-    for (w, h) in [(500, 333), (333, 500), (150, 100), (1000, 999), (300, 225), (4000, 3000)]:
+    # float32 ratio computed as the reference writes it (int / tensor), int() truncation,
+    # bilinear align_corners=False, up or down; 490, 291 and 62 are sides where int / tensor
+    # and a float32 tensor / tensor division truncate to different sizes
+    for (w, h) in [(500, 333), (333, 500), (150, 100), (1000, 999), (300, 225), (4000, 3000), (300, 490), (291, 200), (62, 41)]:
         nw, nh = resized_size(w, h, 300)
-        ratio = torch.tensor(300.0) / torch.tensor(float(max(w, h)))
+        ratio = 300 / torch.tensor(float(max(w, h)))
         assert (nw, nh) == (int(torch.tensor(float(w)) * ratio), int(torch.tensor(float(h)) * ratio))
-        assert max(nw, nh) == 300
     img = torch.rand(3, 333, 500)
     out, ratio = resize_longest_side(img, 300)
     assert out.shape == (3, 199, 300) and ratio == pytest.approx(0.6)

@@ -56,18 +56,17 @@ def test_search_prefers_the_known_better_set(willow_root, tmp_path):
     assert json.loads(js.read_text())["config"]["hyperpixel_ids"] == doc["hyperpixel_ids"]
 
 
-def test_search_api_grows_only_deeper_ids(willow_root):
+def test_search_api_grows_only_deeper_ids(photo_willow):
     model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow", cam=False, hyperpixel_ids=(4,)))
-    data = load_dataset("pfwillow", willow_root.parent).select(limit=2)
+    data = load_dataset("pfwillow", photo_willow.parent).select(limit=2)
     results = search_layers(model, data, thres="bbox", base_ids=[5], candidate_ids=[2, 4, 8], beam=2, max_size=3)
     evaluated = {r.ids for r in results}
     assert evaluated == {(5,), (5, 8)}  # 2 and 4 are shallower than the base: never added
 
 
-def test_bad_thres_is_one_line_before_any_work(willow_root, tmp_path):
-    
+def test_bad_thres_is_one_line_before_any_work(photo_willow, tmp_path):
     for cmd in ("eval", "search-layers"):
-        res = runner.invoke(app, [cmd, "--dataset", "pfwillow", "--datapath", str(willow_root.parent), "--backbone",
+        res = runner.invoke(app, [cmd, "--dataset", "pfwillow", "--datapath", str(photo_willow.parent), "--backbone",
                                   "efficientnet-lite0", "--thres", "foo", "-o", str(tmp_path / cmd)])
         one_line_error(res, "--thres", "foo")
         assert not (tmp_path / cmd).exists()

@@ -9,9 +9,9 @@ from scot import SCOT, SCOTConfig, ScotError
 
 
 @pytest.fixture(scope="module")
-def lite0_pair(willow_rows):
+def lite0_pair(photo_rows):
     model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow"))
-    row = willow_rows[61]
+    row = photo_rows[0]  # photo -> zoomed
     return model, model.extract(row["src"]), model.extract(row["trg"]), row["src_kps"]
 
 

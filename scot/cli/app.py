@@ -255,6 +255,21 @@ def config_cmd(
         _notice("note: with --backbone auto the preset's ids are filled once the backbone is known")
 
 
+@app.command()
+@cli_errors
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the outputs.")] = Path("scot-demo"),
+) -> None:
+    """Match a photo that matplotlib ships against a modified copy of itself: no data, no network."""
+    from ..demo import run_demo
+
+    res = run_demo(output, notice=_notice)
+    typer.echo(f"demo: {res.pair.description} [{res.backbone}]")
+    typer.echo(f"{len(res.errors_px)} keypoints transferred, median error {res.median_error_px:.1f} px "
+               f"(the copy's crop and scale are known)")
+    typer.echo(f"  {res.png}\n  {res.json}\n  {res.pair.target}")
+
+
 bench_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, rich_markup_mode=None,
                         help="Measure speed and memory, stage by stage.")
 app.add_typer(bench_app, name="bench")
