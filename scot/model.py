@@ -104,6 +104,45 @@ class MatchResult:
     config: SCOTConfig | None = None
     timings: dict[str, float] = field(default_factory=dict)
     eps_used: float | None = None
+    target_tl: torch.Tensor | None = None  # (N, 2) sub-pixel landing points (resized frame), if used
+    usable: torch.Tensor | None = None  # (N,) bool mutual matches, if used
+    topk_index: torch.Tensor | None = None  # (N, k) most confident targets of every source hyperpixel
+    topk_confidence: torch.Tensor | None = None  # (N, k) their confidences
+
+    def flow(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense correspondence by the keypoint transfer rule: ``(flow (H, W, 2), confidence (H, W))``.
+
+        ``flow[v, u]`` is where source pixel (u, v) lands in the target, in original target
+        pixels; at a keypoint it equals :attr:`transferred` (see :mod:`scot.dense`).
+        """
+        from .dense import dense_flow
+
+        how = (self.config.transfer if self.config is not None else None) or "mean"
+        return dense_flow(self.src.boxes, self.trg.boxes, self.best, self.src.grid, self.src.original_size,
+                          self.src.ratio, self.trg.ratio, how=how, confidence=self.best_confidence,
+                          usable=self.usable, target_tl=self.target_tl)
+
+    def warp(self, target_image: Any, flow: torch.Tensor | None = None) -> torch.Tensor:
+        """(3, H, W) the target image (a path, PIL image, array or tensor) warped into the source
+        frame through :meth:`flow`; zero where the flow leaves the target."""
+        from .dense import warp_image
+        from .image import load_image
+
+        flow = self.flow()[0] if flow is None else flow
+        return warp_image(load_image(target_image).tensor, flow)
+
+    def transfer_mask(self, mask: Any, flow: torch.Tensor | None = None) -> torch.Tensor:
+        """A binary or label mask (H, W) of the source moved into the target frame (Ht, Wt);
+        label values are kept, never interpolated (see :func:`scot.dense.transfer_mask`)."""
+        from .dense import transfer_mask
+
+        flow = self.flow()[0] if flow is None else flow
+        labels = torch.as_tensor(np.asarray(mask))
+        w, h = self.src.original_size
+        if tuple(labels.shape) != (h, w):
+            raise ScotError(f"the mask is {tuple(labels.shape[::-1])} pixels but the source image is {w}x{h}",
+                            option="mask")
+        return transfer_mask(labels, flow, self.trg.original_size)
 
     def foreground(self) -> torch.Tensor:
         """(N,) bool: source hyperpixels on the object, i.e. CAM above 0.4 (all if CAM is off)."""
@@ -229,14 +268,16 @@ class SCOT:
         keypoints: Any = None,
         keep_plan: bool = True,
         check_bounds: bool = True,
+        topk: int = 0,
     ) -> MatchResult:
         """Match two extracted images and transfer ``keypoints`` (K, 2) given in source pixels.
 
-        ``keep_plan=False`` lets RHM overwrite the plan (less memory; ``plan`` and
-        ``confidence`` are then not returned).  ``check_bounds=False`` accepts keypoints
-        outside the source image (benchmark annotations sometimes are).
+        ``keep_plan=False`` returns no (N, M) ``plan`` and ``confidence`` (less memory).
+        ``check_bounds=False`` accepts keypoints outside the source image (benchmark
+        annotations sometimes are).  ``topk`` > 0 keeps every source hyperpixel's ``topk``
+        most confident targets (``topk_index``/``topk_confidence``, for the viewer).
         """
-        return self.match_batch([(src, trg, keypoints)], keep_plan=keep_plan, check_bounds=check_bounds)[0]
+        return self.match_batch([(src, trg, keypoints)], keep_plan=keep_plan, check_bounds=check_bounds, topk=topk)[0]
 
     @torch.inference_mode()
     def match_batch(
@@ -244,6 +285,7 @@ class SCOT:
         items: Sequence[tuple[Hyperpixels, Hyperpixels, Any]],
         keep_plan: bool = False,
         check_bounds: bool = True,
+        topk: int = 0,
     ) -> list[MatchResult]:
         """Match several (src, trg, keypoints) pairs through the batched solver.
 
@@ -292,14 +334,17 @@ class SCOT:
             result = MatchResult(
                 src=s, trg=t, best=(t.n - 1 - best_col).cpu(), best_confidence=best_conf.float().cpu(),
                 plan=plan, confidence=conf.flip(-1) if keep_plan else None,
-                config=cfg, timings=timings, eps_used=eps_used[b],
+                config=cfg, timings=timings, eps_used=eps_used[b], target_tl=target_tl, usable=usable,
             )
+            if topk > 0:
+                values, columns = conf.topk(min(topk, t.n), dim=-1)
+                result.topk_index, result.topk_confidence = (t.n - 1 - columns).cpu(), values.float().cpu()
             results.append((result, target_tl, usable))
         clock.lap("rhm")
 
-        for (result, target_tl, usable), kps in zip(results, kps_list):
+        for (result, _, _), kps in zip(results, kps_list):
             if kps is not None:
-                self._transfer(result, kps, target_tl, usable)
+                self._transfer(result, kps)
         clock.lap("transfer")
         return [r for r, _, _ in results]
 
@@ -375,11 +420,10 @@ class SCOT:
     def _exp2(self) -> float:
         return float(self.config.exp2 if self.config.exp2 is not None else 1.0)
 
-    def _transfer(self, result: MatchResult, kps: torch.Tensor, target_tl: torch.Tensor | None = None,
-                  usable: torch.Tensor | None = None) -> None:
+    def _transfer(self, result: MatchResult, kps: torch.Tensor) -> None:
         """Transfer source keypoints ``kps`` (original pixels) through ``result``'s matches, in place."""
         s, t = result.src, result.trg
-        pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio, target_tl, usable,
+        pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio, result.target_tl, result.usable,
                                   how=self.config.transfer or "mean", confidence=result.best_confidence)
         result.keypoints, result.transferred_resized, result.transferred = kps, pred, pred / t.ratio
 
@@ -415,13 +459,14 @@ class SCOT:
         clock.lap("transfer")
         return result
 
-    def __call__(self, src: ImageLike, trg: ImageLike, keypoints: Any = None, keep_plan: bool = True) -> MatchResult:
-        """Match two images given as paths, PIL images, arrays or tensors."""
+    def __call__(self, src: ImageLike, trg: ImageLike, keypoints: Any = None, keep_plan: bool = True,
+                 topk: int = 0) -> MatchResult:
+        """Match two images given as paths, PIL images, arrays or tensors (see :meth:`match`)."""
         t0 = time.perf_counter()
         s = self.extract(src)
         t = self.extract(trg)
         features_time = time.perf_counter() - t0
-        result = self.match(s, t, keypoints, keep_plan=keep_plan)
+        result = self.match(s, t, keypoints, keep_plan=keep_plan, topk=topk)
         result.timings = {"features": features_time, **result.timings}
         return result
 

@@ -29,12 +29,44 @@ from .io import atomic_write_json
 RECORD = ".json"
 
 
+VIEWER_TOPK = 16  # targets per source hyperpixel kept for the viewer's heat map
+VIEWER_SIDE = 640  # the viewer embeds the images at about this size (JPEG)
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Which dense outputs to write besides the record and the picture."""
+
+    flow: str | None = None  # a path, or a template with {name}; .npz or .npy
+    warp: bool = False
+    mask: str | None = None  # a source mask image
+    html: bool = False
+
+    def check(self, several: bool) -> None:
+        if self.flow is not None:
+            if Path(self.flow).suffix.lower() not in (".npz", ".npy"):
+                raise ScotError(f"{self.flow} must end in .npz or .npy", option="flow")
+            if several and "{name}" not in self.flow:
+                raise ScotError("with several pairs, give a template holding {name}, e.g. flows/{name}.npz", option="flow")
+        if self.mask is not None and several:
+            raise ScotError("a source mask applies to one pair; give SRC TRG", option="mask")
+
+
 @dataclass(frozen=True)
 class Outputs:
-    """The files of one matched pair (the picture is optional)."""
+    """The files of one matched pair (all but the record are optional)."""
 
     record: Path
     picture: Path | None
+    flow: Path | None = None
+    warp: Path | None = None
+    checkerboard: Path | None = None
+    mask: Path | None = None
+    html: Path | None = None
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.picture, self.record, self.flow, self.warp, self.checkerboard, self.mask, self.html)
+                if p is not None]
 
 
 def check_folder(folder: Path) -> Path:
@@ -62,7 +94,7 @@ def _same_inputs(record: Path, src: str, trg: str) -> bool:
 
 
 def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture: bool = True,
-                 overwrite: bool = False, taken: set[Path] | None = None) -> Outputs:
+                 overwrite: bool = False, taken: set[Path] | None = None, extras: Extras | None = None) -> Outputs:
     """The files for matching ``src`` to ``trg`` in ``folder``.
 
     Args:
@@ -94,7 +126,16 @@ def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture:
             raise ScotError(f"the output name {name}.png is longer than the {limit} bytes the filesystem allows; "
                             "rename the images", option="output")
         taken.add(record)
-        return Outputs(record, folder / f"{name}.png" if picture else None)
+        ex = extras or Extras()
+        flow = None
+        if ex.flow is not None:
+            flow = Path(ex.flow.replace("{name}", name))
+            flow.parent.mkdir(parents=True, exist_ok=True)
+        return Outputs(record, folder / f"{name}.png" if picture else None, flow,
+                       folder / f"{name}.warp.png" if ex.warp else None,
+                       folder / f"{name}.warp-check.png" if ex.warp else None,
+                       folder / f"{name}.mask.png" if ex.mask else None,
+                       folder / f"{name}.html" if ex.html else None)
     raise ScotError(f"{folder}: no free output name for {stem}", option="output")
 
 
@@ -143,17 +184,94 @@ def match_record(model: Any, result: Any, src_path: str, trg_path: str, drawn: d
 
 
 def write_match(model: Any, result: Any, src_path: str, trg_path: str, outputs: Outputs, *, top_k: int = 100,
-                foreground: bool = True) -> Outputs:
-    """Write the record and, when planned, the picture of the ``top_k`` most confident matches."""
+                foreground: bool = True, mask: str | None = None) -> Outputs:
+    """Write the record and every planned output: the picture of the ``top_k`` most confident
+    matches, the dense flow, the warp, the moved ``mask`` and the viewer."""
     drawn = {"top_k": top_k, "foreground_only": foreground} if outputs.picture is not None else None
     record = match_record(model, result, src_path, trg_path, drawn)
+    labels = _read_mask(mask, result.src.original_size) if outputs.mask is not None and mask else None
     if outputs.picture is not None:
         from .viz2d import draw_match_result
 
         draw_match_result(result, src_path, trg_path, outputs.picture, top_k=top_k, foreground=foreground,
                           subtitle_prefix=model.backbone.name, cam=model.config.cam)
+    if outputs.flow or outputs.warp or outputs.mask:
+        _write_dense(result, src_path, trg_path, outputs, labels)
+    if outputs.html is not None:
+        _write_viewer(result, src_path, trg_path, outputs.html)
+    record["outputs"] = {k: str(v) for k, v in (("flow", outputs.flow), ("warp", outputs.warp),
+                                                 ("checkerboard", outputs.checkerboard), ("mask", outputs.mask),
+                                                 ("html", outputs.html)) if v is not None}
     atomic_write_json(outputs.record, record)
     return outputs
+
+
+def _read_mask(path: str, size: tuple[int, int]) -> torch.Tensor:
+    """A label mask image: (H, W) integer labels, one channel (palette indices kept)."""
+    import numpy as np
+    from PIL import Image
+
+    from .io import open_regular_file
+
+    with open_regular_file(path, "mask") as fh:
+        try:
+            img = Image.open(fh)
+            img.load()
+        except Exception:
+            raise ScotError(f"{path} is not an image file that can be read", option="mask") from None
+    if img.mode in ("RGB", "RGBA"):
+        rgb = np.asarray(img.convert("RGB"))
+        if not ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
+            raise ScotError(f"{path} is a colour image; give a binary, grey or palette label mask", option="mask")
+        arr = rgb[..., 0]
+    elif img.mode in ("1", "L", "P", "I", "I;16"):
+        arr = np.asarray(img)
+    else:
+        arr = np.asarray(img.convert("L"))
+    if (arr.shape[1], arr.shape[0]) != tuple(size):
+        raise ScotError(f"{path} is {arr.shape[1]}x{arr.shape[0]} pixels but the source image is {size[0]}x{size[1]}",
+                        option="mask")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, labels: torch.Tensor | None) -> None:
+    import io as _io
+
+    import numpy as np
+
+    from .dense import checkerboard, flow_inside, transfer_mask, warp_image
+    from .image import load_image
+    from .io import atomic_write_bytes
+    from .viz2d import save_image
+
+    flow, confidence = result.flow()
+    if outputs.flow is not None:
+        buf = _io.BytesIO()
+        if outputs.flow.suffix.lower() == ".npz":
+            np.savez_compressed(buf, flow=flow.numpy(), confidence=confidence.numpy())
+        else:
+            np.save(buf, torch.cat([flow, confidence.unsqueeze(-1)], -1).numpy())
+        atomic_write_bytes(outputs.flow, buf.getvalue())
+    if outputs.warp is not None and outputs.checkerboard is not None:
+        target, source = load_image(trg_path), load_image(src_path)
+        warped = warp_image(target.tensor, flow)
+        save_image(warped, outputs.warp)
+        save_image(checkerboard(source.tensor, warped, mask=flow_inside(flow, target.size)), outputs.checkerboard)
+    if outputs.mask is not None and labels is not None:
+        moved = transfer_mask(labels, flow, result.trg.original_size)
+        save_image(moved, outputs.mask, labels=True)
+
+
+def _write_viewer(result: Any, src_path: str, trg_path: str, path: Path) -> None:
+    from .viewer import write_viewer
+    from .viz2d import encoded_image
+
+    if result.topk_index is None:
+        raise ValueError("the viewer needs the top-k matches: match with topk > 0")
+    write_viewer(path, encoded_image(src_path, VIEWER_SIDE), encoded_image(trg_path, VIEWER_SIDE),
+                 result.src.original_size, result.trg.original_size, result.src.centres / result.src.ratio,
+                 result.trg.centres / result.trg.ratio, result.topk_index, result.topk_confidence, result.src.grid,
+                 result.keypoints, result.transferred, title=f"{Path(src_path).name} -> {Path(trg_path).name}")
 
 
 @dataclass
@@ -198,7 +316,7 @@ def prepare_jobs(jobs: list[Job], *, stop_on_error: bool) -> tuple[list[Job], li
 
 
 def match_jobs(model: Any, jobs: list[Job], folder: Path, *, numbered: bool = False, top_k: int = 100,
-               foreground: bool = True, picture: bool = True, overwrite: bool = False,
+               foreground: bool = True, picture: bool = True, overwrite: bool = False, extras: Extras | None = None,
                on_done: Any = None) -> tuple[list[Outputs], list[Failure]]:
     """Match every job and write its outputs; a failing job is recorded and the rest go on.
 
@@ -209,11 +327,13 @@ def match_jobs(model: Any, jobs: list[Job], folder: Path, *, numbered: bool = Fa
     written, failed = [], []
     for k, job in enumerate(jobs):
         try:
+            ex = extras or Extras()
             outputs = plan_outputs(folder, job.source, job.target, prefix=f"{k:04d}_" if numbered else "",
-                                   picture=picture, overwrite=overwrite, taken=taken)
-            result = model(job.source, job.target, keypoints=job.points, keep_plan=False)
+                                   picture=picture, overwrite=overwrite, taken=taken, extras=ex)
+            result = model(job.source, job.target, keypoints=job.points, keep_plan=False,
+                           topk=VIEWER_TOPK if ex.html else 0)
             written.append(write_match(model, result, job.source, job.target, outputs, top_k=top_k,
-                                       foreground=foreground))
+                                       foreground=foreground, mask=ex.mask))
             done: Any = written[-1]
         except ScotError as exc:
             if not numbered:

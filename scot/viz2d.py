@@ -163,6 +163,43 @@ def draw_match_result(result, src_path: str | Path, trg_path: str | Path, path: 
                  subtitle=subtitle, path=path)
 
 
+def save_image(image: torch.Tensor, path: str | Path, labels: bool = False) -> None:
+    """Write a (3, H, W) image in [0, 1] as PNG, or with ``labels`` an (H, W) integer label map
+    (8-bit grey when the labels fit, else 16-bit), atomically."""
+    import io as _io
+
+    from PIL import Image
+
+    if labels:
+        arr = image.cpu().numpy()
+        if arr.min() < 0 or arr.max() > 65535:
+            raise ValueError("label values must lie in 0..65535 to be written as PNG")
+        img = Image.fromarray(arr.astype(np.uint8 if arr.max() < 256 else np.uint16))
+    else:
+        img = Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8))
+    buf = _io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def encoded_image(path: str | Path, side: int = 640, quality: int = 88) -> bytes:
+    """The image at ``path`` as JPEG bytes at about ``side`` pixels on its longest side."""
+    import io as _io
+
+    from PIL import Image
+
+    from .image import load_image
+
+    loaded = load_image(path, max_side=side)
+    arr = (loaded.tensor.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    img = Image.fromarray(arr)
+    if max(img.size) > side:
+        img.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buf = _io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int | None = None) -> None:
     """Save a figure as PNG atomically (never a half-written file)."""
     import io as _io

@@ -75,13 +75,17 @@ def match(
     foreground: Annotated[bool, typer.Option("--foreground/--anywhere", help="Draw only matches on the object (CAM > 0.4), or rank all.")] = True,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the PNG picture (off: only the JSON).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier result of the same images.")] = False,
+    flow: Annotated[Optional[str], typer.Option("--flow", help="Also write the dense flow: FILE.npz (flow (H, W, 2) and confidence (H, W)) or FILE.npy ((H, W, 3): x, y, confidence); with --pairs a template holding {name}.")] = None,
+    warp: Annotated[bool, typer.Option("--warp", help="Also write the target warped into the source frame (<name>.warp.png) and a checkerboard with the source (<name>.warp-check.png).")] = False,
+    mask: Annotated[Optional[str], typer.Option("--mask", help="A binary or label mask of the source image to move into the target frame (<name>.mask.png; labels kept).")] = None,
+    html: Annotated[bool, typer.Option("--html", help="Also write <name>.html, an interactive viewer that opens offline in any browser.")] = False,
     preset_file: PresetFileOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Match two images (or every row of --pairs); write a JSON of every match and a PNG picture."""
     from ..errors import ScotError
     from ..io import read_pair_list
-    from ..outputs import Job, check_folder, match_jobs, prepare_jobs
+    from ..outputs import Extras, Job, check_folder, match_jobs, prepare_jobs
 
     if top_k < 1:
         raise ScotError(f"must be at least 1, got {top_k}", option="top_k")
@@ -90,12 +94,14 @@ def match(
         raise ScotError("give either SRC TRG [--keypoints] or --pairs, not both", option="pairs")
     if pairs is None and not (src and trg):
         raise ScotError("missing SRC and TRG images (or use --pairs FILE)")
+    extras = Extras(flow, warp, mask, html)
+    extras.check(several=pairs is not None)
     jobs = ([Job(r.source, r.target, r.keypoints, r.line) for r in read_pair_list(pairs)] if pairs is not None
             else [Job(src, trg, keypoints)])
     folder = check_folder(output)
     jobs, failed = prepare_jobs(jobs, stop_on_error=pairs is None)
     model = _model(config, preset_file)
-    kw = dict(top_k=top_k, foreground=foreground, picture=plot, overwrite=overwrite)
+    kw = dict(top_k=top_k, foreground=foreground, picture=plot, overwrite=overwrite, extras=extras)
     if pairs is None:
         t0 = time.perf_counter()
         [out], _ = match_jobs(model, jobs, folder, **kw)
@@ -103,7 +109,7 @@ def match(
         moved = f", {n} keypoint{'s' if n != 1 else ''} transferred" if n else ""
         typer.echo(f"matched {Path(src).name} -> {Path(trg).name}{moved} [{model.backbone.name}, "
                    f"{time.perf_counter() - t0:.2f}s]")
-        typer.echo("\n".join(f"  {p}" for p in (out.picture, out.record) if p is not None))
+        typer.echo("\n".join(f"  {p}" for p in out.files()))
         return
     with progress(TextColumn("matching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("pairs", total=len(jobs))
