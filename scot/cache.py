@@ -15,6 +15,13 @@ V = TypeVar("V")
 
 
 class LRUCache(Generic[V]):
+    """Values by key, evicting the least recently used while their total size exceeds the budget.
+
+    Args:
+        budget_bytes: the total ``size_of`` the cache may hold (one entry always stays).
+        size_of: bytes of a value, measured when it is put.
+    """
+
     def __init__(self, budget_bytes: int, size_of: Callable[[V], int]) -> None:
         self.budget = int(budget_bytes)
         self.size_of = size_of
@@ -22,12 +29,6 @@ class LRUCache(Generic[V]):
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
 
     def get(self, key: Hashable) -> V | None:
         item = self._items.get(key)
@@ -48,13 +49,13 @@ class LRUCache(Generic[V]):
             _, (_, old) = self._items.popitem(last=False)
             self.bytes -= old
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def get_or_compute(self, key: Hashable, compute: Callable[[], V]) -> V:
+        """The cached value of ``key``, or ``compute()`` put under it."""
         value = self.get(key)
         if value is None:
             value = compute()
             self.put(key, value)
         return value
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.bytes = 0

@@ -476,3 +476,21 @@ def build_config(options: Mapping[str, Any], preset_file: str | Path | None = No
             fields["backbone"] = file_backbone
         fields = {**from_file, **fields}
     return SCOTConfig(**fields)
+
+
+def options_table() -> str:
+    """The Markdown table of every option (flag, default, meaning), as the README shows it."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(SCOTConfig):
+        spec: Spec = f.metadata["spec"]
+        flags = " / ".join(f"`{x}`" for x in spec.flags)
+        if f.default is None:
+            default = spec.unset or ""
+        elif isinstance(f.default, bool):
+            default = "on" if f.default else "off"
+        elif isinstance(f.default, tuple):
+            default = "`" + ",".join(f"{v:g}" for v in f.default) + "`"
+        else:
+            default = f"`{f.default}`"
+        rows.append(f"| {flags} | {default} | {spec.help} |")
+    return "\n".join(rows)

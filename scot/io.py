@@ -301,11 +301,13 @@ def read_pair_list(path: str | Path) -> list[PairRow]:
     two files is an error naming its line.
     """
     p = Path(path)
-    with open_regular_file(p, "pair list") as fh:
-        try:
+    try:
+        with open_regular_file(p, "pair list") as fh:
             text = fh.read().decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ScotError(f"{p} is not UTF-8 text", option="pairs") from None
+    except ScotError as exc:
+        raise ScotError(exc.message, option="pairs") from None
+    except UnicodeDecodeError:
+        raise ScotError(f"{p} is not UTF-8 text", option="pairs") from None
     base = p.parent
 
     def resolve(item: str) -> str:

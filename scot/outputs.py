@@ -111,6 +111,11 @@ def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture:
     """
     stem = f"{prefix}{Path(src).stem or 'image'}__{Path(trg).stem or 'image'}"
     taken = taken if taken is not None else set()
+    limit = _name_max(folder)
+    longest = f"{stem}-9999.warp-check.png"
+    if len(longest.encode()) > limit:
+        raise ScotError(f"output names like {stem[:40]}... are longer than the {limit} bytes the filesystem allows; "
+                        "rename the images", option="output")
     for k in range(1, 10_000):
         name = stem if k == 1 else f"{stem}-{k}"
         record = folder / f"{name}{RECORD}"
@@ -121,10 +126,6 @@ def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture:
         if record.exists() and not overwrite:
             raise ScotError(f"{record} already holds the result of these images; pass --overwrite to replace it "
                             "or choose another output folder", option="output")
-        limit = _name_max(folder)
-        if len(f"{name}.png".encode()) > limit:
-            raise ScotError(f"the output name {name}.png is longer than the {limit} bytes the filesystem allows; "
-                            "rename the images", option="output")
         taken.add(record)
         ex = extras or Extras()
         flow = None

@@ -1,5 +1,5 @@
 """The ``scot`` command line (``python -m scot`` and the ``scot`` script)."""
 
-from .app import app, main
+from .commands import app, main
 
 __all__ = ["app", "main"]

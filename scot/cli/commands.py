@@ -111,7 +111,7 @@ def match(
                    f"{time.perf_counter() - t0:.2f}s]")
         typer.echo("\n".join(f"  {p}" for p in out.files()))
         return
-    with progress(TextColumn("matching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+    with progress(TextColumn("matching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("pairs", total=len(jobs))
         written, more = match_jobs(model, jobs, folder, numbered=True, on_done=lambda *_: bar.advance(task), **kw)
     typer.echo(f"matched {len(written)} of {len(written) + len(failed) + len(more)} pairs [{model.backbone.name}]; "
@@ -164,7 +164,7 @@ def eval_(
     typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
                f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {run_dir}")
     with progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task(data.name, total=len(data), info="")
         try:
             summary = evaluate(model, data, run_dir, settings, {"category": category, "limit": limit, "sample": sample,
