@@ -251,3 +251,26 @@ def test_spair_real_pair_json_is_valid_and_image_jsons_hold_nulls(spair_sample):
     assert None in image_json["kps"].values() and all(None not in p for p in raw["src_kps"] + raw["trg_kps"])
     with pytest.raises(ScotError, match=r"'category' is 'aeroplane' but the layout line says 'bus'"):
         read_pair_annotation(pair_json, "bus")
+
+
+def _toy_dataset(per_class: dict[str, int]):
+    from scot.datasets.base import Dataset, Pair
+
+    pairs = []
+    for cat, n in per_class.items():
+        for _ in range(n):
+            pairs.append(Pair(index=len(pairs), pair_id=f"p{len(pairs)}", category=cat, src=Path("a"), trg=Path("b"),
+                              src_kps=torch.zeros(1, 2), trg_kps=torch.zeros(1, 2)))
+    return Dataset("toy", Path("."), "test", pairs, list(per_class), "bbox")
+
+
+def test_select_sample_spreads_over_every_class_then_limits():
+    data = _toy_dataset({"a": 10, "b": 10, "c": 10})
+    sample = data.select(sample=6)
+    assert [p.category for p in sample.pairs] == ["a", "a", "b", "b", "c", "c"]
+    assert [p.index for p in sample.pairs] == [0, 5, 10, 15, 20, 25]
+    assert [p.index for p in data.select(sample=6, limit=2).pairs] == [0, 5]
+    assert [p.index for p in data.select(category="b", sample=2).pairs] == [10, 15]
+    assert len(data.select(sample=100)) == 30  # more than there are: all of them
+    with pytest.raises(ScotError, match="^sample: must be at least 1"):
+        data.select(sample=0)
