@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+
 import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -150,6 +152,21 @@ class Dataset:
             seen.setdefault(p.src_key)
             seen.setdefault(p.trg_key)
         return list(seen)
+
+
+def read_pair_csv(csv_path: Path, read_rows: Callable[[Any], list[Pair]]) -> list[Pair]:
+    """The pairs ``read_rows(file)`` reads from a benchmark's csv pair list, with one-line
+    errors for an undecodable or unreadable file and for a list without pairs."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            pairs = read_rows(fh)
+    except UnicodeDecodeError as exc:
+        raise ScotError(f"{csv_path}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+    except csv.Error as exc:
+        raise ScotError(f"{csv_path}: not a readable csv file ({exc})") from None
+    if not pairs:
+        raise ScotError(f"{csv_path}: no pairs")
+    return pairs
 
 
 def require_files(paths: list[Path], what: str) -> None:

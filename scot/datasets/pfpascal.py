@@ -25,7 +25,7 @@ import torch
 
 from ..errors import ScotError
 from .base import (Box, Dataset, DatasetMissingError, Pair, check_keypoint_counts, checked_box, mirror_box, mirror_points,
-                   require_files, text_number)
+                   read_pair_csv, require_files, text_number)
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
            "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
@@ -145,15 +145,7 @@ def load_pfpascal(datapath: Path, split: str = "test", pair_list: Path | None = 
     csv_path = pair_list or root / f"{split}_pairs.csv"
     if not csv_path.is_file():
         raise DatasetMissingError(f"PF-PASCAL not found: expected {csv_path} (put the PF-PASCAL folder in {Path(datapath)})")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            pairs = _read_pairs(csv.DictReader(fh), csv_path, root, split)
-    except UnicodeDecodeError as exc:
-        raise ScotError(f"{csv_path}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
-    except csv.Error as exc:
-        raise ScotError(f"{csv_path}: not a readable csv file ({exc})") from None
-    if not pairs:
-        raise ScotError(f"{csv_path}: no pairs")
+    pairs = read_pair_csv(csv_path, lambda fh: _read_pairs(csv.DictReader(fh), csv_path, root, split))
     if check_images:
         require_files(sorted({p.src for p in pairs} | {p.trg for p in pairs}), "PF-PASCAL")
     return Dataset("pfpascal", root, split, pairs, CLASSES, "img", csv_path)

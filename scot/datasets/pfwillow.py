@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ScotError
 from ..pck import keypoint_box
-from .base import Dataset, DatasetMissingError, Pair, check_keypoint_counts, require_files, text_number
+from .base import Dataset, DatasetMissingError, Pair, check_keypoint_counts, read_pair_csv, require_files, text_number
 
 CLASSES = ["car(G)", "car(M)", "car(S)", "duck(S)", "motorbike(G)", "motorbike(M)", "motorbike(S)",
            "winebottle(M)", "winebottle(wC)", "winebottle(woC)"]
@@ -41,15 +41,7 @@ def load_pfwillow(datapath: Path, split: str = "test", pair_list: Path | None = 
     csv_path = pair_list or root / "test_pairs.csv"
     if not csv_path.is_file():
         raise DatasetMissingError(f"PF-WILLOW not found: expected {csv_path} (put the PF-WILLOW folder in {Path(datapath)})")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            pairs = _read_pairs(csv.reader(fh), csv_path, root)
-    except UnicodeDecodeError as exc:
-        raise ScotError(f"{csv_path}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
-    except csv.Error as exc:
-        raise ScotError(f"{csv_path}: not a readable csv file ({exc})") from None
-    if not pairs:
-        raise ScotError(f"{csv_path}: no pairs")
+    pairs = read_pair_csv(csv_path, lambda fh: _read_pairs(csv.reader(fh), csv_path, root))
     if check_images:
         require_files(sorted({p.src for p in pairs} | {p.trg for p in pairs}), "PF-WILLOW")
     return Dataset("pfwillow", root, split, pairs, CLASSES, "bbox", csv_path)
