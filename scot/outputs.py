@@ -62,11 +62,12 @@ class Outputs:
     warp: Path | None = None
     checkerboard: Path | None = None
     mask: Path | None = None
+    mask_view: Path | None = None
     html: Path | None = None
 
     def files(self) -> list[Path]:
-        return [p for p in (self.picture, self.record, self.flow, self.warp, self.checkerboard, self.mask, self.html)
-                if p is not None]
+        return [p for p in (self.picture, self.record, self.flow, self.warp, self.checkerboard, self.mask,
+                            self.mask_view, self.html) if p is not None]
 
 
 def check_folder(folder: Path) -> Path:
@@ -136,6 +137,7 @@ def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture:
                        folder / f"{name}.warp.png" if ex.warp else None,
                        folder / f"{name}.warp-check.png" if ex.warp else None,
                        folder / f"{name}.mask.png" if ex.mask else None,
+                       folder / f"{name}.mask-view.png" if ex.mask else None,
                        folder / f"{name}.html" if ex.html else None)
     raise ScotError(f"{folder}: no free output name for {stem}", option="output")
 
@@ -202,6 +204,7 @@ def write_match(model: Any, result: Any, src_path: str, trg_path: str, outputs: 
         _write_viewer(result, src_path, trg_path, outputs.html)
     record["outputs"] = {k: str(v) for k, v in (("flow", outputs.flow), ("warp", outputs.warp),
                                                  ("checkerboard", outputs.checkerboard), ("mask", outputs.mask),
+                                                 ("mask_view", outputs.mask_view),
                                                  ("html", outputs.html)) if v is not None}
     atomic_write_json(outputs.record, record)
     return outputs
@@ -259,8 +262,13 @@ def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, la
         save_image(warped, outputs.warp)
         save_image(checkerboard(source.tensor, warped, mask=flow_inside(flow, target.size)), outputs.checkerboard)
     if outputs.mask is not None and labels is not None:
+        from .viz2d import label_overlay, side_by_side
+
         moved = transfer_mask(labels, flow, result.trg.original_size)
         save_image(moved, outputs.mask, labels=True)
+        if outputs.mask_view is not None:
+            side_by_side(label_overlay(load_image(src_path).tensor, labels),
+                         label_overlay(load_image(trg_path).tensor, moved), outputs.mask_view)
 
 
 def _write_viewer(result: Any, src_path: str, trg_path: str, path: Path) -> None:

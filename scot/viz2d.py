@@ -182,6 +182,37 @@ def save_image(image: torch.Tensor, path: str | Path, labels: bool = False) -> N
     atomic_write_bytes(path, buf.getvalue())
 
 
+def label_overlay(image: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) float: the (3, H, W) image with each non-zero label of the (H, W) map tinted
+    in its own colour (label k takes ``KEYPOINT_COLOURS[k - 1]``)."""
+    rgb = _to_hwc(image).copy()
+    lab = labels.cpu().numpy().astype(np.int64)
+    for value in np.unique(lab):
+        if value == 0:
+            continue
+        where = lab == value
+        colour = KEYPOINT_COLOURS[(int(value) - 1) % len(KEYPOINT_COLOURS)]
+        rgb[where] = (1 - alpha) * rgb[where] + alpha * colour
+    return rgb
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, path: str | Path) -> None:
+    """Write two (H, W, 3) float images next to each other, scaled to the same height, as PNG."""
+    import io as _io
+
+    from PIL import Image
+
+    a = Image.fromarray((np.clip(left, 0, 1) * 255 + 0.5).astype(np.uint8))
+    b = Image.fromarray((np.clip(right, 0, 1) * 255 + 0.5).astype(np.uint8))
+    b = b.resize((max(1, round(b.width * a.height / b.height)), a.height), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (a.width + GAP + b.width, a.height), (255, 255, 255))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.width + GAP, 0))
+    buf = _io.BytesIO()
+    canvas.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def encoded_image(path: str | Path, side: int = 640, quality: int = 88) -> bytes:
     """The image at ``path`` as JPEG bytes at about ``side`` pixels on its longest side."""
     import io as _io

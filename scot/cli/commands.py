@@ -77,7 +77,7 @@ def match(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier result of the same images.")] = False,
     flow: Annotated[Optional[str], typer.Option("--flow", help="Also write the dense flow: FILE.npz (flow (H, W, 2) and confidence (H, W)) or FILE.npy ((H, W, 3): x, y, confidence); with --pairs a template holding {name}.")] = None,
     warp: Annotated[bool, typer.Option("--warp", help="Also write the target warped into the source frame (<name>.warp.png) and a checkerboard with the source (<name>.warp-check.png).")] = False,
-    mask: Annotated[Optional[str], typer.Option("--mask", help="A binary or label mask of the source image to move into the target frame (<name>.mask.png; labels kept).")] = None,
+    mask: Annotated[Optional[str], typer.Option("--mask", help="A binary or label mask of the source image to move into the target frame (<name>.mask.png, labels kept; <name>.mask-view.png shows both).")] = None,
     html: Annotated[bool, typer.Option("--html", help="Also write <name>.html, an interactive viewer that opens offline in any browser.")] = False,
     preset_file: PresetFileOpt = None,
     threads: ThreadsOpt = None,
