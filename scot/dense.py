@@ -229,6 +229,8 @@ def transfer_lattice(
     confidence: torch.Tensor | None = None,
     usable: torch.Tensor | None = None,
     target_tl: torch.Tensor | None = None,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    out_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The keypoint transfer rule at every point of the lattice ``xs x ys`` (resized frames).
 
@@ -249,9 +251,14 @@ def transfer_lattice(
         usable: (N,) bool boxes preferred when a point has any.
         target_tl: (N, 2) landing points replacing the matches' top-left corners.
 
+        out: optional preallocated ((Q, P, 2), (Q, P)) outputs (e.g. float32), filled a few
+            rows at a time so that no (Q, P) float64 temporary is held; the points are
+            multiplied by ``out_scale`` on the way.
+
     Returns:
-        points: (Q, P, 2) float64 transferred (x, y) in the resized target frame.
-        kappa: (Q, P) float64 per-point confidence (1 without ``confidence``).
+        points: (Q, P, 2) transferred (x, y) in the resized target frame (times ``out_scale``
+            in ``out``; float64 otherwise).
+        kappa: (Q, P) per-point confidence (1 without ``confidence``).
     """
     if how not in RULES:
         raise ValueError(f"unknown transfer {how!r} (expected one of {', '.join(RULES)})")
@@ -284,19 +291,50 @@ def transfer_lattice(
             disp_table[sl] = disp.view(n_r, len(c0), 2)
             kappa_table[sl] = kappa.view(n_r, len(c0))
 
-    lonely = (row_id < 0).unsqueeze(1) | (col_id < 0).unsqueeze(0)  # (Q, P)
-    if disp_table.numel():
-        disp = disp_table[row_id.clamp_min(0)][:, col_id.clamp_min(0)]
-        kappa = kappa_table[row_id.clamp_min(0)][:, col_id.clamp_min(0)]
-    else:  # no point is in any box
-        disp = torch.zeros(len(ys64), len(xs64), 2, dtype=torch.float64)
-        kappa = torch.zeros(len(ys64), len(xs64), dtype=torch.float64)
-    if bool(lonely.any()):
-        nearest = nearest_index(ys64, axes.cy).unsqueeze(1) * w + nearest_index(xs64, axes.cx).unsqueeze(0)
-        disp = torch.where(lonely.unsqueeze(2), shift[nearest], disp)
-        kappa = torch.where(lonely, conf[nearest], kappa)
-    base = torch.stack(torch.broadcast_tensors(xs64.unsqueeze(0), ys64.unsqueeze(1)), dim=2)
-    return base + disp, kappa
+    lattice = _Lattice(disp_table, kappa_table, row_id, col_id, shift, conf, axes, w, xs64, ys64)
+    if out is None:
+        return lattice.rows(0, len(ys64))
+    for start in range(0, len(ys64), _ROWS):
+        points, kappa = lattice.rows(start, min(start + _ROWS, len(ys64)))
+        out[0][start : start + _ROWS] = points.mul_(out_scale)
+        out[1][start : start + _ROWS] = kappa
+    return out
+
+
+_ROWS = 256  # lattice rows assembled at once when writing into preallocated outputs
+
+
+@dataclass
+class _Lattice:
+    """Per-configuration displacement tables and each lattice row's and column's configuration."""
+
+    disp: torch.Tensor  # (R, C, 2) float64
+    kappa: torch.Tensor  # (R, C) float64
+    row_id: torch.Tensor  # (Q,) configuration of each lattice row, -1 outside every box
+    col_id: torch.Tensor  # (P,)
+    shift: torch.Tensor  # (N, 2) float64
+    conf: torch.Tensor  # (N,) float64
+    axes: GridAxes
+    w: int
+    xs: torch.Tensor  # (P,) float64
+    ys: torch.Tensor  # (Q,) float64
+
+    def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q', P, 2) transferred points and (Q', P) confidences of lattice rows ``start:stop``."""
+        row_id, ys = self.row_id[start:stop], self.ys[start:stop]
+        lonely = (row_id < 0).unsqueeze(1) | (self.col_id < 0).unsqueeze(0)  # (Q', P)
+        if self.disp.numel():
+            disp = self.disp[row_id.clamp_min(0)][:, self.col_id.clamp_min(0)]
+            kappa = self.kappa[row_id.clamp_min(0)][:, self.col_id.clamp_min(0)]
+        else:  # no point is in any box
+            disp = torch.zeros(len(ys), len(self.xs), 2, dtype=torch.float64)
+            kappa = torch.zeros(len(ys), len(self.xs), dtype=torch.float64)
+        if bool(lonely.any()):
+            nearest = nearest_index(ys, self.axes.cy).unsqueeze(1) * self.w + nearest_index(self.xs, self.axes.cx).unsqueeze(0)
+            disp = torch.where(lonely.unsqueeze(2), self.shift[nearest], disp)
+            kappa = torch.where(lonely, self.conf[nearest], kappa)
+        base = torch.stack(torch.broadcast_tensors(self.xs.unsqueeze(0), ys.unsqueeze(1)), dim=2)
+        return base.add_(disp), kappa
 
 
 def pixel_coordinates(size: tuple[int, int], ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,8 +386,9 @@ def dense_flow(
         conf: (H, W) float32 per-pixel confidence.
     """
     xs, ys = pixel_coordinates(size, ratio_src)
-    points, kappa = transfer_lattice(src_boxes, trg_boxes, best, grid, xs, ys, how, confidence, usable, target_tl)
-    return (points / float(ratio_trg)).float(), kappa.float()
+    out = (torch.empty(len(ys), len(xs), 2), torch.empty(len(ys), len(xs)))
+    return transfer_lattice(src_boxes, trg_boxes, best, grid, xs, ys, how, confidence, usable, target_tl,
+                            out=out, out_scale=1.0 / float(ratio_trg))
 
 
 def identity_flow(size: tuple[int, int]) -> torch.Tensor:

@@ -31,6 +31,7 @@ RECORD = ".json"
 
 VIEWER_TOPK = 16  # targets per source hyperpixel kept for the viewer's heat map
 VIEWER_SIDE = 640  # the viewer embeds the images at about this size (JPEG)
+WARP_SIDE = 1600  # the warp pictures are drawn at most this large
 
 
 @dataclass(frozen=True)
@@ -257,10 +258,16 @@ def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, la
             np.save(buf, torch.cat([flow, confidence.unsqueeze(-1)], -1).numpy())
         atomic_write_bytes(outputs.flow, buf.getvalue())
     if outputs.warp is not None and outputs.checkerboard is not None:
-        target, source = load_image(trg_path), load_image(src_path)
-        warped = warp_image(target.tensor, flow)
+        # the pictures are a visual check: at most WARP_SIDE pixels, from reduced decodes
+        step = max(1, -(-max(result.src.original_size) // WARP_SIDE))
+        small = flow[::step, ::step]
+        target = load_image(trg_path, max_side=WARP_SIDE)
+        source = load_image(src_path, max_side=WARP_SIDE)
+        warped = warp_image(target.tensor, small * target.scale)
+        src_small = torch.nn.functional.interpolate(source.tensor[None], warped.shape[-2:], mode="bilinear",
+                                                    align_corners=False)[0]
         save_image(warped, outputs.warp)
-        save_image(checkerboard(source.tensor, warped, mask=flow_inside(flow, target.size)), outputs.checkerboard)
+        save_image(checkerboard(src_small, warped, mask=flow_inside(small, target.size)), outputs.checkerboard)
     if outputs.mask is not None and labels is not None:
         from .viz2d import label_overlay, side_by_side
 
