@@ -276,71 +276,9 @@ def demo(
     typer.echo(f"  {res.png}\n  {res.json}\n  {res.pair.target}")
 
 
-bench_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, rich_markup_mode=None,
-                        help="Measure speed and memory, stage by stage.")
+from .bench import bench_app  # noqa: E402  (the bench commands live in their own module)
+
 app.add_typer(bench_app, name="bench")
-
-
-@bench_app.command("synthetic")
-@cli_errors
-def bench_synthetic_cmd(
-    n: Annotated[int, typer.Option("--n", help="Hyperpixels per image (a grid of about this many cells).")] = 4000,
-    fine_dim: Annotated[int, typer.Option("--fine-dim", help="Channels on the hyperpixel grid.")] = 256,
-    coarse_dim: Annotated[int, typer.Option("--coarse-dim", help="Channels of the coarse layer group.")] = 6144,
-    coarse_stride: Annotated[int, typer.Option("--coarse-stride", help="How much coarser that group's grid is.")] = 4,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after two warm-up runs).")] = 5,
-    two_way: Annotated[bool, typer.Option("--two-way/--one-way", help="Time two-way matching (the Lite presets').")] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:INDEX.")] = "cpu",
-    threads: ThreadsOpt = None,
-) -> None:
-    """Matching stages on random hyperpixels (default: ResNet-101's PF layout) against their floors."""
-    from ..bench import bench_synthetic, format_synthetic
-    from ..errors import ScotError
-    from ..model import resolve_device
-
-    set_threads(threads)
-    if n < 16 or min(fine_dim, coarse_dim, coarse_stride, repeats) < 1:
-        raise ScotError("--n must be >= 16; --fine-dim, --coarse-dim, --coarse-stride and --repeats >= 1")
-    res = bench_synthetic(n, fine_dim, coarse_dim, coarse_stride, repeats, str(resolve_device(device)), two_way)
-    typer.echo(format_synthetic(res, repeats, fine_dim, coarse_dim, coarse_stride, two_way))
-
-
-@bench_app.command("pairs")
-@cli_errors
-@with_config(unset=DATASET_PRESET)
-def bench_pairs_cmd(
-    config: dict,
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Benchmark to take pairs from.")] = "pfwillow",
-    datapath: DatapathOpt = Path("data"),
-    pairs: Annotated[int, typer.Option("--pairs", help="Number of pairs (the first ones).")] = 3,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after one warm-up round).")] = 3,
-    threads: ThreadsOpt = None,
-) -> None:
-    """Every stage on real pairs, for each correlation path (factorized, dense, and the chosen one)."""
-    from ..bench import bench_pairs, format_pairs
-    from ..datasets import load_dataset
-
-    set_threads(threads)
-    data = load_dataset(dataset, datapath).select(limit=pairs, option="pairs")
-    model = _model(config, preset=dataset)
-    res = bench_pairs(model, [(p.src, p.trg, p.src_kps) for p in data.pairs], repeats)
-    typer.echo(format_pairs(res, dataset))
-
-
-@bench_app.command("memory")
-@cli_errors
-def bench_memory_cmd(
-    pairs: Annotated[int, typer.Option("--pairs", help="Pairs in the synthetic evaluation.")] = 2000,
-    images: Annotated[int, typer.Option("--images", help="Distinct generated images.")] = 400,
-    side: Annotated[int, typer.Option("--image-side", help="Image side (small keeps the run short).")] = 96,
-    cache_gb: Annotated[float, typer.Option("--cache-gb", help="Feature cache budget (small: constant eviction).")] = 0.02,
-    threads: ThreadsOpt = None,
-) -> None:
-    """Resident memory along a long synthetic evaluation: it must stay flat."""
-    from ..bench import bench_memory_run, format_memory
-
-    set_threads(threads)
-    typer.echo(format_memory(bench_memory_run(pairs, images, side, cache_gb), side, cache_gb))
 
 
 def main() -> None:  # pragma: no cover - the console script

@@ -1,0 +1,81 @@
+"""``scot bench``: speed and memory, stage by stage (the measurements live in :mod:`scot.bench`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import OneLineErrors, cli_errors, set_threads, with_config
+
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per core")]
+DatapathOpt = Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")]
+
+
+bench_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, rich_markup_mode=None,
+                        help="Measure speed and memory, stage by stage.")
+
+
+@bench_app.command("synthetic")
+@cli_errors
+def bench_synthetic_cmd(
+    n: Annotated[int, typer.Option("--n", help="Hyperpixels per image (a grid of about this many cells).")] = 4000,
+    fine_dim: Annotated[int, typer.Option("--fine-dim", help="Channels on the hyperpixel grid.")] = 256,
+    coarse_dim: Annotated[int, typer.Option("--coarse-dim", help="Channels of the coarse layer group.")] = 6144,
+    coarse_stride: Annotated[int, typer.Option("--coarse-stride", help="How much coarser that group's grid is.")] = 4,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after two warm-up runs).")] = 5,
+    two_way: Annotated[bool, typer.Option("--two-way/--one-way", help="Time two-way matching (the Lite presets').")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:INDEX.")] = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Matching stages on random hyperpixels (default: ResNet-101's PF layout) against their floors."""
+    from ..bench import bench_synthetic, format_synthetic
+    from ..errors import ScotError
+    from ..model import resolve_device
+
+    set_threads(threads)
+    if n < 16 or min(fine_dim, coarse_dim, coarse_stride, repeats) < 1:
+        raise ScotError("--n must be >= 16; --fine-dim, --coarse-dim, --coarse-stride and --repeats >= 1")
+    res = bench_synthetic(n, fine_dim, coarse_dim, coarse_stride, repeats, str(resolve_device(device)), two_way)
+    typer.echo(format_synthetic(res, repeats, fine_dim, coarse_dim, coarse_stride, two_way))
+
+
+@bench_app.command("pairs")
+@cli_errors
+@with_config(unset={"preset": "the dataset's"})
+def bench_pairs_cmd(
+    config: dict,
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Benchmark to take pairs from.")] = "pfwillow",
+    datapath: DatapathOpt = Path("data"),
+    pairs: Annotated[int, typer.Option("--pairs", help="Number of pairs (the first ones).")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after one warm-up round).")] = 3,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Every stage on real pairs, for each correlation path (factorized, dense, and the chosen one)."""
+    from .. import SCOT
+    from ..bench import bench_pairs, format_pairs
+    from ..config import build_config
+    from ..datasets import load_dataset
+
+    set_threads(threads)
+    data = load_dataset(dataset, datapath).select(limit=pairs, option="pairs")
+    model = SCOT(build_config({"preset": dataset, **config}), notice=lambda m: typer.echo(m, err=True))
+    res = bench_pairs(model, [(p.src, p.trg, p.src_kps) for p in data.pairs], repeats)
+    typer.echo(format_pairs(res, dataset))
+
+
+@bench_app.command("memory")
+@cli_errors
+def bench_memory_cmd(
+    pairs: Annotated[int, typer.Option("--pairs", help="Pairs in the synthetic evaluation.")] = 2000,
+    images: Annotated[int, typer.Option("--images", help="Distinct generated images.")] = 400,
+    side: Annotated[int, typer.Option("--image-side", help="Image side (small keeps the run short).")] = 96,
+    cache_gb: Annotated[float, typer.Option("--cache-gb", help="Feature cache budget (small: constant eviction).")] = 0.02,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Resident memory along a long synthetic evaluation: it must stay flat."""
+    from ..bench import bench_memory_run, format_memory
+
+    set_threads(threads)
+    typer.echo(format_memory(bench_memory_run(pairs, images, side, cache_gb), side, cache_gb))
