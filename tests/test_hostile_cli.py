@@ -253,3 +253,18 @@ def test_mask_of_the_wrong_size_is_refused(images, tmp_path):
                               "--mask", str(mask)])
     one_line_error(res, "--mask", "10x10")
     assert not any((tmp_path / "o").glob("*.json"))
+
+
+def test_weights_that_give_nan_features_are_blamed_on_the_weights(images, tmp_path):
+    import torch
+
+    from scot.backbones import build_backbone
+
+    state = build_backbone("efficientnet-lite0", "random:0").net.state_dict()
+    state["_blocks.2._bn2.running_var"] = torch.full_like(state["_blocks.2._bn2.running_var"], float("nan"))
+    bad = tmp_path / "nan.pth"
+    torch.save(state, bad)
+    res = runner.invoke(app, ["match", images["a.png"], images["b.png"], "-o", str(tmp_path / "o"), "--backbone",
+                              "efficientnet-lite0", "--weights", str(bad), "--no-plot"])
+    one_line_error(res, "--weights", "not finite", "nan.pth")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.json"))
