@@ -113,7 +113,7 @@ def transfer_keypoints(
         inside = torch.where(has, preferred, inside)
     lonely = ~inside.any(1, keepdim=True)  # no box contains the keypoint: it moves with the nearest one
     nearest = torch.cdist(kps, box_centres(src_boxes)).argmin(1, keepdim=True)  # (K, 1)
-    inside = inside | (lonely & (nearest == torch.arange(src_boxes.shape[0])))
+    inside.scatter_(1, nearest, inside.gather(1, nearest) | lonely)
     if how == "mean":
         weights = inside.float()
     elif how == "weighted":
