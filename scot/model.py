@@ -44,13 +44,19 @@ logger = logging.getLogger("scot")
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch device ``name`` names, checked: ``cpu``, ``cuda`` or ``cuda:INDEX`` of a present GPU."""
+    """The torch device ``name`` names, checked: ``cpu``, ``cuda`` or ``cuda:INDEX`` of a present GPU.
+
+    ``cuda`` is the current GPU with its index filled in, so that the model's device
+    compares equal to its tensors' devices.
+    """
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise ScotError(f"'{name}' is not a device (use cpu, cuda or cuda:INDEX)", option="device") from None
     if device.type not in ("cpu", "cuda"):
         raise ScotError(f"'{name}' is not supported (use cpu, cuda or cuda:INDEX)", option="device")
+    if device.type == "cpu":
+        return torch.device("cpu")  # one host device: an index (cpu:0) would only defeat device comparisons
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ScotError("CUDA was requested but no CUDA GPU is available; use cpu", option="device")

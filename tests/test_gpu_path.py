@@ -433,6 +433,7 @@ def test_cuda_index_beyond_the_gpus_is_one_line(monkeypatch):
     FakeMachine(monkeypatch, gpus=1)
     assert resolve_device("cuda") == torch.device("cuda", 0)
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cpu:0") == torch.device("cpu")
     for name, fragment in (("cuda:1", "1 CUDA GPU (cuda:0)"), ("cuda:x", "not a device"), ("mps", "not supported")):
         with pytest.raises(ScotError) as err:
             resolve_device(name)
