@@ -175,7 +175,8 @@ def kernel_sinkhorn(
         log2_kernel: ``log2_kernel(r0, r1)`` returns (B, r1 - r0, M) :math:`\log_2 K` of rows
             ``r0:r1`` (a view of a stored matrix, or computed on the fly).
         mu: (B, N) source marginals; rows without mass (padding) get zero scalings.
-        nu: (B, M) target marginals.
+        nu: (B, M) target marginals.  Both must live where the blocks do (the blocks are
+            only known once read, and reading one twice may mean computing it twice).
         num_iters: iterations; 1 reproduces SCOT's code.
         fi: the :func:`dampening` exponent (1 for balanced OT).
         two_way: also solve the transposed problem.
