@@ -11,8 +11,11 @@ Three measurements:
   show that it stays flat however many pairs are scored.
 
 Every figure is a median over repeats with its spread (min-max), measured in-process with
-``time.perf_counter`` after warm-up; peak memory is the process's resident high-water
-mark, reset before each measurement through ``/proc/self/clear_refs``.
+``time.perf_counter`` after warm-up, each timed call starting and ending after the queued
+work of the device benchmarked has finished.  Peak memory is, on the CPU, the process's
+resident high-water mark, reset before each measurement through ``/proc/self/clear_refs``;
+on CUDA, the most GPU memory PyTorch allocated (``torch.cuda.max_memory_allocated``,
+reset before each measurement).
 """
 
 from __future__ import annotations
@@ -27,12 +30,11 @@ from typing import Callable, Sequence
 import torch
 
 from .features import Hyperpixels, synchronize
+from .precision import fp32_precision
 
 
 # --------------------------------------------------------------------------------------
 # measurement helpers
-def _sync() -> None:
-    synchronize("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def reset_peak_rss() -> bool:
@@ -87,11 +89,34 @@ class Stat:
         return f"{1000 * self.median:9.1f} ms  [{1000 * self.low:.1f}-{1000 * self.high:.1f}]"
 
 
-def _time(fn: Callable[[], object]) -> float:
-    _sync()
+class PeakMemory:
+    """The memory high-water mark of a measurement on ``device``: bytes PyTorch allocated on
+    a CUDA device, the process's resident set on the CPU."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.label = "peak GPU memory allocated" if self.cuda else "peak RSS"
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            reset_peak_rss()
+
+    def current(self) -> int:
+        return int(torch.cuda.memory_allocated(self.device)) if self.cuda else rss_bytes()
+
+    def peak(self) -> int:
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.cuda else peak_rss_bytes()
+
+
+def _time(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
+    """Seconds ``fn`` takes, from and to an idle ``device``."""
+    synchronize(device)
     t0 = time.perf_counter()
     fn()
-    _sync()
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -134,7 +159,7 @@ def copy_bandwidth(n: int, m: int, device: torch.device | str = "cpu", repeats: 
     x = torch.rand(n, m, device=device)
     y = torch.empty(n, m, device=device)
     y.copy_(x)
-    best = min(_time(lambda: y.copy_(x)) for _ in range(repeats))
+    best = min(_time(lambda: y.copy_(x), device) for _ in range(repeats))
     return 2 * 4 * n * m / best
 
 
@@ -182,24 +207,26 @@ def bench_synthetic(
                             symmetric=two_way, center_features=False, feature_scales=(1.0,), transfer="mean"))
     keypoints = src.boxes[:: max(1, src.n // 10), :2] + 13.0
     dense_src, dense_trg = src.fused(), trg.fused().flip(0)
+    memory = PeakMemory(dev)
     out: dict = {"n": src.n, "m": trg.n, "dim": fine_dim + coarse_dim, "threads": torch.get_num_threads(),
-                 "device": str(dev), "baseline_rss": rss_bytes()}
+                 "device": str(dev), "baseline_rss": rss_bytes(), "baseline_memory": memory.current(),
+                 "memory_label": memory.label}
     runs, dense = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), fp32_precision(dev, model.config.tf32):
         for rep in range(repeats + 2):
-            reset_peak_rss()
+            memory.reset()
             result = model.match(src, trg, keypoints, keep_plan=False)
-            t = _time(lambda: torch.mm(dense_src, dense_trg.t()))
+            t = _time(lambda: torch.mm(dense_src, dense_trg.t()), dev)
             if rep >= 2:
                 runs.append(dict(result.timings))
                 dense.append(t)
-        peak = peak_rss_bytes()
-        t_corr = [_time(lambda: Correlation(src, trg).full()) for _ in range(repeats)]
+        peak = memory.peak()
+        t_corr = [_time(lambda: Correlation(src, trg).full(), dev) for _ in range(repeats)]
     floor = copy_bandwidth(src.n, trg.n, dev)
     stages = {k: Stat.of([r[k] for r in runs]) for k in MATCH_STAGES}
     out.update(
         stages=stages, after_features=Stat.of([sum(r[k] for k in MATCH_STAGES) for r in runs]),
-        correlation=Stat.of(t_corr), dense_matmul=Stat.of(dense), peak_rss=peak, copy_bandwidth=floor,
+        correlation=Stat.of(t_corr), dense_matmul=Stat.of(dense), peak_rss=peak_rss_bytes(), peak_memory=peak, copy_bandwidth=floor,
         bandwidth={k: matrix_passes(k, True, two_way) * 4 * src.n * trg.n / stages[k].median for k in MATCH_STAGES
                    if matrix_passes(k, True, two_way)},
     )
@@ -250,17 +277,18 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
         stages: dict[str, list[float]] = {}
         peaks: list[int] = []
         preds = []
+        memory = PeakMemory(variant.device)
         with torch.inference_mode():
             for rep in range(repeats + 1):
                 for src_path, trg_path, kps in pairs:
                     s, t = described[src_path], described[trg_path]
-                    before = rss_bytes()
-                    reset_peak_rss()
+                    before = memory.current()
+                    memory.reset()
                     res = variant.match(s, t, kps, keep_plan=False, check_bounds=False)
                     if rep == 0:
                         preds.append(res.transferred)
                         continue
-                    peaks.append(peak_rss_bytes() - before)
+                    peaks.append(memory.peak() - before)
                     for k in MATCH_STAGES:
                         stages.setdefault(k, []).append(res.timings[k])
         predictions[path] = preds
@@ -286,6 +314,7 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
     out["dense_table_bytes"] = 4 * s0.n * s0.dim
     out["copy_bandwidth"] = copy_bandwidth(*out["hyperpixels"], model.device)
     out["low_memory"] = model.config.low_memory
+    out["memory_label"] = PeakMemory(model.device).label
     return out
 
 
@@ -360,8 +389,12 @@ def format_synthetic(res: dict, repeats: int, fine_dim: int, coarse_dim: int, co
     lines.append(f"  correlation: factorized {res['correlation'].ms().strip()} vs the dense matmul "
                  f"{res['dense_matmul'].ms().strip()}: {res['dense_matmul'].median / res['correlation'].median:.1f}x")
     lines.append(f"  memory floor: torch.empty(N, M).copy_() moves {res['copy_bandwidth'] / 1e9:.1f} GB/s")
-    lines.append(f"  peak RSS: {format_bytes(res['peak_rss'])} (the process held {format_bytes(res['baseline_rss'])} "
-                 f"before any operand: Python, PyTorch and its CUDA libraries)")
+    if res.get("memory_label", "peak RSS") == "peak RSS":
+        lines.append(f"  peak RSS: {format_bytes(res['peak_memory'])} (the process held {format_bytes(res['baseline_rss'])} "
+                     f"before any operand: Python, PyTorch and its CUDA libraries)")
+    else:
+        lines.append(f"  {res['memory_label']}: {format_bytes(res['peak_memory'])} (tensors held before the runs: "
+                     f"{format_bytes(res['baseline_memory'])}); host RSS {format_bytes(res['baseline_rss'])} before")
     return "\n".join(lines)
 
 
@@ -380,7 +413,8 @@ def format_pairs(res: dict, dataset: str) -> str:
         lines.append(f"  {'fusion':<13}{r['fusion'].ms()}")
         lines += _stage_lines(r["stages"], r["bandwidth"], res["copy_bandwidth"])
         lines.append(f"  matching per pair: {r['matching']:.3f} s; image in cache: {format_bytes(r['image_bytes'])}; "
-                     f"matching raised the resident set by at most {format_bytes(r['match_peak_above'])}")
+                     f"matching raised the {'resident set' if res.get('memory_label', 'peak RSS') == 'peak RSS' else 'GPU memory allocated'} "
+                     f"by at most {format_bytes(r['match_peak_above'])}")
         if "max_px_from_dense" in r:
             lines.append(f"  keypoints vs the dense path: at most {r['max_px_from_dense']:.2e} px apart")
     dense, chosen = res["paths"]["never"]["stages"]["cost"].median, res["paths"]["auto"]["stages"]["cost"].median

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import device as _device
 from .backbones import Backbone, BackboneOutput
 
 TOP_K = 2
@@ -34,8 +35,9 @@ FOREGROUND = WEIGHT_LEVELS[0][0]  # CAM above this: the hyperpixel is on the obj
 
 def _single_scale_cam(
     classifier: torch.Tensor, last_map: torch.Tensor, logits: torch.Tensor, size: tuple[int, int]
-) -> tuple[torch.Tensor, list[int]]:
-    """Max over the top-2 classes of the normalised CAMs of one scale, at ``size`` (H, W)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over the top-2 classes of the normalised CAMs of one scale, at ``size`` (H, W), and
+    the (2,) classes on the maps' device."""
     labels = torch.topk(F.softmax(logits, dim=1), k=TOP_K, dim=1).indices[0]
     _, c, h, w = last_map.shape
     maps = (classifier[labels] @ last_map.reshape(c, h * w)).view(1, TOP_K, h, w)
@@ -43,7 +45,7 @@ def _single_scale_cam(
     flat = maps.flatten(1)
     lo = flat.amin(1).view(-1, 1, 1)
     hi = flat.amax(1).view(-1, 1, 1)
-    return ((maps - lo) / hi).amax(0), labels.tolist()
+    return ((maps - lo) / hi).amax(0), labels
 
 
 def class_activation_map(
@@ -64,7 +66,7 @@ def class_activation_map(
     size = (int(x.shape[2]), int(x.shape[3]))
     classifier = backbone.classifier_weight()
     total = None
-    top_classes: list[int] = []
+    top_classes: torch.Tensor | None = None
     extra: dict[float, dict[int, torch.Tensor]] = {}
     scaled = x
     for scale in scales:
@@ -82,7 +84,8 @@ def class_activation_map(
             top_classes = labels
         total = cam if total is None else total + cam
     assert total is not None
-    return total / (total.max() + 1e-5), top_classes, extra
+    classes = [] if top_classes is None else _device.to_host(top_classes)[0].tolist()  # the one read of the CAM
+    return total / (total.max() + 1e-5), classes, extra
 
 
 def cam_at(cam: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

@@ -107,11 +107,13 @@ class Correlation:
     source grid rows, so the low-memory path can stream it.
 
     Args:
-        src, trg: the two images' hyperpixels (same layout, on the same device).
+        src, trg: the two images' hyperpixels (same layout); ``trg`` is moved to the
+            device of ``src``, where the blocks are computed.
         scale: :math:`\alpha`.
     """
 
     def __init__(self, src: "Hyperpixels", trg: "Hyperpixels", scale: float = 1.0) -> None:
+        trg = trg.to(src.device)
         self.src, self.trg, self.scale = src, trg, float(scale)
         self.ws = src.grid[1]
         self.m = trg.n
@@ -180,5 +182,6 @@ def l2_normalize(features: torch.Tensor) -> torch.Tensor:
 
 
 def cost_matrix(src: torch.Tensor, trg: torch.Tensor) -> torch.Tensor:
-    """The SCOT cost ``1 - clamp(cos, 0)`` between unit-norm features (n, D) and (m, D)."""
+    """The SCOT cost ``1 - clamp(cos, 0)`` between unit-norm features (n, D) and (m, D), on the device of ``src``."""
+    trg = trg.to(src.device)
     return (src @ trg.transpose(-1, -2)).clamp_(min=0.0).neg_().add_(1.0)

@@ -38,10 +38,12 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import device as _device
 from .backbones import Backbone, Geometry
 from .cam import class_activation_map, foreground, marginal_weights
 from .cost import factorize_groups
 from .image import ImageLike, load_image
+from .precision import fp32_precision
 
 if TYPE_CHECKING:
     from .config import SCOTConfig
@@ -57,11 +59,18 @@ def synchronize(device: torch.device | str) -> None:
 
 
 class Clock:
-    """Accumulates stage durations into an optional dict, synchronising ``device`` first."""
+    """Accumulates stage durations into an optional dict.
+
+    The clock starts, and every :meth:`lap` ends, after the queued work of ``device`` (the
+    device the timed stages run on) has finished, so a GPU's asynchronous kernels are
+    counted in the stage that queued them.  Without a sink nothing is synchronised.
+    """
 
     def __init__(self, sink: dict[str, float] | None, device: torch.device | str = "cpu") -> None:
         self.sink = sink
         self.device = torch.device(device)
+        if sink is not None:
+            synchronize(self.device)
         self.t = time.perf_counter()
 
     def lap(self, name: str) -> None:
@@ -199,7 +208,9 @@ class Hyperpixels:
         return torch.cat(parts, 1)
 
     def to(self, device: torch.device | str) -> "Hyperpixels":
-        """A copy whose feature tensors live on ``device`` (boxes and weights stay on the CPU)."""
+        """A copy whose feature tensors live on ``device`` (boxes, weights and grid coordinates
+        stay on the host); itself when they are there.  The reversed operand is not copied:
+        :meth:`operand` rebuilds it on the device, cheaper than a transfer."""
         device = torch.device(device)
         if self.device == device:
             return self
@@ -210,11 +221,26 @@ class Hyperpixels:
         return Hyperpixels(dense=self.dense.to(device), factorized=factorized, inv_norms=self.inv_norms.to(device),
                            **fields)
 
-    def nbytes(self) -> int:
-        tensors = [self.dense, self.inv_norms, self.boxes, self.weights]
-        tensors += [t for t in (self.cam, self.dense_reversed) if t is not None]
+    def _tensors(self) -> list[torch.Tensor]:
+        tensors = [self.dense, self.inv_norms, self.xs, self.ys, self.boxes, self.weights]
+        tensors += [t for t in (self.cam, self.dense_reversed, self.on_object) if t is not None]
         for g in self.factorized:
             tensors += [g.maps, g.rows, g.cols]
+        return tensors
+
+    def nbytes(self) -> int:
+        """Bytes of every tensor held, wherever it lives (what a cache of images counts)."""
+        return sum(t.element_size() * t.nelement() for t in self._tensors())
+
+    def device_nbytes(self) -> int:
+        """Bytes held on an accelerator (the matching operands once on a GPU; 0 on the CPU)."""
+        return sum(t.element_size() * t.nelement() for t in self._tensors() if t.device.type != "cpu")
+
+    def operand_nbytes(self) -> int:
+        """Bytes of the matching operands (features, the reversed dense part, norms, groups):
+        what :meth:`to` and :meth:`operand` create on a device that does not hold them yet."""
+        tensors = [self.dense, self.inv_norms] + [x for g in self.factorized for x in (g.maps, g.rows, g.cols)]
+        tensors.append(self.dense)  # the reversed copy
         return sum(t.element_size() * t.nelement() for t in tensors)
 
 
@@ -236,6 +262,16 @@ class NetworkView:
     def nbytes(self) -> int:
         tensors = list(self.maps.values()) + ([self.cam] if self.cam is not None else [])
         return sum(t.element_size() * t.nelement() for t in tensors)
+
+    def to(self, device: torch.device | str, ids: Sequence[int] | None = None) -> "NetworkView":
+        """The maps of ``ids`` (default: all) and the CAM on ``device``; itself when nothing moves."""
+        device = torch.device(device)
+        keep = self.maps if ids is None else {i: self.maps[i] for i in ids}
+        tensors = list(keep.values()) + ([self.cam] if self.cam is not None else [])
+        if ids is None and all(t.device == device for t in tensors):
+            return self
+        return dataclasses.replace(self, maps={i: m.to(device) for i, m in keep.items()},
+                                   cam=None if self.cam is None else self.cam.to(device))
 
 
 @torch.inference_mode()
@@ -356,11 +392,7 @@ def describe(
         part = _squared_norms(g)
         sq = part if sq is None else sq.add_(part)
     assert sq is not None
-    if not bool(torch.isfinite(sq).all()):
-        from .errors import ScotError
-
-        raise ScotError(f"{view.name}: the backbone's features are not finite (NaN or infinite); its weights "
-                        f"({getattr(backbone, 'weights_source', 'unknown')}) are broken", option="weights")
+    finite = torch.isfinite(sq).all()
     norms = sq.sqrt_()
     inv_norms = torch.where(norms > 0, norms.reciprocal(), torch.zeros((), device=device))
     parts = [g.upsampled() for g in groups if not g.factorized]
@@ -368,19 +400,24 @@ def describe(
 
     boxes = receptive_field_boxes(geometry, h, w)
     centres = box_centres(boxes)
-    on_object = None
-    if view.cam is not None:
-        weights = marginal_weights(view.cam, centres, cam_weighting).float().cpu()
-        on_object = foreground(view.cam, centres).cpu()
+    if view.cam is not None:  # everything the host keeps comes over in one copy
+        finite, weights, on_object, cam = _device.to_host(
+            finite, marginal_weights(view.cam, centres, cam_weighting).float(), foreground(view.cam, centres),
+            view.cam.float())
     else:
-        weights = torch.ones(h * w)
+        (finite,) = _device.to_host(finite)
+        weights, on_object, cam = torch.ones(h * w), None, None
+    if not bool(finite):
+        from .errors import ScotError
+
+        raise ScotError(f"{view.name}: the backbone's features are not finite (NaN or infinite); its weights "
+                        f"({getattr(backbone, 'weights_source', 'unknown')}) are broken", option="weights")
     clock.lap("fusion")
     return Hyperpixels(
         dense=dense, factorized=[g for g in groups if g.factorized], inv_norms=inv_norms,
         layout=[(g.shape, g.channels, g.factorized) for g in groups], dense_reversed=dense.flip(0), xs=centres[:w, 0].clone(), ys=centres[::w, 1].clone(), boxes=boxes,
         weights=weights, size=view.size, ratio=view.ratio, original_size=view.original_size, geometry=geometry,
-        name=view.name, cam=None if view.cam is None else view.cam.float().cpu(), top_classes=view.top_classes,
-        on_object=on_object,
+        name=view.name, cam=cam, top_classes=view.top_classes, on_object=on_object,
     )
 
 
@@ -409,6 +446,11 @@ class HyperpixelExtractor:
         assert self.config.hyperpixel_ids is not None
         return self.config.hyperpixel_ids
 
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone runs."""
+        return next(self.backbone.parameters()).device
+
     def view(self, image: ImageLike, ids: Sequence[int] | None = None, *, name: str | None = None,
              flip: bool = False, timings: dict[str, float] | None = None) -> NetworkView:
         """Load, resize (and with ``flip`` mirror) an image and run the backbone for ``ids``."""
@@ -420,15 +462,18 @@ class HyperpixelExtractor:
         resized, ratio = loaded.resized(cfg.image_side)
         if timings is not None:
             timings["load+resize"] = timings.get("load+resize", 0.0) + time.perf_counter() - t0
-        return observe(self.backbone, resized, self.ids if ids is None else ids, ratio=ratio,
-                       original_size=loaded.size, use_cam=cfg.cam, cam_scales=cfg.cam_scales,
-                       feature_scales=cfg.feature_scales or (1.0,), name=loaded.name, timings=timings)
+        with fp32_precision(self.device, cfg.tf32):
+            return observe(self.backbone, resized, self.ids if ids is None else ids, ratio=ratio,
+                           original_size=loaded.size, use_cam=cfg.cam, cam_scales=cfg.cam_scales,
+                           feature_scales=cfg.feature_scales or (1.0,), name=loaded.name, timings=timings)
 
     def describe(self, view: NetworkView, ids: Sequence[int] | None = None,
                  timings: dict[str, float] | None = None) -> Hyperpixels:
-        """Fuse ``ids`` (default: the configuration's) of a view into hyperpixels."""
-        return describe(view, self.backbone, self.ids if ids is None else ids, cam_weighting=self.config.cam_weighting,
-                        center=bool(self.config.center_features), factorize=self.factorize, timings=timings)
+        """Fuse ``ids`` (default: the configuration's) of a view into hyperpixels (on the view's device)."""
+        with fp32_precision(self.device, self.config.tf32):
+            return describe(view, self.backbone, self.ids if ids is None else ids,
+                            cam_weighting=self.config.cam_weighting, center=bool(self.config.center_features),
+                            factorize=self.factorize, timings=timings)
 
     def __call__(self, image: ImageLike, *, name: str | None = None, flip: bool = False,
                  timings: dict[str, float] | None = None) -> Hyperpixels:

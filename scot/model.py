@@ -14,21 +14,22 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from . import device as _device
 from .backbones import Backbone, build_backbone
 from .config import SCOTConfig
 from .cost import Correlation, cost_from_log2_kernel_, kernel_scale, log2_kernel_
 from .errors import ScotError
 from .features import Clock, HyperpixelExtractor, Hyperpixels
 from .image import ImageLike
+from .precision import fp32_precision
 from .ot import Scalings, dampening, kernel_sinkhorn, log2_votes, scot_votes
-from .rhm import HoughWindows, grid_view
+from .rhm import GRID_ERROR, HoughWindows, grid_view
 from .streaming import streamed_best_matches
 from .transfer import mutual_mask, soft_argmax_targets, transfer_keypoints
 
@@ -36,18 +37,26 @@ from .transfer import mutual_mask, soft_argmax_targets, transfer_keypoints
 # stored log-kernel cannot produce a non-finite scaling there (see SCOT._votes).
 _SAFE_INV_EPS = 80.0
 _BLOCK_BYTES = 4 << 20  # rows of the N x M matrix processed together on the CPU (kept in cache)
+_DEVICE_BLOCK_BYTES = 256 << 20  # on a GPU: bounds the exp2 temporary of the Sinkhorn sweeps
+_DEVICE_RESERVE = 0.1  # share of a GPU's free memory left to the allocator's slack and small temporaries
 
 logger = logging.getLogger("scot")
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch device ``name`` names, checked: ``cpu``, ``cuda`` or ``cuda:INDEX`` of a present GPU."""
+    """The torch device ``name`` names, checked: ``cpu``, ``cuda`` or ``cuda:INDEX`` of a present GPU.
+
+    ``cuda`` is the current GPU with its index filled in, so that the model's device
+    compares equal to its tensors' devices.
+    """
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise ScotError(f"'{name}' is not a device (use cpu, cuda or cuda:INDEX)", option="device") from None
     if device.type not in ("cpu", "cuda"):
         raise ScotError(f"'{name}' is not supported (use cpu, cuda or cuda:INDEX)", option="device")
+    if device.type == "cpu":
+        return torch.device("cpu")  # one host device: an index (cpu:0) would only defeat device comparisons
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ScotError("CUDA was requested but no CUDA GPU is available; use cpu", option="device")
@@ -61,27 +70,31 @@ def resolve_device(name: str) -> torch.device:
 
 
 def as_keypoints(keypoints: Any, size: tuple[int, int] | None = None, name: str = "keypoints") -> torch.Tensor:
-    """Validate (K, 2) keypoints (x, y) in original pixels; ``size`` = (W, H) bounds them."""
+    """Validate (K, 2) keypoints (x, y) in original pixels; ``size`` = (W, H) bounds them.
+
+    Checked in NumPy on the host (a tensor anywhere is copied there first); returns a
+    float32 CPU tensor.
+    """
     if isinstance(keypoints, torch.Tensor):
         keypoints = keypoints.detach().cpu().double().numpy()
     try:
-        kps = torch.as_tensor(np.asarray(keypoints, dtype=np.float64), dtype=torch.float32)
+        kps = np.asarray(keypoints, dtype=np.float64).astype(np.float32)
     except (TypeError, ValueError):
         raise ScotError(f"{name}: keypoints must be numbers arranged as (K, 2) x, y pairs") from None
-    if kps.numel() == 0:
-        return kps.reshape(0, 2)
-    if kps.dim() != 2 or kps.shape[1] != 2:
+    if kps.size == 0:
+        return torch.zeros(0, 2)
+    if kps.ndim != 2 or kps.shape[1] != 2:
         raise ScotError(f"{name}: keypoints must have shape (K, 2), got {tuple(kps.shape)}")
-    if not bool(torch.isfinite(kps).all()):
+    if not np.isfinite(kps).all():
         raise ScotError(f"{name}: keypoints contain NaN or infinite values")
     if size is not None:
         w, h = size
         outside = (kps[:, 0] < 0) | (kps[:, 1] < 0) | (kps[:, 0] > w) | (kps[:, 1] > h)
-        if bool(outside.any()):
-            k = int(torch.nonzero(outside)[0])
-            x, y = kps[k].tolist()
+        if outside.any():
+            k = int(np.flatnonzero(outside)[0])
+            x, y = (float(v) for v in kps[k])
             raise ScotError(f"{name}: keypoint {k} at ({x:g}, {y:g}) lies outside the {w}x{h} source image")
-    return kps
+    return torch.from_numpy(np.ascontiguousarray(kps))
 
 
 @dataclass
@@ -196,13 +209,15 @@ class MatchResult:
 
 
 def _marginals(images: Sequence[Hyperpixels], rows: int, device: torch.device, reverse: bool) -> torch.Tensor:
-    """(B, rows) normalised marginal weights, zero beyond each image's n; with ``reverse``
-    each image's cells in reverse order (the target's layout in the matching matrix)."""
-    out = torch.zeros(len(images), rows, device=device)
+    """(B, rows) normalised marginal weights on ``device``, zero beyond each image's n; with
+    ``reverse`` each image's cells in reverse order (the target's layout in the matching
+    matrix).  Built from the host weights and copied once."""
+    out = torch.zeros(len(images), rows)
     for i, h in enumerate(images):
-        w = h.weights.flip(0) if reverse else h.weights
-        out[i, : h.n] = (w / w.sum()).to(device)
-    return out
+        w = h.weights.float().cpu()
+        w = w.flip(0) if reverse else w
+        out[i, : h.n] = w / w.sum()
+    return out.to(device)
 
 
 class SCOT:
@@ -290,24 +305,96 @@ class SCOT:
         """Match several (src, trg, keypoints) pairs through the batched solver.
 
         Pairs of different sizes are zero-padded; padded hyperpixels carry no mass, so every
-        pair's result equals matching it alone.  The timings of the batch are shared by its
-        results.
+        pair's result equals matching it alone.  On a GPU the pairs are matched in as few
+        batches as its free memory allows (:meth:`batch_limit`); a batch that still runs
+        out of memory is halved and retried, and a pair that does not fit alone raises a
+        :class:`ScotError` suggesting low-memory mode.  The timings of a batch are shared by
+        its results.  Results (matches, transferred keypoints) are on the host; ``plan`` and
+        ``confidence`` stay on the model's device.
         """
         cfg = self.config
         kps_list = [
             None if k is None else as_keypoints(k, s.original_size if check_bounds else None) for s, _, k in items
         ]
-        srcs = [s.to(self.device) for s, _, _ in items]
-        trgs = [t.to(self.device) for _, t, _ in items]
-        if cfg.low_memory:
-            return [self._match_streamed(s, t, k) for s, t, k in zip(srcs, trgs, kps_list)]
+        pairs = [(s, t) for s, t, _ in items]
+        results: list[MatchResult] = []
+        with fp32_precision(self.device, cfg.tf32):
+            if cfg.low_memory:
+                return [self._match_streamed_or_explain(s, t, k) for (s, t), k in zip(pairs, kps_list)]
+            size = self.batch_limit(pairs, keep_plan)
+            for i in range(0, len(pairs), size):
+                results += self._match_halving(pairs[i : i + size], kps_list[i : i + size], keep_plan, topk)
+        return results
+
+    def batch_limit(self, pairs: Sequence[tuple[Hyperpixels, Hyperpixels]], keep_plan: bool = False) -> int:
+        """How many of ``pairs`` to match together: all on the CPU; on a GPU, as many as its
+        free memory holds by :meth:`pair_bytes` (at least one)."""
+        free = _device.free_memory(self.device)
+        if free is None or not pairs:
+            return max(1, len(pairs))
+        held = sum(buf.numel() * buf.element_size() for buf in self._workspace.__dict__.values())
+        usable = (free + held) * (1.0 - _DEVICE_RESERVE) - _DEVICE_BLOCK_BYTES
+        n, m = max(s.n for s, _ in pairs), max(t.n for _, t in pairs)
+        moved = max(self._moved_bytes(s, t) for s, t in pairs)
+        return int(max(1, min(len(pairs), usable // self.pair_bytes(n, m, keep_plan, moved))))
+
+    def pair_bytes(self, n: int, m: int, keep_plan: bool = False, moved: int = 0) -> int:
+        """Estimated device bytes one pair of ``n`` x ``m`` hyperpixels takes in a batch: the
+        float32 N x M matrices the configuration keeps at once (workspaces, the solver's
+        temporaries, the kept plan) and ``moved`` bytes of operands copied to the device."""
+        cfg = self.config
+        two_way = bool(cfg.symmetric)
+        if not cfg.ot:
+            copies = 2.0 if two_way else 1.0
+        elif cfg.sinkhorn_mode == "plain" and cfg.sinkhorn_tol is None and 1.0 / cfg.eps <= _SAFE_INV_EPS:
+            copies = 2.0 if two_way else 1.0  # the log-kernel (and the reverse votes), votes in place
+        else:
+            copies = 6.0 + (3.0 if two_way else 0.0)  # cost, log-kernel, kernel or log-sum-exp terms, plan, votes
+        copies += 2.0 if keep_plan else 0.0  # plan and confidence copies handed out
+        copies += 0.5  # the correlation's per-pair temporaries and RHM's sums
+        return int(copies * 4 * n * m) + moved
+
+    def _moved_bytes(self, s: Hyperpixels, t: Hyperpixels) -> int:
+        """Operand bytes :meth:`Hyperpixels.to` and the reversed operand create on the model's device."""
+        return sum(h.operand_nbytes() for h in (s, t) if h.device != self.device)
+
+    def _match_halving(self, pairs: list[tuple[Hyperpixels, Hyperpixels]], kps: list[torch.Tensor | None],
+                       keep_plan: bool, topk: int) -> list[MatchResult]:
+        """:meth:`_match_together`; on out-of-memory, the two halves one after the other."""
+        try:
+            return self._match_together(pairs, kps, keep_plan, topk)
+        except torch.OutOfMemoryError:
+            pass  # leave the handler first: its traceback holds the failed batch's tensors
+        self.release_memory()
+        _device.release_cached(self.device)
+        if len(pairs) == 1:
+            s, t = pairs[0]
+            free = _device.free_memory(self.device)
+            raise ScotError(
+                f"pair {s.name} -> {t.name} ({s.n} x {t.n} hyperpixels) does not fit in the memory of {self.device} "
+                f"even alone (about {_device.format_gb(self.pair_bytes(s.n, t.n, keep_plan))} needed, "
+                f"{_device.format_gb(free)} free); low-memory mode (--low-memory) streams it in blocks",
+                option="low_memory")
+        half = (len(pairs) + 1) // 2
+        logger.info("out of memory with %d pairs on %s: matching %d and %d", len(pairs), self.device, half,
+                    len(pairs) - half)
+        return (self._match_halving(pairs[:half], kps[:half], keep_plan, topk)
+                + self._match_halving(pairs[half:], kps[half:], keep_plan, topk))
+
+    def _match_together(self, pairs: list[tuple[Hyperpixels, Hyperpixels]], kps_list: list[torch.Tensor | None],
+                        keep_plan: bool, topk: int) -> list[MatchResult]:
+        """One batch through the solver: everything on the device, then one copy to the host
+        (:func:`scot.device.to_host`) and the keypoint transfer there."""
+        cfg = self.config
         timings: dict[str, float] = {}
         clock = Clock(timings, self.device)
+        srcs = [s.to(self.device) for s, _ in pairs]
+        trgs = [t.to(self.device) for _, t in pairs]
 
         n, m = max(s.n for s in srcs), max(t.n for t in trgs)
         alpha = kernel_scale(cfg.eps) if cfg.ot else 1.0
-        log2k = self._buffer("log2k", (len(items), n, m))
-        if len(items) > 1:  # padding must hold finite values (it carries no mass)
+        log2k = self._buffer("log2k", (len(pairs), n, m))
+        if len(pairs) > 1:  # padding must hold finite values (it carries no mass)
             log2k.zero_()
         for b, (s, t) in enumerate(zip(srcs, trgs)):
             Correlation(s, t, alpha).fill(log2k[b, : s.n, : t.n])
@@ -316,10 +403,11 @@ class SCOT:
 
         mu = _marginals(srcs, n, self.device, reverse=False)
         nu = _marginals(trgs, m, self.device, reverse=True)
-        votes, votes_back, eps_used = self._votes(log2k, mu, nu, alpha, two_way=bool(cfg.symmetric))
+        votes, votes_back, eps_used, finite = self._votes(log2k, mu, nu, alpha, two_way=bool(cfg.symmetric))
         clock.lap("ot")
 
-        results = []
+        device_parts: list[list[torch.Tensor]] = []  # per pair, what comes to the host
+        kept = []
         for b, (s, t) in enumerate(zip(srcs, trgs)):
             v = votes[b, : s.n, : t.n]
             plan = v.flip(-1) if keep_plan else None  # a copy in the natural target order
@@ -328,38 +416,54 @@ class SCOT:
                 back = self._confidence(votes_back[b, : s.n, : t.n], s, t, reverse=True)
                 conf.div_(conf.amax().clamp_min(1e-30)).addcdiv_(back, back.amax().clamp_min(1e-30))
             best_conf, best_col = conf.max(dim=-1)
-            boxes_rev = t.boxes.flip(0)
-            target_tl = soft_argmax_targets(conf, best_col, t.grid, boxes_rev, cfg.subpixel) if cfg.subpixel else None
-            usable = mutual_mask(conf, best_col) if cfg.mutual else None
-            result = MatchResult(
-                src=s, trg=t, best=(t.n - 1 - best_col).cpu(), best_confidence=best_conf.float().cpu(),
-                plan=plan, confidence=conf.flip(-1) if keep_plan else None,
-                config=cfg, timings=timings, eps_used=eps_used[b], target_tl=target_tl, usable=usable,
-            )
+            parts = [t.n - 1 - best_col, best_conf.float()]
+            if cfg.subpixel:
+                parts.append(soft_argmax_targets(conf, best_col, t.grid, t.boxes.flip(0), cfg.subpixel))
+            if cfg.mutual:
+                parts.append(mutual_mask(conf, best_col))
             if topk > 0:
                 values, columns = conf.topk(min(topk, t.n), dim=-1)
-                result.topk_index, result.topk_confidence = (t.n - 1 - columns).cpu(), values.float().cpu()
-            results.append((result, target_tl, usable))
+                parts += [t.n - 1 - columns, values.float()]
+            device_parts.append(parts)
+            kept.append((plan, conf.flip(-1) if keep_plan else None))
         clock.lap("rhm")
 
-        for (result, _, _), kps in zip(results, kps_list):
-            if kps is not None:
-                self._transfer(result, kps)
+        flat = [x for parts in device_parts for x in parts] + ([finite] if finite is not None else [])
+        host = list(_device.to_host(*flat))  # the batch's one device-to-host copy
+        if finite is not None and not bool(host.pop()):  # cannot happen for 1/eps <= 80; never return NaN votes
+            raise RuntimeError("Sinkhorn produced a non-finite scaling although exp(-C/eps) cannot underflow")
+        results = []
+        for b, (s, t) in enumerate(zip(srcs, trgs)):
+            best, best_conf = host.pop(0), host.pop(0)
+            target_tl = host.pop(0) if cfg.subpixel else None
+            usable = host.pop(0) if cfg.mutual else None
+            plan, confidence = kept[b]
+            result = MatchResult(
+                src=s, trg=t, best=best, best_confidence=best_conf, plan=plan, confidence=confidence, config=cfg,
+                timings=timings, eps_used=eps_used[b], target_tl=target_tl, usable=usable,
+            )
+            if topk > 0:
+                result.topk_index, result.topk_confidence = host.pop(0), host.pop(0)
+            if kps_list[b] is not None:
+                self._transfer(result, kps_list[b])
+            results.append(result)
         clock.lap("transfer")
-        return [r for r, _, _ in results]
+        return results
 
     def _votes(
         self, log2k: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, alpha: float, two_way: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, list]:
-        """Transport votes (B, N, M) from a log2-kernel the call consumes, the ε used per
-        pair, and with ``two_way`` the target -> source votes transposed to (B, N, M)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list, torch.Tensor | None]:
+        """Transport votes (B, N, M) from a log2-kernel the call consumes, with ``two_way`` the
+        target -> source votes transposed to (B, N, M), the ε used per pair, and for the
+        in-place solver a 0-dim flag on the device, true when every scaling is finite (the
+        caller reads it with the batch's results)."""
         cfg = self.config
         batch = log2k.shape[0]
         if not cfg.ot:  # HPF's similarity: clamp(cos, 0) ** exp1, with log2k = clamp(cos, 0) - 1 (alpha = 1)
             votes = log2k.add_(1.0)
             if cfg.exp1 != 1.0:
                 votes.pow_(cfg.exp1)
-            return votes, votes.clone() if two_way else None, [None] * batch
+            return votes, votes.clone() if two_way else None, [None] * batch, None
         exp2 = self._exp2
         fast = cfg.sinkhorn_mode == "plain" and cfg.sinkhorn_tol is None and 1.0 / cfg.eps <= _SAFE_INV_EPS
         if fast:  # SCOT's solver on the stored log-kernel, block by block, votes formed in place
@@ -375,16 +479,14 @@ class SCOT:
             scalings = kernel_sinkhorn(lambda r0, r1: log2k[:, r0:r1], mu, nu, num_iters=cfg.sinkhorn_iters,
                                        fi=dampening(cfg.eps, cfg.unbalanced_tau), two_way=two_way,
                                        block_rows=rows, on_final_block=final)
-            if not bool(scalings.finite()):  # cannot happen for 1/eps <= 80; never return NaN votes
-                raise RuntimeError("Sinkhorn produced a non-finite scaling although exp(-C/eps) cannot underflow")
-            return log2k, back, [cfg.eps] * batch
+            return log2k, back, [cfg.eps] * batch, scalings.finite()
         cost = cost_from_log2_kernel_(log2k, alpha)
         back = None
         if two_way:  # solve the transposed problem explicitly
             back_cost = cost.transpose(1, 2).contiguous()
             back = self._solve(back_cost, nu, mu)[0].transpose(1, 2).contiguous()
         votes, eps_used = self._solve(cost, mu, nu)
-        return votes, back, eps_used
+        return votes, back, eps_used, None
 
     def _buffer(self, role: str, shape: tuple[int, ...]) -> torch.Tensor:
         """A reused float32 workspace of ``shape`` for ``role``: a fresh N x M buffer costs as
@@ -394,7 +496,8 @@ class SCOT:
         size = math.prod(shape)
         buf = store.get(role)
         if buf is None or buf.numel() < size:
-            store.pop(role, None)
+            del buf
+            store.pop(role, None)  # freed before its successor is allocated
             buf = store[role] = torch.empty(size, device=self.device)
         return buf[:size].view(shape)
 
@@ -411,10 +514,13 @@ class SCOT:
         return votes, stats.eps_used
 
     def _block_rows(self, matrix: torch.Tensor) -> int:
-        """Rows of the (B, N, M) matrix processed together: a few MB on the CPU, all on a GPU."""
+        """Rows of the (B, N, M) matrix processed together: a few MB on the CPU (kept in cache);
+        on a GPU at most 256 MB (the whole matrix when it is smaller), which bounds the
+        temporary the Sinkhorn sweeps take beside the matrix."""
+        row = matrix.element_size() * matrix.shape[0] * matrix.shape[2]
         if matrix.device.type != "cpu":
-            return matrix.shape[1]
-        return max(16, _BLOCK_BYTES // (matrix.element_size() * matrix.shape[0] * matrix.shape[2]))
+            return max(1, min(matrix.shape[1], _DEVICE_BLOCK_BYTES // row))
+        return max(16, _BLOCK_BYTES // row)
 
     @property
     def _exp2(self) -> float:
@@ -428,7 +534,13 @@ class SCOT:
         result.keypoints, result.transferred_resized, result.transferred = kps, pred, pred / t.ratio
 
     def _hough(self, s: Hyperpixels, t: Hyperpixels, reverse: bool = False) -> HoughWindows:
-        return HoughWindows.build(s.xs, s.ys, t.xs, t.ys, s.size, t.size, self.config.rhm_cells, self.device, reverse)
+        """The pair's Hough tables on the model's device.  Both grids are regular by
+        construction (:func:`~scot.features.receptive_field_boxes`); their spacing is the
+        geometry's jump, compared here without reading a tensor."""
+        if s.geometry.jump != t.geometry.jump:
+            raise ValueError(GRID_ERROR)
+        return HoughWindows.build(s.xs, s.ys, t.xs, t.ys, s.size, t.size, self.config.rhm_cells, self.device, reverse,
+                                  check=False)
 
     def _confidence(self, votes: torch.Tensor, s: Hyperpixels, t: Hyperpixels, reverse: bool = False) -> torch.Tensor:
         """RHM confidences of one pair's (n, m) votes in the matching layout, in place (the
@@ -439,11 +551,24 @@ class SCOT:
         self._hough(s, t, reverse).confidence(grid, self.config.rhm_kernel, out=grid)
         return votes
 
+    def _match_streamed_or_explain(self, s: Hyperpixels, t: Hyperpixels, kps: torch.Tensor | None) -> MatchResult:
+        """:meth:`_match_streamed`; out of memory even so, a one-line error naming the block size."""
+        try:
+            return self._match_streamed(s, t, kps)
+        except torch.OutOfMemoryError:
+            pass  # leave the handler first: its traceback holds the failed pair's tensors
+        self.release_memory()
+        _device.release_cached(self.device)
+        raise ScotError(f"pair {s.name} -> {t.name} ({s.n} x {t.n} hyperpixels) does not fit in the memory of "
+                        f"{self.device} even in low-memory mode with blocks of {self.config.low_memory_rows} rows; "
+                        f"use fewer rows per block or a smaller image_side", option="low_memory_rows")
+
     def _match_streamed(self, s: Hyperpixels, t: Hyperpixels, kps: torch.Tensor | None) -> MatchResult:
         """Low-memory matching: no N x M matrix is ever held."""
         cfg = self.config
         timings: dict[str, float] = {}
         clock = Clock(timings, self.device)
+        s, t = s.to(self.device), t.to(self.device)
         hough = self._hough(s, t) if cfg.rhm else None
         best_col, best_conf, eps_used = streamed_best_matches(
             s, t, _marginals([s], s.n, self.device, False)[0], _marginals([t], t.n, self.device, True)[0],
@@ -452,8 +577,9 @@ class SCOT:
         )
         timings.update(cost=0.0, rhm=0.0)
         clock.lap("ot")
-        result = MatchResult(src=s, trg=t, best=(t.n - 1 - best_col).cpu(), best_confidence=best_conf.float().cpu(),
-                             config=cfg, timings=timings, eps_used=eps_used)
+        best, best_conf = _device.to_host(t.n - 1 - best_col, best_conf.float())
+        result = MatchResult(src=s, trg=t, best=best, best_confidence=best_conf, config=cfg, timings=timings,
+                             eps_used=eps_used)
         if kps is not None:
             self._transfer(result, kps)
         clock.lap("transfer")
@@ -462,13 +588,18 @@ class SCOT:
     def __call__(self, src: ImageLike, trg: ImageLike, keypoints: Any = None, keep_plan: bool = True,
                  topk: int = 0) -> MatchResult:
         """Match two images given as paths, PIL images, arrays or tensors (see :meth:`match`)."""
-        t0 = time.perf_counter()
+        features: dict[str, float] = {}
+        clock = Clock(features, self.device)
         s = self.extract(src)
         t = self.extract(trg)
-        features_time = time.perf_counter() - t0
+        clock.lap("features")
         result = self.match(s, t, keypoints, keep_plan=keep_plan, topk=topk)
-        result.timings = {"features": features_time, **result.timings}
+        result.timings = {**features, **result.timings}
         return result
+
+    def device_info(self) -> dict[str, str | None]:
+        """The device the model runs on and, on CUDA, the GPU's name (for run reports)."""
+        return _device.device_info(self.device)
 
     def describe(self) -> dict[str, Any]:
         """Backbone name, weights source and resolved options, for recording in outputs."""

@@ -48,6 +48,7 @@ from typing import Callable
 
 import torch
 
+from . import device as _device
 from .errors import ScotError
 
 _LOG2E = 1.0 / math.log(2.0)
@@ -103,6 +104,7 @@ def log2_votes(
     Returns:
         (B, r, M) votes; zero where a scaling is zero (padding).
     """
+    log2_rows, log2_cols = log2_rows.to(log2_kernel.device), log2_cols.to(log2_kernel.device)
     out = torch.add(log2_kernel, log2_rows.unsqueeze(-1), out=out) if out is not None \
         else log2_kernel + log2_rows.unsqueeze(-1)
     out.add_(log2_cols.unsqueeze(-2))
@@ -173,7 +175,8 @@ def kernel_sinkhorn(
         log2_kernel: ``log2_kernel(r0, r1)`` returns (B, r1 - r0, M) :math:`\log_2 K` of rows
             ``r0:r1`` (a view of a stored matrix, or computed on the fly).
         mu: (B, N) source marginals; rows without mass (padding) get zero scalings.
-        nu: (B, M) target marginals.
+        nu: (B, M) target marginals.  Both must live where the blocks do (the blocks are
+            only known once read, and reading one twice may mean computing it twice).
         num_iters: iterations; 1 reproduces SCOT's code.
         fi: the :func:`dampening` exponent (1 for balanced OT).
         two_way: also solve the transposed problem.
@@ -240,10 +243,16 @@ def with_eps_doublings(solve: Callable[[float], "torch.Tensor | None"], eps: flo
 @dataclass
 class SinkhornResult:
     plan: torch.Tensor  # (B, N, M)
-    iterations: int
+    iterations: int  # the most iterations any problem ran
     marginal_error: torch.Tensor | None  # (B,) L1 column-marginal violation, when measured
     log2_rows: torch.Tensor | None = None  # (B, N) log2 a
     log2_cols: torch.Tensor | None = None  # (B, M) log2 b
+
+
+CHECK_EVERY = 8
+"""With a tolerance on an accelerator, how many iterations run between two reads of the
+convergence flags (each read waits for the device).  Problems that converged in between
+are frozen, so results do not depend on it; on the CPU the flags are read every iteration."""
 
 
 def sinkhorn(
@@ -260,12 +269,14 @@ def sinkhorn(
 
     Args:
         cost: (B, N, M) or (N, M) cost matrix.
-        mu: (B, N) or (N,) non-negative source marginal.
-        nu: (B, M) or (M,) non-negative target marginal.
+        mu: (B, N) or (N,) non-negative source marginal (moved to the cost's device).
+        nu: (B, M) or (M,) non-negative target marginal (moved to the cost's device).
         eps: entropic regularisation ε > 0.
         num_iters: maximum number of (b, a) update pairs; 1 reproduces SCOT's code.
-        tol: stop once every problem's L1 column-marginal error (balanced) or the relative
-            change of its scalings (unbalanced) is below ``tol``.
+        tol: each problem stops after the first iteration at which its L1 column-marginal
+            error (balanced) or the relative change of its scalings (unbalanced) is below
+            ``tol``; its scalings are then frozen while the others go on, so a problem's
+            result does not depend on the rest of the batch.
         log_domain: iterate in the log domain (stable for small ε).
         tau: KL weight of the relaxed marginals (unbalanced OT); None for balanced OT.
 
@@ -275,7 +286,9 @@ def sinkhorn(
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     unbatched = cost.dim() == 2
-    C, mu, nu = _batched(cost, 2), _batched(mu, 1).to(cost.dtype), _batched(nu, 1).to(cost.dtype)
+    C = _batched(cost, 2)
+    mu = _batched(mu, 1).to(device=C.device, dtype=C.dtype)
+    nu = _batched(nu, 1).to(device=C.device, dtype=C.dtype)
     fi = dampening(eps, tau)
     log_k = C * (-1.0 / eps)
     solve = _log_scalings if log_domain else _plain_scalings
@@ -289,22 +302,61 @@ def sinkhorn(
     return result
 
 
+class _Convergence:
+    """Per-problem stopping for a tolerance: which problems converged, after how many
+    iterations, and when to read that on the host (see :data:`CHECK_EVERY`)."""
+
+    def __init__(self, batch: int, device: torch.device, tol: float | None, num_iters: int) -> None:
+        self.tol, self.num_iters = tol, num_iters
+        self.every = CHECK_EVERY if _device.is_accelerator(device) else 1
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.runs = torch.zeros(batch, dtype=torch.long, device=device)
+        self.error: torch.Tensor | None = None
+        self.most = 0
+
+    def keep(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``new`` for the problems still running, ``old`` for the converged ones."""
+        return torch.where(self.done.unsqueeze(-1), old, new)
+
+    def update(self, it: int, error: torch.Tensor) -> bool:
+        """Record iteration ``it``'s (B,) errors; True when every problem has converged.
+
+        The flags (and the iteration counts) are read on the host only at check points,
+        the last iteration being one.
+        """
+        assert self.tol is not None
+        self.error = error if self.error is None else torch.where(self.done, self.error, error)
+        self.runs += (~self.done).long()
+        self.done |= error < self.tol
+        if it % self.every and it != self.num_iters:
+            return False
+        finished, most = _device.to_host(self.done.all(), self.runs.max())
+        self.most = int(most)
+        return bool(finished)
+
+    def iterations(self, it: int) -> int:
+        """The most iterations any problem ran (``it`` without a tolerance)."""
+        return it if self.tol is None else self.most
+
+
 def _plain_scalings(log_k, mu, nu, num_iters, tol, fi):
     """Natural-log scalings (log a, log b) of plain Sinkhorn; with the iteration count and error."""
     K = log_k.exp()
-    a, b, err, it = _initial_a(mu), torch.zeros_like(nu), None, 0
+    a, b, it = _initial_a(mu), torch.zeros_like(nu), 0
+    conv = _Convergence(mu.shape[0], mu.device, tol, num_iters)
     for it in range(1, num_iters + 1):
-        a_prev = a
+        a_prev, b_prev = a, b
         b = _damp(_safe_div(nu, _coldot(a, K)), fi)
         a = _damp(_safe_div(mu, _rowdot(K, b)), fi)
         if tol is not None:
+            a, b = conv.keep(a_prev, a), conv.keep(b_prev, b)
             if fi == 1.0:  # balanced: rows hold exactly after the a-update; measure the columns
                 err = (b * _coldot(a, K) - nu).abs().sum(-1)
             else:  # unbalanced: marginals never hold; measure the change of the scalings
                 err = (a - a_prev).abs().amax(-1) / a.abs().amax(-1).clamp_min(1.0)
-            if bool((err < tol).all()):
+            if conv.update(it, err):
                 break
-    return a.log(), b.log(), it, err
+    return a.log(), b.log(), conv.iterations(it), conv.error
 
 
 def _log_scalings(log_k, mu, nu, num_iters, tol, fi):
@@ -312,23 +364,25 @@ def _log_scalings(log_k, mu, nu, num_iters, tol, fi):
     log_mu, log_nu = mu.log(), nu.log()  # log 0 = -inf: zero-mass rows/columns
     alpha = _initial_a(mu).log()
     beta = torch.zeros_like(nu)
-    err, it = None, 0
+    it = 0
+    conv = _Convergence(mu.shape[0], mu.device, tol, num_iters)
     for it in range(1, num_iters + 1):
-        alpha_prev = alpha
+        alpha_prev, beta_prev = alpha, beta
         beta = fi * (log_nu - torch.logsumexp(alpha.unsqueeze(-1) + log_k, dim=-2))
         beta = torch.where(nu > 0, beta, torch.full_like(beta, -torch.inf))
         alpha = fi * (log_mu - torch.logsumexp(beta.unsqueeze(-2) + log_k, dim=-1))
         alpha = torch.where(mu > 0, alpha, torch.full_like(alpha, -torch.inf))
         if tol is not None:
+            alpha, beta = conv.keep(alpha_prev, alpha), conv.keep(beta_prev, beta)
             if fi == 1.0:
                 col = torch.exp(alpha.unsqueeze(-1) + log_k + beta.unsqueeze(-2)).sum(-2)
                 err = (col - nu).abs().sum(-1)
             else:
                 change = (alpha - alpha_prev).abs()
                 err = torch.where(torch.isfinite(change), change, torch.zeros_like(change)).amax(-1)
-            if bool((err < tol).all()):
+            if conv.update(it, err):
                 break
-    return alpha, beta, it, err
+    return alpha, beta, conv.iterations(it), conv.error
 
 
 @dataclass
@@ -353,30 +407,58 @@ def scot_votes(
 
     Any solver option (:func:`sinkhorn`); the plain iteration follows the ε policy of the
     module docstring per problem.  ``N`` is the number of source rows with mass (the
-    reference's ``len(src_feats)``).
+    reference's ``len(src_feats)``).  The batch is solved together; whether each problem's
+    scalings are finite is read on the host once per attempt, and only the problems that
+    failed are solved again at the doubled ε.
 
     Args:
         cost: (B, N, M) or (N, M) cost.
-        mu: (B, N) or (N,) source marginal; nu: (B, M) or (M,) target marginal.
+        mu: (B, N) or (N,) source marginal; nu: (B, M) or (M,) target marginal (both
+            moved to the cost's device).
         eps, num_iters, tol, log_domain, tau: as for :func:`sinkhorn`.
         exp2: the plan power.
         max_doublings: bound of the ε policy.
     """
     C = _batched(cost, 2)
-    mu_b, nu_b = _batched(mu, 1).to(C.dtype), _batched(nu, 1).to(C.dtype)
-    count = (mu_b > 0).sum(-1).to(C.dtype)
+    mu_b = _batched(mu, 1).to(device=C.device, dtype=C.dtype)
+    nu_b = _batched(nu, 1).to(device=C.device, dtype=C.dtype)
+    log2_count = (mu_b > 0).sum(-1).to(C.dtype).clamp_min(1.0).log2().unsqueeze(-1)  # (B, 1)
     votes = torch.empty_like(C)
-    eps_used, iterations = [], 0
-    for i in range(C.shape[0]):
+    batch = C.shape[0]
+    eps_used: list[float] = [float(eps)] * batch
+    pending = list(range(batch))  # problems without a finite plan yet
+    iterations = 0
+    e = float(eps)
+    for _ in range((0 if log_domain else max_doublings) + 1):
+        pick = _picker(pending, batch, C.device)
+        c, m, n = pick(C), pick(mu_b), pick(nu_b)
+        res = sinkhorn(c, m, n, e, num_iters, tol, log_domain=log_domain, tau=tau)
+        assert res.log2_rows is not None and res.log2_cols is not None
+        finite = (torch.isfinite(res.log2_rows) | (m <= 0)).all(-1) & (torch.isfinite(res.log2_cols) | (n <= 0)).all(-1)
+        flags = _device.to_host(finite)[0].tolist()
+        good = [i for i, ok in enumerate(flags) if ok]
+        if good:
+            part = _picker(good, len(pending), C.device)
+            solved = [pending[i] for i in good]
+            whole = len(solved) == batch
+            out = log2_votes(part(c) * (-_LOG2E / e), part(res.log2_rows) + part(pick(log2_count)), part(res.log2_cols),
+                             exp2, out=votes if whole else None)
+            if not whole:
+                votes.index_copy_(0, torch.tensor(solved, device=C.device), out)
+            for i in solved:
+                eps_used[i] = e
+            iterations = max(iterations, res.iterations)
+        pending = [p for p, ok in zip(pending, flags) if not ok]
+        if not pending:
+            return (votes[0] if cost.dim() == 2 else votes), VoteStats(eps_used, iterations)
+        e *= 2.0
+    raise ScotError(f"Sinkhorn gave no finite plan even at eps {e / 2:g} after {0 if log_domain else max_doublings} "
+                    "doublings; use a larger eps or sinkhorn_mode log", option="eps")
 
-        def solve(e: float, i: int = i) -> SinkhornResult | None:
-            res = sinkhorn(C[i], mu_b[i], nu_b[i], e, num_iters, tol, log_domain=log_domain, tau=tau)
-            ok = bool(torch.isfinite(res.log2_rows[0][mu_b[i] > 0]).all() and torch.isfinite(res.log2_cols[0][nu_b[i] > 0]).all())
-            return res if ok else None
 
-        res, e = with_eps_doublings(solve, eps, 0 if log_domain else max_doublings)
-        log2k = C[i].unsqueeze(0) * (-_LOG2E / e)
-        log2_votes(log2k, res.log2_rows + math.log2(max(float(count[i]), 1.0)), res.log2_cols, exp2, out=votes[i : i + 1])
-        eps_used.append(e)
-        iterations = max(iterations, res.iterations)
-    return (votes[0] if cost.dim() == 2 else votes), VoteStats(eps_used, iterations)
+def _picker(rows: list[int], batch: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function selecting ``rows`` of a (batch, ...) tensor (no copy when all are selected)."""
+    if len(rows) == batch:
+        return lambda x: x
+    index = torch.tensor(rows, device=device)
+    return lambda x: x.index_select(0, index)

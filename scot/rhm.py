@@ -35,8 +35,9 @@ small table indexed by ``s``.  Hence (:class:`HoughWindows`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -88,7 +89,9 @@ def rhm_dense(
     ncells: int = 8192,
     kernel_side: int = 7,
 ) -> torch.Tensor:
-    """RHM for arbitrary hyperpixel centres: votes (N, M), centres (N, 2)/(M, 2) as (x, y)."""
+    """RHM for arbitrary hyperpixel centres: votes (N, M), centres (N, 2)/(M, 2) as (x, y)
+    (the centres are moved to the votes' device)."""
+    src_centres, trg_centres = src_centres.to(votes.device), trg_centres.to(votes.device)
     nbx, nby, cell = hough_space(src_size, trg_size, ncells)
     bx = _axis_bins(src_size[0], src_centres[:, 0], trg_centres[:, 0], cell, nbx)
     by = _axis_bins(src_size[1], src_centres[:, 1], trg_centres[:, 1], cell, nby)
@@ -104,13 +107,17 @@ def smooth_histogram(hist: torch.Tensor, kernel_side: int = 7) -> torch.Tensor:
     return _smooth(hist, gaussian_kernel(kernel_side, hist.device))
 
 
+GRID_ERROR = "rhm: both hyperpixel grids must be evenly spaced with the same spacing"
+
+
 def _regular(coords: torch.Tensor) -> float | None:
-    """The spacing of evenly spaced coordinates (any spacing for fewer than two), else None."""
-    if len(coords) < 2:
+    """The spacing of evenly spaced coordinates (any spacing for fewer than two), else None (read on the host)."""
+    c = coords.detach().cpu().numpy().astype(np.float32)
+    if len(c) < 2:
         return 0.0
-    step = coords[1] - coords[0]
-    expected = coords[0] + step * torch.arange(len(coords), dtype=coords.dtype, device=coords.device)
-    return float(step) if bool(torch.equal(coords, expected)) else None
+    step = c[1] - c[0]
+    expected = c[0] + step * np.arange(len(c), dtype=np.float32)
+    return float(step) if np.array_equal(c, expected) else None
 
 
 @dataclass
@@ -133,16 +140,20 @@ class HoughWindows:
     def build(
         cls, src_xs: torch.Tensor, src_ys: torch.Tensor, trg_xs: torch.Tensor, trg_ys: torch.Tensor,
         src_size: tuple[int, int], trg_size: tuple[int, int], ncells: int = 8192,
-        device: torch.device | str | None = None, reverse: bool = False,
+        device: torch.device | str | None = None, reverse: bool = False, check: bool = True,
     ) -> "HoughWindows":
         """The bin tables of the source -> target matching, or with ``reverse`` of the
-        target -> source matching (still indexed source x reversed target).
+        target -> source matching (still indexed source x reversed target), on ``device``.
 
-        Raises ValueError unless both grids are evenly spaced with the same spacing.
+        The tables are computed on the host from the coordinates (host tensors in
+        :class:`~scot.features.Hyperpixels`) and copied once.  With ``check``, raises
+        ValueError unless both grids are evenly spaced with the same spacing (read on the
+        host); callers that know it from the grids' geometry pass ``check=False``.
         """
-        steps = {_regular(c.float().cpu()) for c in (src_xs, src_ys, trg_xs, trg_ys)} - {0.0}
-        if None in steps or len(steps) > 1:
-            raise ValueError("rhm: both hyperpixel grids must be evenly spaced with the same spacing")
+        if check:
+            steps = {_regular(c) for c in (src_xs, src_ys, trg_xs, trg_ys)} - {0.0}
+            if None in steps or len(steps) > 1:
+                raise ValueError(GRID_ERROR)
         nbx, nby, cell = hough_space(src_size, trg_size, ncells)
         return cls(nbx, nby, cls._sum_bins(src_xs, trg_xs, src_size[0], trg_size[0], cell, nbx, reverse).to(device),
                    cls._sum_bins(src_ys, trg_ys, src_size[1], trg_size[1], cell, nby, reverse).to(device),
@@ -151,13 +162,20 @@ class HoughWindows:
     @staticmethod
     def _sum_bins(src_c, trg_c, src_ref, trg_ref, cell, nbins, reverse) -> torch.Tensor:
         """The bin of every index sum s = i + k along one axis (i source, k reversed target)."""
-        src_c, trg_c = src_c.float().cpu(), trg_c.float().cpu()
+        src_c, trg_c = src_c.detach().float().cpu(), trg_c.detach().float().cpu()
         s = torch.arange(len(src_c) + len(trg_c) - 1)
         i = (s - (len(trg_c) - 1)).clamp_(min=0)  # a source index that reaches each sum
         t = len(trg_c) - 1 - (s - i)  # the target index (natural order) paired with it
         if reverse:  # the target -> source vote: (W_t - x_t) + x_s
             return _pair_bins(trg_ref, trg_c[t], src_c[i], cell, nbins)
         return _pair_bins(src_ref, src_c[i], trg_c[t], cell, nbins)
+
+    def on(self, device: torch.device | str) -> "HoughWindows":
+        """These tables on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.bx.device == device and self.by.device == device:
+            return self
+        return replace(self, bx=self.bx.to(device), by=self.by.to(device))
 
     def sums(self, votes: torch.Tensor, table: torch.Tensor | None = None, row0: int = 0) -> torch.Tensor:
         """Add the (r, ws, ht, wt) votes of source rows ``row0 .. row0 + r`` along anti-diagonals
@@ -176,13 +194,15 @@ class HoughWindows:
 
     def histogram(self, sums: torch.Tensor) -> torch.Tensor:
         """(nby, nbx) vote histogram from the anti-diagonal sums (two one-hot products)."""
-        one_y = F.one_hot(self.by, self.nby).to(sums.dtype)  # (hs + ht - 1, nby)
-        one_x = F.one_hot(self.bx, self.nbx).to(sums.dtype)
+        tables = self.on(sums.device)
+        one_y = F.one_hot(tables.by, self.nby).to(sums.dtype)  # (hs + ht - 1, nby)
+        one_x = F.one_hot(tables.bx, self.nbx).to(sums.dtype)
         return one_y.t() @ sums @ one_x
 
     def table(self, smoothed: torch.Tensor) -> torch.Tensor:
         """The smoothed histogram laid out on index sums: ``T[sy, sx] = H[by[sy], bx[sx]]``."""
-        return smoothed[self.by][:, self.bx]
+        tables = self.on(smoothed.device)
+        return smoothed[tables.by][:, tables.bx]
 
     def windows(self, table: torch.Tensor, row0: int = 0, rows: int | None = None) -> torch.Tensor:
         """(r, ws, ht, wt) view with ``[ys, xs, yt, xt] = table[row0 + ys + yt, xs + xt]`` (no copy)."""

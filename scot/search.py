@@ -85,7 +85,7 @@ class LayerSearch:
     def view(self, path: Path, flip: bool) -> NetworkView:
         key = (str(path), flip)
         if key not in self.views:
-            self.views[key] = self.model.extractor.view(path, self.candidate_ids, flip=flip)
+            self.views[key] = self.model.extractor.view(path, self.candidate_ids, flip=flip).to("cpu")  # host memory
         return self.views[key]
 
     def prepare(self, on_image: Callable[[int, int], None] | None = None) -> None:
@@ -107,7 +107,7 @@ class LayerSearch:
         for pair in self.dataset.pairs:
             for k in (pair.src_key, pair.trg_key):
                 if k not in hyper:
-                    hyper[k] = self.model.extractor.describe(self.view(Path(k[0]), k[1]), ids)
+                    hyper[k] = self.model.extractor.describe(self.view(Path(k[0]), k[1]).to(self.model.device, ids), ids)
             s, t = hyper[pair.src_key], hyper[pair.trg_key]
             src_kps, _, _ = pair.oriented(s.original_size[0], t.original_size[0])
             result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)

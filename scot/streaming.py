@@ -25,6 +25,7 @@ import torch
 
 from typing import Callable
 
+from . import device as _device
 from .cost import Correlation, kernel_scale, log2_kernel_
 from .features import Hyperpixels
 from .ot import Scalings, dampening, kernel_sinkhorn, log2_votes, with_eps_doublings
@@ -51,17 +52,20 @@ def streamed_best_matches(
     Args:
         src, trg: the two images' hyperpixels.
         mu: (n,) source marginal; nu: (m,) target marginal in the matching layout
-            (target cells in reverse order).
+            (target cells in reverse order); both are moved to the features' device.
         hough: the pair's :class:`~scot.rhm.HoughWindows`; ``None`` skips RHM.
         block_rows: source hyperpixels per block (rounded to whole grid rows).
 
     Returns:
-        (best column (n,) in the matching layout, its confidence (n,), the ε used).
+        (best column (n,) in the matching layout, its confidence (n,), both on the features'
+        device, and the ε used).  Whether the scalings are finite is read on the host once
+        per ε tried.
     """
     hs, ws = src.grid
     ht, wt = trg.grid
     n, m = src.n, trg.n
     step = max(1, block_rows // ws) * ws
+    mu, nu = mu.to(src.device), nu.to(src.device)
     mu_b, nu_b = mu.unsqueeze(0), nu.unsqueeze(0)
     slab = mu.new_empty(step, m)
     best = torch.empty(n, dtype=torch.long, device=mu.device)
@@ -85,7 +89,8 @@ def streamed_best_matches(
 
         scalings = kernel_sinkhorn(block, mu_b, nu_b, num_iters=num_iters, fi=dampening(eps_now, tau),
                                    block_rows=step, on_final_block=vote)
-        return (block, scalings, sums) if bool(scalings.finite()) else None
+        (finite,) = _device.to_host(scalings.finite())
+        return (block, scalings, sums) if bool(finite) else None
 
     (block, scalings, sums), eps_used = with_eps_doublings(attempt, eps, max_doublings)
     if hough is None or sums is None:

@@ -49,7 +49,11 @@ def containing_boxes(boxes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 def soft_argmax_targets(
     confidence: torch.Tensor, best: torch.Tensor, trg_grid: tuple[int, int], trg_boxes: torch.Tensor, window: int = 3
 ) -> torch.Tensor:
-    """(N, 2) confidence-weighted top-left corners in a ``window`` x ``window`` grid patch around each match."""
+    """(N, 2) confidence-weighted top-left corners in a ``window`` x ``window`` grid patch around each match.
+
+    ``confidence`` (N, M) and ``best`` (N,) share a device, where the result stays; the
+    (M, 4) ``trg_boxes`` are moved there.
+    """
     ht, wt = trg_grid
     r = window // 2
     by, bx = best // wt, best % wt
@@ -62,13 +66,13 @@ def soft_argmax_targets(
     total = weights.sum(1, keepdim=True)
     refined = (weights.unsqueeze(2) * tl).sum(1) / total.clamp_min(torch.finfo(torch.float32).tiny)
     exact = tl[:, (window * window) // 2]
-    return torch.where(total > 0, refined, exact).cpu()
+    return torch.where(total > 0, refined, exact)
 
 
 def mutual_mask(confidence: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: source i is also the most confident source of its match best[i]."""
+    """(N,) bool on the confidences' device: source i is also the most confident source of its match best[i]."""
     back = confidence.argmax(dim=0)  # (M,)
-    return (back[best.to(back.device)] == torch.arange(len(best), device=back.device)).cpu()
+    return back[best.to(back.device)] == torch.arange(len(best), device=back.device)
 
 
 def transfer_keypoints(
@@ -81,7 +85,10 @@ def transfer_keypoints(
     how: str = "mean",
     confidence: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Transfer (K, 2) source keypoints (x, y) to the target, in the resized frames.
+    """Transfer (K, 2) source keypoints (x, y) to the target, in the resized frames, on the host.
+
+    Every input is moved to the host (they are host tensors in the matcher), and no
+    value is read by Python: the computation has no data-dependent branch.
 
     Args:
         src_boxes: (N, 4) source receptive-field boxes.
@@ -104,10 +111,9 @@ def transfer_keypoints(
         preferred = inside & usable.cpu().unsqueeze(0)
         has = preferred.any(1, keepdim=True)
         inside = torch.where(has, preferred, inside)
-    lonely = ~inside.any(1)
-    if bool(lonely.any()):  # no box contains the keypoint: it moves with the nearest one
-        nearest = torch.cdist(kps[lonely], box_centres(src_boxes)).argmin(1)
-        inside[torch.nonzero(lonely)[:, 0], nearest] = True
+    lonely = ~inside.any(1, keepdim=True)  # no box contains the keypoint: it moves with the nearest one
+    nearest = torch.cdist(kps, box_centres(src_boxes)).argmin(1, keepdim=True)  # (K, 1)
+    inside.scatter_(1, nearest, inside.gather(1, nearest) | lonely)
     if how == "mean":
         weights = inside.float()
     elif how == "weighted":

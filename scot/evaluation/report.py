@@ -88,7 +88,7 @@ def build_summary(model: SCOT, dataset: Dataset, identity: dict, state: RunState
                     "pair_file": str(dataset.source_file), "selection": identity["selection"],
                     "thres": settings.thres, "alphas": list(settings.alphas)},
         "model": model.describe(),
-        "versions": versions(),
+        "versions": {**versions(), **model.device_info()},
         "pck": tables,
         "timing": timing,
     }
