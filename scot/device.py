@@ -74,6 +74,21 @@ def free_memory(device: torch.device | str) -> int | None:
     return int(free) + max(0, int(cached))
 
 
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes a new allocation can use: :func:`free_memory` on CUDA; on the CPU the kernel's
+    ``MemAvailable`` (Linux), else None (unknown)."""
+    if torch.device(device).type == "cuda":
+        return free_memory(device)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def total_memory(device: torch.device | str) -> int | None:
     """The memory of a CUDA device in bytes, or None on the CPU."""
     device = torch.device(device)

@@ -15,6 +15,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -26,7 +27,7 @@ from .config import SCOTConfig
 from .cost import Correlation, cost_from_log2_kernel_, kernel_scale, log2_kernel_
 from .errors import ScotError
 from .features import Clock, HyperpixelExtractor, Hyperpixels
-from .image import ImageLike
+from .image import ImageLike, image_size, resized_size
 from .precision import fp32_precision
 from .ot import Scalings, dampening, kernel_sinkhorn, log2_votes, scot_votes
 from .rhm import GRID_ERROR, HoughWindows, grid_view
@@ -39,6 +40,8 @@ _SAFE_INV_EPS = 80.0
 _BLOCK_BYTES = 4 << 20  # rows of the N x M matrix processed together on the CPU (kept in cache)
 _DEVICE_BLOCK_BYTES = 256 << 20  # on a GPU: bounds the exp2 temporary of the Sinkhorn sweeps
 _DEVICE_RESERVE = 0.1  # share of a GPU's free memory left to the allocator's slack and small temporaries
+_ACTIVATION_BYTES = 700  # peak bytes of backbone activations per pixel of the largest network input (measured: 320-600)
+_HOST_SHARE = 0.8  # share of the host's available memory a match may plan to use
 
 logger = logging.getLogger("scot")
 
@@ -253,6 +256,7 @@ class SCOT:
         self.device = resolve_device(cfg.device)
         if backbone is None:
             backbone = build_backbone(cfg.backbone, cfg.weights, notice=notice or logger.warning)
+        self._notice = notice or logger.warning
         # Channels-last convolutions are faster on CPU (ResNet-101 ~12 %, EfficientNet-Lite2 ~1.7x).
         self.backbone = backbone.to(self.device, memory_format=torch.channels_last).eval()
         self.config = cfg.resolve(backbone.name)
@@ -321,6 +325,8 @@ class SCOT:
         with fp32_precision(self.device, cfg.tf32):
             if cfg.low_memory:
                 return [self._match_streamed_or_explain(s, t, k) for (s, t), k in zip(pairs, kps_list)]
+            if not _device.is_accelerator(self.device) and not self._fits_in_memory(pairs, keep_plan):
+                return [self._match_streamed_or_explain(s, t, k) for (s, t), k in zip(pairs, kps_list)]
             size = self.batch_limit(pairs, keep_plan)
             for i in range(0, len(pairs), size):
                 results += self._match_halving(pairs[i : i + size], kps_list[i : i + size], keep_plan, topk)
@@ -353,6 +359,47 @@ class SCOT:
         copies += 2.0 if keep_plan else 0.0  # plan and confidence copies handed out
         copies += 0.5  # the correlation's per-pair temporaries and RHM's sums
         return int(copies * 4 * n * m) + moved
+
+    def _fits_in_memory(self, pairs: Sequence[tuple[Hyperpixels, Hyperpixels]], keep_plan: bool) -> bool:
+        """On the CPU, before any N x M matrix exists: True when the largest pair fits in the
+        host's available memory.  If it does not, low-memory streaming is used when the
+        configuration allows it (False, with a notice), else a one-line error."""
+        available = _device.available_memory(self.device)
+        if available is None:
+            return True
+        s, t = max(pairs, key=lambda p: p[0].n * p[1].n)
+        need = self.pair_bytes(s.n, t.n, keep_plan)
+        if need <= _HOST_SHARE * available:
+            return True
+        cfg = self.config
+        if keep_plan or not cfg.ot or cfg.sinkhorn_mode == "log" or cfg.sinkhorn_tol is not None or cfg.subpixel \
+                or cfg.mutual:
+            raise ScotError(f"matching {s.name} -> {t.name} ({s.n} x {t.n} hyperpixels) needs about "
+                            f"{_device.format_gb(need)} but {_device.format_gb(available)} is available, and these "
+                            "options cannot stream; use a smaller image_side", option="image_side")
+        self._notice(f"notice: {s.n} x {t.n} hyperpixels need about {_device.format_gb(need)} in memory "
+                     f"({_device.format_gb(available)} available): matching one way in low-memory mode")
+        return False
+
+    def check_sizes(self, *sizes: tuple[int, int]) -> None:
+        """Refuse, before any work, images the machine cannot describe: the backbone's
+        activations at the largest input scale must fit in the available memory.
+
+        Args:
+            sizes: (W, H) of the original images.
+        """
+        available = _device.available_memory(self.device)
+        if available is None:
+            return
+        cfg = self.config
+        scale = max([1.0, *(cfg.feature_scales or ()), *(cfg.cam_scales if cfg.cam else ())])
+        for w, h in sizes:
+            rw, rh = resized_size(w, h, cfg.image_side)
+            need = _ACTIVATION_BYTES * (scale * rw) * (scale * rh)
+            if need > _HOST_SHARE * available:
+                raise ScotError(f"a {w}x{h} image resized to {rw}x{rh} needs about {_device.format_gb(need)} for the "
+                                f"network (at scale {scale:g}) but {_device.format_gb(available)} is available; use a "
+                                "smaller image_side", option="image_side")
 
     def _moved_bytes(self, s: Hyperpixels, t: Hyperpixels) -> int:
         """Operand bytes :meth:`Hyperpixels.to` and the reversed operand create on the model's device."""
@@ -588,6 +635,7 @@ class SCOT:
     def __call__(self, src: ImageLike, trg: ImageLike, keypoints: Any = None, keep_plan: bool = True,
                  topk: int = 0) -> MatchResult:
         """Match two images given as paths, PIL images, arrays or tensors (see :meth:`match`)."""
+        self.check_sizes(*(image_size(x) for x in (src, trg) if isinstance(x, (str, Path))))
         features: dict[str, float] = {}
         clock = Clock(features, self.device)
         s = self.extract(src)

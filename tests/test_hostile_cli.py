@@ -268,3 +268,30 @@ def test_weights_that_give_nan_features_are_blamed_on_the_weights(images, tmp_pa
                               "efficientnet-lite0", "--weights", str(bad), "--no-plot"])
     one_line_error(res, "--weights", "not finite", "nan.pth")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.json"))
+
+
+def test_sizes_the_machine_cannot_hold_are_refused_before_any_work(images, tmp_path, monkeypatch):
+    import scot.device
+
+    monkeypatch.setattr(scot.device, "available_memory", lambda device: 2 << 30)  # a 2 GB machine
+    res = runner.invoke(app, ["match", images["a.png"], images["b.png"], "-o", str(tmp_path / "o"), *LITE,
+                              "--image-side", "2000"])
+    one_line_error(res, "--image-side", "available")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.json"))
+
+
+def test_a_matrix_that_does_not_fit_streams_or_is_refused(images, monkeypatch):
+    import scot.device
+    from scot import SCOT, SCOTConfig, ScotError
+
+    model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow"))
+    s, t = model.extract(images["a.png"]), model.extract(images["b.png"])
+    reference = SCOT(model.config.replace(symmetric=False), backbone=model.backbone).match(s, t, keep_plan=False)
+    notices = []
+    model._notice = notices.append
+    monkeypatch.setattr(scot.device, "available_memory", lambda device: 4 * s.n * t.n)  # less than one N x M matrix
+    streamed = model.match(s, t, keep_plan=False)
+    assert notices and "low-memory mode" in notices[0]
+    assert float((streamed.best == reference.best).float().mean()) > 0.999  # one way, streamed
+    with pytest.raises(ScotError, match="^image_side: .* cannot stream"):
+        model.match(s, t, keep_plan=True)
