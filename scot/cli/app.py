@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -125,6 +126,54 @@ def match(
         raise typer.Exit(1)
 
 
+RankTimeoutOpt = Annotated[float, typer.Option("--rank-timeout", help="Under torchrun: seconds another rank may show no sign of life before the run stops with an error naming it.")]
+
+
+@contextmanager
+def _ranks(config: dict[str, Any], timeout: float, hint: Callable[[], str] = str) -> Iterator[Any]:
+    """Under torchrun, join the other ranks (yields a :class:`~scot.distributed.Group`, else None).
+
+    Sets ``config['device']`` to the rank's device.  When the run fails, one rank prints
+    one line (``hint()`` is added to it) and the others exit quietly.
+    """
+    from ..config import SCOTConfig
+    from ..distributed import PeerError, Stopped, start
+    from ..errors import ScotError
+
+    group = start(config.get("device") or SCOTConfig.__dataclass_fields__["device"].default, timeout)
+    if group is None:
+        yield None
+        return
+    config["device"] = group.device
+    try:
+        yield group
+    except BaseException as exc:
+        if isinstance(exc, Stopped):
+            exc = group.stopped()
+        elif isinstance(exc, (typer.Exit, KeyboardInterrupt)):
+            raise
+        elif not isinstance(exc, PeerError):
+            group.fail(exc)
+            if not isinstance(exc, ScotError):
+                raise
+            exc = PeerError(f"{exc.message} (rank {group.rank} of {group.world_size})", option=exc.option)
+        if not exc.report:
+            raise typer.Exit(1)
+        quiet_hint = exc.agreed or group.launch.restarts_left > 0  # a restarted launch resumes by itself
+        raise PeerError(exc.message + ("" if quiet_hint else hint()), option=exc.option) from None
+    finally:
+        group.close()
+
+
+def _bar(show: bool, *columns: Any, transient: bool = False) -> Any:
+    """A progress bar on stderr, drawn only where ``show`` (rank 0 under torchrun)."""
+    if show:
+        return progress(*columns, transient=transient)
+    from rich.progress import Progress
+
+    return Progress(*columns, disable=True)
+
+
 @app.command("eval")
 @cli_errors
 @with_config(unset=DATASET_PRESET)
@@ -147,36 +196,67 @@ def eval_(
     download: Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing, without asking.")] = False,
     preset_file: PresetFileOpt = None,
     threads: ThreadsOpt = None,
+    rank_timeout: RankTimeoutOpt = 120.0,
 ) -> None:
-    """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it."""
+    """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it.
+
+    Under torchrun (torchrun --nproc-per-node N -m scot eval ...) the ranks share the pairs.
+    """
     from ..datasets import open_dataset
+    from ..distributed import Stopped, in_turns, restarted, together
     from ..evaluation import EvalSettings, evaluate, format_table, resolve_run_folder
+    from ..evaluation.sharded import Sharding, shared_run_folder
 
     set_threads(threads)
-    with progress(TextColumn(f"downloading {dataset}"), BarColumn(), DownloadColumn(), transient=True) as bar:
-        task = bar.add_task("download", total=None)
-        data = open_dataset(dataset, datapath, split, pair_list, download=download, ask=_ask,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
-    data = data.select(category, limit, sample)
-    model = _model(config, preset_file, preset=dataset)
-    settings = EvalSettings.create(thres or data.default_thres, batch_size, cache_gb, save_viz, model.device)
-    run_dir = resolve_run_folder(output_dir, results, dataset, model.backbone.name, resume)
-    typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
-               f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {run_dir}")
-    with progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task(data.name, total=len(data), info="")
-        try:
-            summary = evaluate(model, data, run_dir, settings, {"category": category, "limit": limit, "sample": sample,
-                                                                  "pairs": len(data)}, resume=resume,
-                               on_progress=lambda done, total, rate, pck: bar.update(
-                                   task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"))
-        except KeyboardInterrupt:
-            _notice(f"interrupted; scored pairs are saved in {run_dir}; continue with the same command plus "
-                    f"--resume -o {run_dir}")
-            raise typer.Exit(130)
-    typer.echo(format_table(summary))
-    typer.echo(f"results: {run_dir}")
+    where: list[Path] = []
+    with _ranks(config, rank_timeout, lambda: f"; scored pairs are kept in {where[0]}: finish with the same command "
+                f"plus --resume -o {where[0]}" if where else "") as group:
+        main = group is None or group.rank == 0
+
+        def open_data() -> Any:
+            with _bar(main, TextColumn(f"downloading {dataset}"), BarColumn(), DownloadColumn(), transient=True) as bar:
+                task = bar.add_task("download", total=None)
+                return open_dataset(dataset, datapath, split, pair_list, download=download, ask=_ask,
+                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+        data = in_turns(group, "open dataset", open_data)
+        with together(group, "model"):
+            data = data.select(category, limit, sample)
+            model = _model(config, preset_file, preset=dataset)
+            settings = EvalSettings.create(thres or data.default_thres, batch_size, cache_gb, save_viz, model.device)
+        if group is None:
+            resume = resume or restarted()
+            run_dir = resolve_run_folder(output_dir, results, dataset, model.backbone.name, resume)
+        else:
+            run_dir, resume = shared_run_folder(group, output_dir, results, dataset, model.backbone.name, resume)
+        where.append(run_dir)
+        if main:
+            typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
+                       f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {run_dir}")
+        if group is not None and main:
+            typer.echo(Sharding.plan(data, group.world_size).describe())
+        with _bar(main, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+            task = bar.add_task(data.name, total=len(data), info="")
+            try:
+                summary = evaluate(model, data, run_dir, settings, {"category": category, "limit": limit, "sample": sample,
+                                                                      "pairs": len(data)}, resume=resume,
+                                   on_progress=lambda done, total, rate, pck: bar.update(
+                                       task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"), group=group)
+            except Stopped:
+                raise  # torchrun stopped this rank: _ranks says why
+            except KeyboardInterrupt:
+                if main:
+                    _notice(f"interrupted; scored pairs are saved in {run_dir}; continue with the same command plus "
+                            f"--resume -o {run_dir}")
+                raise typer.Exit(130)
+        if summary is not None:
+            typer.echo(format_table(summary))
+            sharding = summary.get("sharding")
+            if sharding:
+                typer.echo(f"images described per rank: {', '.join(map(str, sharding['images_described_per_rank']))} "
+                           f"(a round-robin split would describe {', '.join(map(str, sharding['round_robin_images_per_rank']))})")
+            typer.echo(f"results: {run_dir}")
 
 
 def _ask(question: str) -> bool:
