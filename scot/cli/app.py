@@ -284,29 +284,43 @@ def search_layers_cmd(
     resume_file: Annotated[Optional[Path], typer.Option("--resume-file", help="Scores are saved here after every evaluation and reused on rerun.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Preset JSON to write (load it with --preset-file).")] = Path("search-layers.json"),
     threads: ThreadsOpt = None,
+    rank_timeout: RankTimeoutOpt = 120.0,
 ) -> None:
-    """Beam search over hyperpixel ids maximising PCK@0.1; writes a preset file."""
+    """Beam search over hyperpixel ids maximising PCK@0.1; writes a preset file.
+
+    Under torchrun (torchrun --nproc-per-node N -m scot search-layers ...) the ranks share the pairs.
+    """
     from ..datasets import load_dataset
+    from ..distributed import together
+    from ..evaluation.sharded import Sharding
     from ..search import format_results, plan_search, search_layers, write_preset
 
     set_threads(threads)
-    data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
-    model = _model(config, preset=dataset)
-    plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)
-    typer.echo(plan.describe(data))
-    with progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn()) as bar:
-        images = bar.add_task("backbone passes", total=len(data.image_keys()), info="")
-        depth = bar.add_task("depth 1", total=1, info="", visible=False)
-        results = search_layers(model, data, thres=plan.thres, base_ids=plan.base_ids, candidate_ids=plan.candidates,
-                                beam=beam, max_size=max_size, resume_file=resume_file,
-                                on_image=lambda i, n: bar.update(images, completed=i),
-                                on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
-                                on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"))
-    command = "scot search-layers " + " ".join(sys.argv[2:])
-    write_preset(output, results, model, data, plan.thres, command)
-    typer.echo(format_results(results))
-    typer.echo(f"preset written to {output} (use --preset-file {output})")
+    with _ranks(config, rank_timeout) as group:
+        main = group is None or group.rank == 0
+        with together(group, "setup"):
+            data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
+            model = _model(config, preset=dataset)
+            plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)
+        if main:
+            typer.echo(plan.describe(data))
+        if group is not None and main:
+            typer.echo(Sharding.plan(data, group.world_size).describe())
+        with _bar(main, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn()) as bar:
+            images = bar.add_task("backbone passes", total=len(data.image_keys()), info="")
+            depth = bar.add_task("depth 1", total=1, info="", visible=False)
+            results = search_layers(model, data, thres=plan.thres, base_ids=plan.base_ids, candidate_ids=plan.candidates,
+                                    beam=beam, max_size=max_size, resume_file=resume_file,
+                                    on_image=lambda i, n: bar.update(images, completed=i, total=n),
+                                    on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
+                                    on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"),
+                                    group=group)
+        if main:
+            command = "scot search-layers " + " ".join(sys.argv[2:])
+            write_preset(output, results, model, data, plan.thres, command)
+            typer.echo(format_results(results))
+            typer.echo(f"preset written to {output} (use --preset-file {output})")
 
 
 @app.command()
