@@ -140,7 +140,12 @@ def _ranks(config: dict[str, Any], timeout: float, hint: Callable[[], str] = str
     from ..distributed import PeerError, Stopped, start
     from ..errors import ScotError
 
-    group = start(config.get("device") or SCOTConfig.__dataclass_fields__["device"].default, timeout)
+    try:
+        group = start(config.get("device") or SCOTConfig.__dataclass_fields__["device"].default, timeout)
+    except PeerError as exc:
+        if not exc.report:
+            raise typer.Exit(1) from None
+        raise
     if group is None:
         yield None
         return

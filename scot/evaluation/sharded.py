@@ -210,6 +210,14 @@ def _score_shard(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSet
         if main:
             reports(status, load_journals(run_dir, own=None))
 
+    def waiting() -> None:
+        """While this rank waits for the others: progress, and rank 0's reports now and then."""
+        nonlocal last_snapshot
+        report()
+        if main and time.perf_counter() - last_snapshot > SNAPSHOT_SECONDS:
+            reports("running", load_journals(run_dir, own=None))
+            last_snapshot = time.perf_counter()
+
     finished = False
     try:
         for records in score_batches(model, todo, settings, cache, state):
@@ -224,17 +232,20 @@ def _score_shard(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSet
             if time.perf_counter() - last_snapshot > SNAPSHOT_SECONDS:
                 snapshot("running")
                 last_snapshot = time.perf_counter()
+        clocks()
+        journal.close()
+        described = group.gather("shard finished", state.images_extracted, on_wait=waiting)
         finished = True
     finally:
         if not finished:
             try:
-                snapshot("interrupted")
+                if not journal.fh.closed:
+                    clocks()
+                if main:
+                    reports("interrupted", load_journals(run_dir, own=None))
             except Exception:  # the error that stopped the run matters more
                 pass
             journal.close()
-    clocks()
-    journal.close()
-    described = group.gather("shard finished", state.images_extracted, on_wait=report)
     report()
     if not main:
         return None
