@@ -17,7 +17,7 @@ this module is used.  :func:`start` joins the other ranks as a :class:`Group`:
 * when the launcher stops the ranks (it sends SIGTERM to all once one of them dies), the
   main thread gets :class:`Stopped`, and :meth:`Group.stopped` finds out which rank died.
 
-:func:`shard_pairs` splits a pair list so that pairs sharing images stay on one rank: each
+:func:`shard_by_images` splits the work so that pairs sharing images stay on one rank: each
 image is described on as few ranks as possible, and each rank's image cache keeps working.
 """
 
@@ -161,32 +161,34 @@ def backend_for(device: str) -> str:
 # Sharding
 
 
-def shard_pairs(pairs: Sequence[tuple[Hashable, Hashable]], world_size: int) -> list[list[int]]:
-    """Split pairs over ranks so that pairs sharing an image land on the same rank.
+def shard_by_images(items: Sequence[Sequence[Hashable]], world_size: int, image_cost: float = 1.0) -> list[list[int]]:
+    """Split work items over ranks so that items sharing an image land on the same rank.
 
-    Images are numbered in order of first appearance.  The pairs are ordered by connected
-    component of the image graph (images are nodes, pairs edges; components in order of
-    their first pair), and inside a component by the later of their two images, then the
-    earlier: the pairs among the first k images of a component come before those that
+    An item is the list of image keys it uses: a pair's two images, or every image of a
+    batch of pairs.  Images are numbered in order of first appearance.  The items are
+    ordered by connected component of the image graph (components in order of their
+    first item), and inside a component by the highest-numbered image they use, then the
+    lowest: the items among the first k images of a component come before those that
     bring in image k + 1, so every prefix of a component uses as few images as it can.
     That order is cut into ``world_size`` runs of (almost) equal length.  A cut may move
-    by up to a quarter of a run to where fewer images are used on both of its sides (one
-    such image costs as much as one pair of imbalance); between two components none is.
+    by up to a quarter of a run to where fewer images are used on both of its sides, one
+    such image costing ``image_cost`` items of imbalance; between two components none is.
 
-    The result depends only on ``pairs`` and ``world_size``, so a restarted or resumed
-    launch gets the same shards.
+    The result depends only on ``items``, ``world_size`` and ``image_cost``, so a
+    restarted or resumed launch gets the same shards.
 
     Args:
-        pairs: (source key, target key) of each pair, in list order.
+        items: the image keys of each item, in list order (at least one key each).
         world_size: number of ranks (>= 1).
+        image_cost: the work of describing one image, in items (1 for pairs).
 
     Returns:
-        ``world_size`` lists of positions into ``pairs``, each ascending; together they
-        hold every position once.  With fewer pairs than ranks some lists are empty.
+        ``world_size`` lists of positions into ``items``, each ascending; together they
+        hold every position once.  With fewer items than ranks some lists are empty.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
-    n = len(pairs)
+    n = len(items)
     number: dict[Hashable, int] = {}
     parent: list[int] = []
 
@@ -196,22 +198,26 @@ def shard_pairs(pairs: Sequence[tuple[Hashable, Hashable]], world_size: int) -> 
             x = parent[x]
         return x
 
-    for src, trg in pairs:
-        for key in (src, trg):
+    uses: list[list[int]] = []
+    for keys in items:
+        numbers = []
+        for key in keys:
             if key not in number:
                 number[key] = len(number)
                 parent.append(number[key])
-        a, b = root(number[src]), root(number[trg])
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    ends = [(number[src], number[trg]) for src, trg in pairs]
-    component = [root(a) for a, _ in ends]
-    first_pair: dict[int, int] = {}
+            numbers.append(number[key])
+        uses.append(numbers)
+        for other in numbers[1:]:
+            a, b = root(numbers[0]), root(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    component = [root(u[0]) for u in uses]
+    first_item: dict[int, int] = {}
     for i, c in enumerate(component):
-        first_pair.setdefault(c, i)
-    order = sorted(range(n), key=lambda i: (first_pair[component[i]], max(ends[i]), min(ends[i]), i))
+        first_item.setdefault(c, i)
+    order = sorted(range(n), key=lambda i: (first_item[component[i]], max(uses[i]), min(uses[i]), i))
 
-    # shared[c]: images used both before and after a cut at c by the pairs of the component it splits
+    # shared[c]: images used both before and after a cut at c by the items of the component it splits
     shared = [0] * (n + 1)
     start = 0
     while start < n:
@@ -220,11 +226,11 @@ def shard_pairs(pairs: Sequence[tuple[Hashable, Hashable]], world_size: int) -> 
             stop += 1
         left, seen = [], set()
         for k in range(start, stop):
-            seen.update(ends[order[k]])
+            seen.update(uses[order[k]])
             left.append(len(seen))
         right, seen = [0] * (stop - start), set()
         for k in range(stop - 1, start - 1, -1):
-            seen.update(ends[order[k]])
+            seen.update(uses[order[k]])
             right[k - start] = len(seen)
         for c in range(start + 1, stop):
             shared[c] = left[c - 1 - start] + right[c - start] - len(seen)
@@ -235,7 +241,7 @@ def shard_pairs(pairs: Sequence[tuple[Hashable, Hashable]], world_size: int) -> 
     for k in range(1, world_size):
         ideal = (k * n) // world_size
         window = range(max(cuts[-1], ideal - reach), max(cuts[-1], min(n, ideal + reach)) + 1)
-        cuts.append(min(window, key=lambda c: (abs(c - ideal) + shared[c], abs(c - ideal), c)))
+        cuts.append(min(window, key=lambda c: (abs(c - ideal) + image_cost * shared[c], abs(c - ideal), c)))
     cuts.append(n)
     return [sorted(order[a:b]) for a, b in zip(cuts, cuts[1:])]
 
@@ -245,9 +251,9 @@ def round_robin(n: int, world_size: int) -> list[list[int]]:
     return [list(range(r, n, world_size)) for r in range(world_size)]
 
 
-def images_per_shard(pairs: Sequence[tuple[Hashable, Hashable]], shards: Sequence[Sequence[int]]) -> list[int]:
-    """How many distinct images each shard's pairs use (what each rank has to describe)."""
-    return [len({key for i in shard for key in pairs[i]}) for shard in shards]
+def images_per_shard(items: Sequence[Sequence[Hashable]], shards: Sequence[Sequence[int]]) -> list[int]:
+    """How many distinct images each shard's items use (what each rank has to describe)."""
+    return [len({key for i in shard for key in items[i]}) for shard in shards]
 
 
 # --------------------------------------------------------------------------------------

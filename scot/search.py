@@ -143,10 +143,10 @@ class LayerSearch:
 
     def group_shards(self) -> list[list[int]]:
         """Every rank's shard (positions in ``dataset.pairs``)."""
-        from .distributed import shard_pairs
+        from .distributed import shard_by_images
 
         assert self.group is not None
-        return shard_pairs([(p.src_key, p.trg_key) for p in self.dataset.pairs], self.group.world_size)
+        return shard_by_images([(p.src_key, p.trg_key) for p in self.dataset.pairs], self.group.world_size)
 
     def evaluate(self, ids: Sequence[int]) -> Evaluated:
         """PCK of one id set on the search pairs (cached across calls and runs)."""

@@ -28,7 +28,7 @@ from scot.distributed import (
     launch_from_env,
     rank_device,
     round_robin,
-    shard_pairs,
+    shard_by_images,
 )
 from scot.errors import ScotError
 
@@ -51,19 +51,19 @@ def _willow_like(classes: int, images: int) -> list[tuple[tuple[int, str], tuple
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 7])
 def test_shards_partition_the_pairs_evenly_and_repeatably(world):
     pairs = _willow_like(10, 5)
-    shards = shard_pairs(pairs, world)
+    shards = shard_by_images(pairs, world)
     assert len(shards) == world
     assert sorted(i for s in shards for i in s) == list(range(len(pairs)))
     assert all(s == sorted(s) for s in shards)
     sizes = [len(s) for s in shards]
     assert max(sizes) - min(sizes) <= len(pairs) // (2 * world) + 1
-    assert shard_pairs(pairs, world) == shards  # a restart gets the same split
+    assert shard_by_images(pairs, world) == shards  # a restart gets the same split
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_shards_describe_fewer_images_than_round_robin(world):
     pairs = _willow_like(10, 5)
-    grouped = sum(images_per_shard(pairs, shard_pairs(pairs, world)))
+    grouped = sum(images_per_shard(pairs, shard_by_images(pairs, world)))
     dealt = sum(images_per_shard(pairs, round_robin(len(pairs), world)))
     assert dealt == 50 * world  # round robin: every rank sees every image
     assert grouped <= 50 + 5 * (world - 1)  # each cut splits at most one class
@@ -71,9 +71,9 @@ def test_shards_describe_fewer_images_than_round_robin(world):
 
 def test_one_class_is_split_where_it_shares_fewest_images():
     pairs = _willow_like(1, 5)  # 20 pairs among 5 images: any half needs at least 4 of them
-    assert images_per_shard(pairs, shard_pairs(pairs, 2)) == [4, 5]
-    assert shard_pairs(pairs[:1], 3) in ([[0], [], []], [[], [0], []], [[], [], [0]])
-    assert shard_pairs([], 2) == [[], []]
+    assert images_per_shard(pairs, shard_by_images(pairs, 2)) == [4, 5]
+    assert shard_by_images(pairs[:1], 3) in ([[0], [], []], [[], [0], []], [[], [], [0]])
+    assert shard_by_images([], 2) == [[], []]
 
 
 def test_launch_environment():

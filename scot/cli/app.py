@@ -239,7 +239,7 @@ def eval_(
             typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
                        f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {run_dir}")
         if group is not None and main:
-            typer.echo(Sharding.plan(data, group.world_size).describe())
+            typer.echo(Sharding.plan(data, group.world_size, settings.batch_size).describe())
         with _bar(main, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
             task = bar.add_task(data.name, total=len(data), info="")

@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..cache import LRUCache
 from ..datasets import Dataset, Pair
@@ -84,9 +84,9 @@ def _batches(pairs: list[Pair], size: int) -> Iterator[list[Pair]]:
         yield pairs[i : i + size]
 
 
-def score_batches(model: SCOT, pairs: list[Pair], settings: EvalSettings, cache: LRUCache[Hyperpixels],
+def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSettings, cache: LRUCache[Hyperpixels],
                   state: RunState) -> Iterator[list[dict]]:
-    """Match and score ``pairs`` in batches of ``settings.batch_size``, in order.
+    """Match and score ``batches`` of pairs, one batched solve each, in order.
 
     Images come from ``cache`` (described on a miss); ``state``'s clocks and image count
     advance.  Yields each batch's journal records; the caller journals and absorbs them.
@@ -96,7 +96,7 @@ def score_batches(model: SCOT, pairs: list[Pair], settings: EvalSettings, cache:
         state.images_extracted += 1
         return model.extract(path, flip=flip)
 
-    for batch in _batches(pairs, max(1, settings.batch_size)):
+    for batch in batches:
         t0 = time.perf_counter()
         items = []
         for pair in batch:
@@ -182,7 +182,7 @@ def _evaluate(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSettin
         return summary
 
     try:
-        for records in score_batches(model, todo, settings, cache, state):
+        for records in score_batches(model, _batches(todo, max(1, settings.batch_size)), settings, cache, state):
             journal.write(records)
             for rec in records:
                 absorb(state, rec)

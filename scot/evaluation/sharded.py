@@ -1,9 +1,12 @@
 """``scot eval`` under torchrun: every rank scores a shard of the pairs, rank 0 reports.
 
-* The pairs are split by image (:func:`scot.distributed.shard_pairs`): pairs that share
-  images stay on one rank, so each image is described on as few ranks as possible and
-  every rank's image cache works as in one process.  The split depends only on the pair
-  list and the number of ranks: a restarted launch gets the same shards.
+* The pairs are split by image (:func:`scot.distributed.shard_by_images`): pairs that
+  share images stay on one rank, so each image is described on as few ranks as possible
+  and every rank's image cache works as in one process.  The units of the split are the
+  batches one process would solve (``--batch-size`` consecutive pairs), so every pair is
+  matched in the same company and gets the same result to the last bit.  The split
+  depends only on the pair list, the batch size and the number of ranks: a restarted
+  launch gets the same shards.
 * Rank 0 checks and records the run's identity as one process does, and writes
   ``launch.json`` with a token that every other rank must read back: all ranks write
   into one folder (on a shared file system when the ranks are on several nodes).
@@ -30,7 +33,7 @@ from typing import Any, Callable
 
 from ..cache import LRUCache
 from ..datasets import Dataset
-from ..distributed import Group, images_per_shard, round_robin, shard_pairs
+from ..distributed import Group, images_per_shard, round_robin, shard_by_images
 from ..errors import ScotError
 from ..features import Hyperpixels
 from ..io import atomic_write_json
@@ -48,24 +51,34 @@ class Sharding:
     """How a launch splits a dataset's pairs over its ranks.
 
     Attributes:
-        shards: per rank, positions into ``dataset.pairs`` (ascending).
+        batches: per rank, its batches in order, each a list of positions into ``dataset.pairs``.
         images: per rank, the distinct images of its shard (what it describes).
         round_robin_images: the same count for a round-robin split (rank r: pairs r, r + W, ...).
     """
 
-    shards: list[list[int]]
+    batches: list[list[list[int]]]
     images: list[int]
     round_robin_images: list[int]
 
     @classmethod
-    def plan(cls, dataset: Dataset, world_size: int) -> Sharding:
+    def plan(cls, dataset: Dataset, world_size: int, batch_size: int = 1) -> Sharding:
+        """Split ``dataset``'s batches of ``batch_size`` consecutive pairs over ``world_size`` ranks."""
         keys = [(p.src_key, p.trg_key) for p in dataset.pairs]
-        shards = shard_pairs(keys, world_size)
-        return cls(shards, images_per_shard(keys, shards), images_per_shard(keys, round_robin(len(keys), world_size)))
+        size = max(1, batch_size)
+        chunks = [list(range(i, min(i + size, len(keys)))) for i in range(0, len(keys), size)]
+        split = shard_by_images([[k for i in chunk for k in keys[i]] for chunk in chunks], world_size, 1.0 / size)
+        batches = [[chunks[b] for b in shard] for shard in split]
+        shards = [[i for chunk in rank for i in chunk] for rank in batches]
+        return cls(batches, images_per_shard(keys, shards), images_per_shard(keys, round_robin(len(keys), world_size)))
+
+    @property
+    def shards(self) -> list[list[int]]:
+        """Per rank, the positions into ``dataset.pairs`` it scores (ascending)."""
+        return [[i for chunk in rank for i in chunk] for rank in self.batches]
 
     @property
     def world_size(self) -> int:
-        return len(self.shards)
+        return len(self.batches)
 
     def describe(self) -> str:
         """One line: pairs and images per rank, against a round-robin split."""
@@ -171,9 +184,11 @@ def _score_shard(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSet
     main = group.rank == 0
     own = journal_name(group.rank)
     state = load_journals(run_dir, own=own) if resume else RunState()
-    sharding = Sharding.plan(dataset, group.world_size)
+    sharding = Sharding.plan(dataset, group.world_size, settings.batch_size)
     mine = [dataset.pairs[i] for i in sharding.shards[group.rank]]
     todo = [p for p in mine if p.index not in state.done]
+    batches = [[dataset.pairs[i] for i in chunk if dataset.pairs[i].index not in state.done]
+               for chunk in sharding.batches[group.rank]]
     key = f"{HEADLINE_ALPHA:.2f}"
     in_shard = {p.index for p in mine}
     done_here = len(mine) - len(todo)
@@ -220,7 +235,7 @@ def _score_shard(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSet
 
     finished = False
     try:
-        for records in score_batches(model, todo, settings, cache, state):
+        for records in score_batches(model, (b for b in batches if b), settings, cache, state):
             journal.write(records)
             for rec in records:
                 absorb(state, rec)
