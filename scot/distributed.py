@@ -348,8 +348,8 @@ class Group:
         # the launcher's store outlives a restart: every key of this attempt goes under its own prefix
         attempt = f"scot/{launch.run_id}/{launch.restart_count}/"
         group = cls(launch, dist.PrefixStore(attempt, store), timeout)
-        group._begin(store, attempt)
         try:
+            group._begin(store, attempt)
             group.device = group.decide_each("device", lambda: rank_device(device, launch))
             dist.init_process_group(backend_for(group.device), store=dist.PrefixStore(attempt + "pg/", store), rank=rank,
                                     world_size=world, timeout=span)
@@ -404,6 +404,7 @@ class Group:
     def _beat(self, store: Any) -> None:
         """The heartbeat thread: publish this rank's state every BEAT_SECONDS, and at once when asked."""
         while True:
+            self._wake.clear()  # a request made from here on gets a beat of its own
             with self._lock:
                 self._mine["n"] += 1
                 payload = json.dumps(self._mine)
@@ -421,7 +422,6 @@ class Group:
             if self._stop.is_set():
                 return
             self._wake.wait(BEAT_SECONDS)
-            self._wake.clear()
 
     def _update(self, **fields: Any) -> None:
         with self._lock:
