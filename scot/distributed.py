@@ -161,7 +161,8 @@ def backend_for(device: str) -> str:
 # Sharding
 
 
-def shard_by_images(items: Sequence[Sequence[Hashable]], world_size: int, image_cost: float = 1.0) -> list[list[int]]:
+def shard_by_images(items: Sequence[Sequence[Hashable]], world_size: int, weights: Sequence[float] | None = None,
+                    image_cost: float = 1.0) -> list[list[int]]:
     """Split work items over ranks so that items sharing an image land on the same rank.
 
     An item is the list of image keys it uses: a pair's two images, or every image of a
@@ -170,17 +171,19 @@ def shard_by_images(items: Sequence[Sequence[Hashable]], world_size: int, image_
     first item), and inside a component by the highest-numbered image they use, then the
     lowest: the items among the first k images of a component come before those that
     bring in image k + 1, so every prefix of a component uses as few images as it can.
-    That order is cut into ``world_size`` runs of (almost) equal length.  A cut may move
-    by up to a quarter of a run to where fewer images are used on both of its sides, one
-    such image costing ``image_cost`` items of imbalance; between two components none is.
+    That order is cut into ``world_size`` runs of (almost) equal work.  A cut may move by
+    up to a quarter of a run's work to where fewer images are used on both of its sides,
+    one such image costing ``image_cost`` times the mean work of an item; between two
+    components none is.
 
-    The result depends only on ``items``, ``world_size`` and ``image_cost``, so a
-    restarted or resumed launch gets the same shards.
+    The result depends only on the arguments, so a restarted or resumed launch gets the
+    same shards.
 
     Args:
         items: the image keys of each item, in list order (at least one key each).
         world_size: number of ranks (>= 1).
-        image_cost: the work of describing one image, in items (1 for pairs).
+        weights: the work of each item (> 0); None: 1 each.
+        image_cost: the work of describing one image, in mean items (1: as much as a pair).
 
     Returns:
         ``world_size`` lists of positions into ``items``, each ascending; together they
@@ -236,12 +239,18 @@ def shard_by_images(items: Sequence[Sequence[Hashable]], world_size: int, image_
             shared[c] = left[c - 1 - start] + right[c - start] - len(seen)
         start = stop
 
-    reach = n // (4 * world_size)
+    done = [0.0]  # done[c]: the work of order[:c]
+    for i in order:
+        done.append(done[-1] + (1.0 if weights is None else float(weights[i])))
+    total = done[-1]
+    reach = total / (4 * world_size)
+    per_image = image_cost * total / n if n else 0.0
     cuts = [0]
     for k in range(1, world_size):
-        ideal = (k * n) // world_size
-        window = range(max(cuts[-1], ideal - reach), max(cuts[-1], min(n, ideal + reach)) + 1)
-        cuts.append(min(window, key=lambda c: (abs(c - ideal) + image_cost * shared[c], abs(c - ideal), c)))
+        ideal = k * total / world_size
+        window = [c for c in range(cuts[-1], n + 1) if abs(done[c] - ideal) <= reach] or [
+            min(range(cuts[-1], n + 1), key=lambda c: abs(done[c] - ideal))]
+        cuts.append(min(window, key=lambda c: (abs(done[c] - ideal) + per_image * shared[c], abs(done[c] - ideal), c)))
     cuts.append(n)
     return [sorted(order[a:b]) for a, b in zip(cuts, cuts[1:])]
 

@@ -75,6 +75,8 @@ class LayerSearch:
     group: Group | None = None
     shard: list[int] | None = None
     """Positions in ``dataset.pairs`` this process scores (None: all of them)."""
+    sharding: Any = None
+    """Under torchrun, the split of the pairs (a :class:`~scot.evaluation.sharded.Sharding`)."""
 
     @property
     def own_pairs(self) -> list[Pair]:
@@ -130,7 +132,7 @@ class LayerSearch:
             from .distributed import images_per_shard
 
             pair_keys = [(p.src_key, p.trg_key) for p in self.dataset.pairs]
-            total = sum(images_per_shard(pair_keys, self.group_shards()))
+            total = sum(images_per_shard(pair_keys, self.sharding.shards))
         for i, (path, flip) in enumerate(keys, start=1):
             self.view(Path(path), flip)
             done = i
@@ -141,12 +143,15 @@ class LayerSearch:
             if on_image:
                 on_image(done, total)
 
-    def group_shards(self) -> list[list[int]]:
-        """Every rank's shard (positions in ``dataset.pairs``)."""
-        from .distributed import shard_by_images
+    def split(self) -> None:
+        """Under torchrun: split the pairs by image and estimated work (rank 0 reads the
+        images' sizes); this rank keeps its shard."""
+        from .evaluation.sharded import Sharding, pair_costs
 
         assert self.group is not None
-        return shard_by_images([(p.src_key, p.trg_key) for p in self.dataset.pairs], self.group.world_size)
+        costs = self.group.decide("pair costs", lambda: pair_costs(self.dataset))
+        self.sharding = Sharding.plan(self.dataset, self.group.world_size, 1, costs)
+        self.shard = self.sharding.shards[self.group.rank]
 
     def evaluate(self, ids: Sequence[int]) -> Evaluated:
         """PCK of one id set on the search pairs (cached across calls and runs)."""
@@ -213,12 +218,13 @@ def search_layers(
     on_depth: Callable[[int, int], None] | None = None,
     on_eval: Callable[[Evaluated, Evaluated], None] | None = None,
     group: Group | None = None,
+    on_sharding: Callable[[Any], None] | None = None,
 ) -> list[Evaluated]:
     """Beam search; returns every evaluated set, best first.
 
     ``on_eval(evaluated, best_so_far)`` follows every scored set.  Under torchrun every
     rank of ``group`` calls this with the same arguments and gets the same result (see
-    the module's docstring).
+    the module's docstring); ``on_sharding(sharding)`` tells rank 0 how the pairs are split.
 
     Depth 1 scores each base id alone; depth k extends each of the ``beam`` best sets of
     depth k-1 by one candidate id deeper than its base, up to ``max_size`` ids.
@@ -236,7 +242,9 @@ def search_layers(
     distributed = group is not None and group.world_size > 1
     search = LayerSearch(model, dataset, thres, all_ids, resume_file, settings, group=group if distributed else None)
     if search.group is not None:
-        search.shard = search.group_shards()[search.group.rank]
+        search.split()
+        if on_sharding is not None and search.group.rank == 0:
+            on_sharding(search.sharding)
     search.load_resume()
     search.prepare(on_image)
 

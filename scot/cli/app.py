@@ -211,7 +211,7 @@ def eval_(
     from ..datasets import open_dataset
     from ..distributed import Stopped, in_turns, restarted, together
     from ..evaluation import EvalSettings, evaluate, format_table, resolve_run_folder
-    from ..evaluation.sharded import Sharding, shared_run_folder
+    from ..evaluation.sharded import shared_run_folder
 
     set_threads(threads)
     where: list[Path] = []
@@ -239,8 +239,6 @@ def eval_(
         if main:
             typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
                        f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {run_dir}")
-        if group is not None and main:
-            typer.echo(Sharding.plan(data, group.world_size, settings.batch_size).describe())
         with _bar(main, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
             task = bar.add_task(data.name, total=len(data), info="")
@@ -248,7 +246,8 @@ def eval_(
                 summary = evaluate(model, data, run_dir, settings, {"category": category, "limit": limit, "sample": sample,
                                                                       "pairs": len(data)}, resume=resume,
                                    on_progress=lambda done, total, rate, pck: bar.update(
-                                       task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"), group=group)
+                                       task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"), group=group,
+                                   on_sharding=lambda sharding: typer.echo(sharding.describe()))
             except Stopped:
                 raise  # torchrun stopped this rank: _ranks says why
             except KeyboardInterrupt:
@@ -298,7 +297,6 @@ def search_layers_cmd(
     """
     from ..datasets import load_dataset
     from ..distributed import together
-    from ..evaluation.sharded import Sharding
     from ..search import format_results, plan_search, search_layers, write_preset
 
     set_threads(threads)
@@ -310,8 +308,6 @@ def search_layers_cmd(
             plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)
         if main:
             typer.echo(plan.describe(data))
-        if group is not None and main:
-            typer.echo(Sharding.plan(data, group.world_size).describe())
         with _bar(main, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn()) as bar:
             images = bar.add_task("backbone passes", total=len(data.image_keys()), info="")
@@ -321,7 +317,7 @@ def search_layers_cmd(
                                     on_image=lambda i, n: bar.update(images, completed=i, total=n),
                                     on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
                                     on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"),
-                                    group=group)
+                                    group=group, on_sharding=lambda sharding: typer.echo(sharding.describe()))
         if main:
             command = "scot search-layers " + " ".join(sys.argv[2:])
             write_preset(output, results, model, data, plan.thres, command)

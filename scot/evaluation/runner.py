@@ -120,6 +120,7 @@ def evaluate(
     resume: bool = False,
     on_progress: Callable[[int, int, float, float], None] | None = None,
     group: Group | None = None,
+    on_sharding: Callable[[Any], None] | None = None,
 ) -> dict | None:
     """Score ``dataset`` with ``model``; write everything to ``run_dir``; return the summary.
 
@@ -129,11 +130,13 @@ def evaluate(
     With a torchrun ``group`` (:mod:`scot.distributed`) of more than one rank, every rank
     calls this with the same arguments: each scores its shard and rank 0 writes the
     reports and returns the summary; the other ranks return None (see :mod:`.sharded`).
+    ``on_sharding(sharding)`` then tells rank 0 how the pairs are split (a
+    :class:`~.sharded.Sharding`) before the work starts.
     """
     if group is not None and group.world_size > 1:
         from .sharded import evaluate_sharded
 
-        return evaluate_sharded(model, dataset, run_dir, settings, selection, group, resume, on_progress)
+        return evaluate_sharded(model, dataset, run_dir, settings, selection, group, resume, on_progress, on_sharding)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)
     try:

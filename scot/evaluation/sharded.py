@@ -4,9 +4,10 @@
   share images stay on one rank, so each image is described on as few ranks as possible
   and every rank's image cache works as in one process.  The units of the split are the
   batches one process would solve (``--batch-size`` consecutive pairs), so every pair is
-  matched in the same company and gets the same result to the last bit.  The split
-  depends only on the pair list, the batch size and the number of ranks: a restarted
-  launch gets the same shards.
+  matched in the same company and gets the same result to the last bit.  The ranks get
+  equal shares of the estimated matching work (:func:`pair_costs`), not of the pairs.
+  The split depends only on the pair list, the images' shapes, the batch size and the
+  number of ranks: a restarted launch gets the same shards.
 * Rank 0 checks and records the run's identity as one process does, and writes
   ``launch.json`` with a token that every other rank must read back: all ranks write
   into one folder (on a shared file system when the ranks are on several nodes).
@@ -36,6 +37,7 @@ from ..datasets import Dataset
 from ..distributed import Group, images_per_shard, round_robin, shard_by_images
 from ..errors import ScotError
 from ..features import Hyperpixels
+from ..image import image_size
 from ..io import atomic_write_json
 from ..model import SCOT
 from ..pck import HEADLINE_ALPHA
@@ -59,17 +61,25 @@ class Sharding:
     batches: list[list[list[int]]]
     images: list[int]
     round_robin_images: list[int]
+    work: list[float]
 
     @classmethod
-    def plan(cls, dataset: Dataset, world_size: int, batch_size: int = 1) -> Sharding:
-        """Split ``dataset``'s batches of ``batch_size`` consecutive pairs over ``world_size`` ranks."""
+    def plan(cls, dataset: Dataset, world_size: int, batch_size: int = 1, costs: list[float] | None = None) -> Sharding:
+        """Split ``dataset``'s batches of ``batch_size`` consecutive pairs over ``world_size`` ranks.
+
+        Args:
+            costs: the estimated work of each pair (:func:`pair_costs`); None: equal.
+        """
         keys = [(p.src_key, p.trg_key) for p in dataset.pairs]
+        costs = [1.0] * len(keys) if costs is None else costs
         size = max(1, batch_size)
         chunks = [list(range(i, min(i + size, len(keys)))) for i in range(0, len(keys), size)]
-        split = shard_by_images([[k for i in chunk for k in keys[i]] for chunk in chunks], world_size, 1.0 / size)
+        split = shard_by_images([[k for i in chunk for k in keys[i]] for chunk in chunks], world_size,
+                                [sum(costs[i] for i in chunk) for chunk in chunks], 1.0 / size)
         batches = [[chunks[b] for b in shard] for shard in split]
         shards = [[i for chunk in rank for i in chunk] for rank in batches]
-        return cls(batches, images_per_shard(keys, shards), images_per_shard(keys, round_robin(len(keys), world_size)))
+        return cls(batches, images_per_shard(keys, shards), images_per_shard(keys, round_robin(len(keys), world_size)),
+                   [sum(costs[i] for i in shard) for shard in shards])
 
     @property
     def shards(self) -> list[list[int]]:
@@ -88,9 +98,10 @@ class Sharding:
     def record(self, described: list[int] | None = None) -> dict[str, Any]:
         """The ``sharding`` entry of ``summary.json``; ``described``: images each rank actually described."""
         doc: dict[str, Any] = {
-            "method": "pairs grouped by image", "world_size": self.world_size,
+            "method": "batches grouped by image, balanced by estimated matching work", "world_size": self.world_size,
             "pairs_per_rank": [len(s) for s in self.shards], "images_per_rank": self.images,
             "round_robin_images_per_rank": self.round_robin_images,
+            "estimated_work_per_rank": [round(w, 3) for w in self.work],
         }
         if described is not None:
             doc["images_described_per_rank"] = described
@@ -99,6 +110,21 @@ class Sharding:
 
 def _listed(values: Any) -> str:
     return ", ".join(str(v) for v in values)
+
+
+def pair_costs(dataset: Dataset) -> list[float]:
+    """The estimated matching work of each pair, relative to two square images.
+
+    Both images of a pair are resized to the same long side, so each has a number of
+    hyperpixels proportional to its short side over its long side, and matching N x M
+    hyperpixels takes work proportional to N M: a pair costs the product of its two
+    images' ratios.  Reads the images' sizes, not their pixels where the format allows.
+    """
+    ratio: dict[str, float] = {}
+    for path, _ in dataset.image_keys():
+        w, h = image_size(path)
+        ratio[path] = min(w, h) / max(w, h)
+    return [ratio[str(p.src)] * ratio[str(p.trg)] for p in dataset.pairs]
 
 
 def find_launched(results_root: Path, dataset: str, backbone: str, run_id: str) -> Path | None:
@@ -136,12 +162,13 @@ def shared_run_folder(group: Group, output_dir: Path | None, results: Path, data
 
 def evaluate_sharded(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSettings, selection: dict[str, Any],
                      group: Group, resume: bool = False,
-                     on_progress: Callable[[int, int, float, float], None] | None = None) -> dict | None:
+                     on_progress: Callable[[int, int, float, float], None] | None = None,
+                     on_sharding: Callable[[Sharding], None] | None = None) -> dict | None:
     """:func:`~.runner.evaluate` on one rank of ``group``: score this rank's shard.
 
     Every rank calls it with the same arguments.  Returns the summary on rank 0 (which
     writes every report) and None on the others; ``on_progress`` is called on rank 0
-    only, with the count over all ranks.
+    only, with the count over all ranks, and ``on_sharding`` once on rank 0 with the split.
     """
     identity = run_identity(model, dataset, settings, selection)
     lock: RunLock | None = None
@@ -152,7 +179,11 @@ def evaluate_sharded(model: SCOT, dataset: Dataset, run_dir: Path, settings: Eva
         token = group.decide("claim run folder", lambda: _claim(run_dir, identity, resume, group))
         with group.step("shared run folder"):
             _check_shared(run_dir, token)
-        return _score_shard(model, dataset, run_dir, settings, identity, group, resume,
+        costs = group.decide("pair costs", lambda: pair_costs(dataset))
+        sharding = Sharding.plan(dataset, group.world_size, settings.batch_size, costs)
+        if on_sharding is not None and group.rank == 0:
+            on_sharding(sharding)
+        return _score_shard(model, dataset, run_dir, settings, identity, group, sharding, resume,
                             on_progress if group.rank == 0 else None)
     finally:
         if lock is not None:
@@ -180,11 +211,11 @@ def _check_shared(run_dir: Path, token: str) -> None:
 
 
 def _score_shard(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSettings, identity: dict[str, Any],
-                 group: Group, resume: bool, on_progress: Callable[[int, int, float, float], None] | None) -> dict | None:
+                 group: Group, sharding: Sharding, resume: bool,
+                 on_progress: Callable[[int, int, float, float], None] | None) -> dict | None:
     main = group.rank == 0
     own = journal_name(group.rank)
     state = load_journals(run_dir, own=own) if resume else RunState()
-    sharding = Sharding.plan(dataset, group.world_size, settings.batch_size)
     mine = [dataset.pairs[i] for i in sharding.shards[group.rank]]
     todo = [p for p in mine if p.index not in state.done]
     batches = [[dataset.pairs[i] for i in chunk if dataset.pairs[i].index not in state.done]
