@@ -10,6 +10,12 @@ The backbone runs once per image for the whole search: each image's maps of *eve
 candidate id (and its CAM) are kept, and each candidate set is fused from them.  Scores
 are saved after every evaluation to a resume file, so an interrupted search continues
 where it stopped.
+
+Under torchrun (a :class:`~scot.distributed.Group`) every rank describes and scores only
+its shard of the pairs (pairs grouped by image); each set's per-pair PCKs are summed over
+the ranks (every pair's row comes from exactly one rank, the others add zeros) and then
+averaged in pair order on every rank, so the scores, and the chosen set, are bit for bit
+those of one process.  Rank 0 reads and writes the resume file.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import torch
 
 from .backbones import Backbone
 from .datasets import Dataset
@@ -30,6 +37,10 @@ from .features import NetworkView
 from .io import atomic_write_json
 from .model import SCOT
 from .pck import ALPHAS, HEADLINE_ALPHA, pair_pck
+
+if TYPE_CHECKING:
+    from .datasets import Pair
+    from .distributed import Group
 
 Key = tuple[int, ...]
 
@@ -61,21 +72,38 @@ class LayerSearch:
     settings: dict = field(default_factory=dict)
     views: dict = field(default_factory=dict)
     done: dict[str, Evaluated] = field(default_factory=dict)
+    group: Group | None = None
+    shard: list[int] | None = None
+    """Positions in ``dataset.pairs`` this process scores (None: all of them)."""
+    sharding: Any = None
+    """Under torchrun, the split of the pairs (a :class:`~scot.evaluation.sharded.Sharding`)."""
 
-    def load_resume(self) -> None:
+    @property
+    def own_pairs(self) -> list[Pair]:
+        """The pairs this process describes and scores."""
+        pairs = self.dataset.pairs
+        return pairs if self.shard is None else [pairs[i] for i in self.shard]
+
+    def read_resume(self) -> dict[str, Any]:
+        """The scores the resume file holds (``key -> {ids, pck, seconds}``), checked against the settings."""
         if self.resume_file is None or not self.resume_file.is_file():
-            return
+            return {}
         try:
             data = json.loads(self.resume_file.read_text())
         except (OSError, ValueError) as exc:
             raise ScotError(f"{self.resume_file} is not readable JSON ({exc})", option="resume_file") from None
         if data.get("settings") != self.settings:
             raise ScotError(f"{self.resume_file} belongs to a search with other settings; use another file", option="resume_file")
-        for key, rec in data.get("evaluated", {}).items():
+        return data.get("evaluated", {})
+
+    def load_resume(self) -> None:
+        """Take the resume file's scores (under torchrun rank 0 reads it and every rank gets them)."""
+        evaluated = self.read_resume() if self.group is None else self.group.decide("resume file", self.read_resume)
+        for key, rec in evaluated.items():
             self.done[key] = Evaluated(tuple(rec["ids"]), rec["pck"], rec["seconds"])
 
     def save_resume(self) -> None:
-        if self.resume_file is None:
+        if self.resume_file is None or (self.group is not None and self.group.rank != 0):
             return
         atomic_write_json(self.resume_file, {
             "settings": self.settings,
@@ -89,12 +117,41 @@ class LayerSearch:
         return self.views[key]
 
     def prepare(self, on_image: Callable[[int, int], None] | None = None) -> None:
-        """Run the backbone once on every image of the dataset."""
-        keys = self.dataset.image_keys()
+        """Run the backbone once on every image of this process's pairs.
+
+        ``on_image(done, total)`` follows each image; under torchrun both count the images
+        of every rank (as of the last look at the others).
+        """
+        seen: dict[tuple[str, bool], None] = {}
+        for p in self.own_pairs:
+            seen.setdefault(p.src_key)
+            seen.setdefault(p.trg_key)
+        keys = list(seen)
+        total = len(keys)
+        if self.group is not None:
+            from .distributed import images_per_shard
+
+            pair_keys = [(p.src_key, p.trg_key) for p in self.dataset.pairs]
+            total = sum(images_per_shard(pair_keys, self.sharding.shards))
         for i, (path, flip) in enumerate(keys, start=1):
             self.view(Path(path), flip)
+            done = i
+            if self.group is not None:
+                self.group.set_progress(i)
+                self.group.check()
+                done = self.group.progress()[0]
             if on_image:
-                on_image(i, len(keys))
+                on_image(done, total)
+
+    def split(self) -> None:
+        """Under torchrun: split the pairs by image and estimated work (rank 0 reads the
+        images' sizes); this rank keeps its shard."""
+        from .evaluation.sharded import Sharding, pair_costs
+
+        assert self.group is not None
+        costs = self.group.decide("pair costs", lambda: pair_costs(self.dataset))
+        self.sharding = Sharding.plan(self.dataset, self.group.world_size, 1, costs)
+        self.shard = self.sharding.shards[self.group.rank]
 
     def evaluate(self, ids: Sequence[int]) -> Evaluated:
         """PCK of one id set on the search pairs (cached across calls and runs)."""
@@ -103,8 +160,10 @@ class LayerSearch:
             return self.done[key]
         t0 = time.perf_counter()
         hyper = {}
-        per_alpha = {f"{a:.2f}": [] for a in ALPHAS}
-        for pair in self.dataset.pairs:
+        positions = range(len(self.dataset.pairs)) if self.shard is None else self.shard
+        rows: list[list[float]] = []
+        for i in positions:
+            pair = self.dataset.pairs[i]
             for k in (pair.src_key, pair.trg_key):
                 if k not in hyper:
                     hyper[k] = self.model.extractor.describe(self.view(Path(k[0]), k[1]).to(self.model.device, ids), ids)
@@ -112,13 +171,28 @@ class LayerSearch:
             src_kps, _, _ = pair.oriented(s.original_size[0], t.original_size[0])
             result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
             rec = score_pair(pair, result, self.thres)
-            for a in ALPHAS:
-                per_alpha[f"{a:.2f}"].append(pair_pck(rec["dist"], a))
+            rows.append([pair_pck(rec["dist"], a) for a in ALPHAS])
+        if self.group is not None:
+            rows = self._all_rows(key, rows)
+        per_alpha = {f"{a:.2f}": [row[j] for row in rows] for j, a in enumerate(ALPHAS)}
         pck = {a: 100.0 * sum(v) / len(v) for a, v in per_alpha.items()}
         ev = Evaluated(tuple(sorted(ids)), pck, time.perf_counter() - t0)
         self.done[key] = ev
         self.save_resume()
         return ev
+
+    def _all_rows(self, key: str, rows: list[list[float]]) -> list[list[float]]:
+        """Every pair's row of PCKs, in pair order, from the rows of this rank's shard.
+
+        Each rank writes its rows into a zero table of all pairs and the tables are summed
+        (all_reduce): a row comes from one rank and gains only exact zeros from the others.
+        """
+        assert self.group is not None and self.shard is not None
+        table = torch.zeros(len(self.dataset.pairs), len(ALPHAS), dtype=torch.float64)
+        if self.shard:
+            table[torch.tensor(self.shard)] = torch.tensor(rows, dtype=torch.float64)
+        table = self.group.all_reduce_sum(f"ids {key}", table.to(self.group.device)).cpu()
+        return table.tolist()
 
 
 def ids_of_stride(backbone: Backbone, stride: int, side: int) -> list[int]:
@@ -143,10 +217,14 @@ def search_layers(
     on_image: Callable[[int, int], None] | None = None,
     on_depth: Callable[[int, int], None] | None = None,
     on_eval: Callable[[Evaluated, Evaluated], None] | None = None,
+    group: Group | None = None,
+    on_sharding: Callable[[Any], None] | None = None,
 ) -> list[Evaluated]:
     """Beam search; returns every evaluated set, best first.
 
-    ``on_eval(evaluated, best_so_far)`` follows every scored set.
+    ``on_eval(evaluated, best_so_far)`` follows every scored set.  Under torchrun every
+    rank of ``group`` calls this with the same arguments and gets the same result (see
+    the module's docstring); ``on_sharding(sharding)`` tells rank 0 how the pairs are split.
 
     Depth 1 scores each base id alone; depth k extends each of the ``beam`` best sets of
     depth k-1 by one candidate id deeper than its base, up to ``max_size`` ids.
@@ -161,7 +239,12 @@ def search_layers(
         "pairs": [p.pair_id for p in dataset.pairs], "thres": thres,
         "config": {k: v for k, v in model.config.to_dict().items() if k not in ("hyperpixel_ids", "device")},
     }
-    search = LayerSearch(model, dataset, thres, all_ids, resume_file, settings)
+    distributed = group is not None and group.world_size > 1
+    search = LayerSearch(model, dataset, thres, all_ids, resume_file, settings, group=group if distributed else None)
+    if search.group is not None:
+        search.split()
+        if on_sharding is not None and search.group.rank == 0:
+            on_sharding(search.sharding)
     search.load_resume()
     search.prepare(on_image)
 

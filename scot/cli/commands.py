@@ -16,6 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextCol
 
 from .. import __version__
 from .options import OneLineErrors, cli_errors, progress, set_threads, with_config
+from .ranks import RankTimeoutOpt, bar as _bar, ranks as _ranks
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -147,36 +148,66 @@ def eval_(
     download: Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing, without asking.")] = False,
     preset_file: PresetFileOpt = None,
     threads: ThreadsOpt = None,
+    rank_timeout: RankTimeoutOpt = 120.0,
 ) -> None:
-    """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it."""
+    """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it.
+
+    Under torchrun (torchrun --nproc-per-node N -m scot eval ...) the ranks share the pairs.
+    """
     from ..datasets import open_dataset
+    from ..distributed import Stopped, in_turns, restarted, together
     from ..evaluation import EvalSettings, evaluate, format_table, resolve_run_folder
+    from ..evaluation.sharded import shared_run_folder
 
     set_threads(threads)
-    with progress(TextColumn(f"downloading {dataset}"), BarColumn(), DownloadColumn(), transient=True) as bar:
-        task = bar.add_task("download", total=None)
-        data = open_dataset(dataset, datapath, split, pair_list, download=download, ask=_ask,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
-    data = data.select(category, limit, sample)
-    model = _model(config, preset_file, preset=dataset)
-    settings = EvalSettings.create(thres or data.default_thres, batch_size, cache_gb, save_viz, model.device)
-    run_dir = resolve_run_folder(output_dir, results, dataset, model.backbone.name, resume)
-    typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
-               f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {run_dir}")
-    with progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task(data.name, total=len(data), info="")
-        try:
-            summary = evaluate(model, data, run_dir, settings, {"category": category, "limit": limit, "sample": sample,
-                                                                  "pairs": len(data)}, resume=resume,
-                               on_progress=lambda done, total, rate, pck: bar.update(
-                                   task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"))
-        except KeyboardInterrupt:
-            _notice(f"interrupted; scored pairs are saved in {run_dir}; continue with the same command plus "
-                    f"--resume -o {run_dir}")
-            raise typer.Exit(130)
-    typer.echo(format_table(summary))
-    typer.echo(f"results: {run_dir}")
+    where: list[Path] = []
+    with _ranks(config, rank_timeout, lambda: f"; scored pairs are kept in {where[0]}: finish with the same command "
+                f"plus --resume -o {where[0]}" if where else "") as group:
+        main = group is None or group.rank == 0
+
+        def open_data() -> Any:
+            with _bar(main, TextColumn(f"downloading {dataset}"), BarColumn(), DownloadColumn(), transient=True) as bar:
+                task = bar.add_task("download", total=None)
+                return open_dataset(dataset, datapath, split, pair_list, download=download, ask=_ask,
+                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+        data = in_turns(group, "open dataset", open_data)
+        with together(group, "model"):
+            data = data.select(category, limit, sample)
+            model = _model(config, preset_file, preset=dataset)
+            settings = EvalSettings.create(thres or data.default_thres, batch_size, cache_gb, save_viz, model.device)
+        if group is None:
+            resume = resume or restarted()
+            run_dir = resolve_run_folder(output_dir, results, dataset, model.backbone.name, resume)
+        else:
+            run_dir, resume = shared_run_folder(group, output_dir, results, dataset, model.backbone.name, resume)
+        where.append(run_dir)
+        if main:
+            typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
+                       f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {run_dir}")
+        with _bar(main, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task(data.name, total=len(data), info="")
+            try:
+                summary = evaluate(model, data, run_dir, settings, {"category": category, "limit": limit, "sample": sample,
+                                                                      "pairs": len(data)}, resume=resume,
+                                   on_progress=lambda done, total, rate, pck: bar.update(
+                                       task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"), group=group,
+                                   on_sharding=lambda sharding: typer.echo(sharding.describe()))
+            except Stopped:
+                raise  # torchrun stopped this rank: _ranks says why
+            except KeyboardInterrupt:
+                if main:
+                    _notice(f"interrupted; scored pairs are saved in {run_dir}; continue with the same command plus "
+                            f"--resume -o {run_dir}")
+                raise typer.Exit(130)
+        if summary is not None:
+            typer.echo(format_table(summary))
+            sharding = summary.get("sharding")
+            if sharding:
+                typer.echo(f"images described per rank: {', '.join(map(str, sharding['images_described_per_rank']))} "
+                           f"(a round-robin split would describe {', '.join(map(str, sharding['round_robin_images_per_rank']))})")
+            typer.echo(f"results: {run_dir}")
 
 
 def _ask(question: str) -> bool:
@@ -204,29 +235,40 @@ def search_layers_cmd(
     resume_file: Annotated[Optional[Path], typer.Option("--resume-file", help="Scores are saved here after every evaluation and reused on rerun.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Preset JSON to write (load it with --preset-file).")] = Path("search-layers.json"),
     threads: ThreadsOpt = None,
+    rank_timeout: RankTimeoutOpt = 120.0,
 ) -> None:
-    """Beam search over hyperpixel ids maximising PCK@0.1; writes a preset file."""
+    """Beam search over hyperpixel ids maximising PCK@0.1; writes a preset file.
+
+    Under torchrun (torchrun --nproc-per-node N -m scot search-layers ...) the ranks share the pairs.
+    """
     from ..datasets import load_dataset
+    from ..distributed import together
     from ..search import format_results, plan_search, search_layers, write_preset
 
     set_threads(threads)
-    data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
-    model = _model(config, preset=dataset)
-    plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)
-    typer.echo(plan.describe(data))
-    with progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn()) as bar:
-        images = bar.add_task("backbone passes", total=len(data.image_keys()), info="")
-        depth = bar.add_task("depth 1", total=1, info="", visible=False)
-        results = search_layers(model, data, thres=plan.thres, base_ids=plan.base_ids, candidate_ids=plan.candidates,
-                                beam=beam, max_size=max_size, resume_file=resume_file,
-                                on_image=lambda i, n: bar.update(images, completed=i),
-                                on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
-                                on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"))
-    command = "scot search-layers " + " ".join(sys.argv[2:])
-    write_preset(output, results, model, data, plan.thres, command)
-    typer.echo(format_results(results))
-    typer.echo(f"preset written to {output} (use --preset-file {output})")
+    with _ranks(config, rank_timeout) as group:
+        main = group is None or group.rank == 0
+        with together(group, "setup"):
+            data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
+            model = _model(config, preset=dataset)
+            plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)
+        if main:
+            typer.echo(plan.describe(data))
+        with _bar(main, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn()) as bar:
+            images = bar.add_task("backbone passes", total=len(data.image_keys()), info="")
+            depth = bar.add_task("depth 1", total=1, info="", visible=False)
+            results = search_layers(model, data, thres=plan.thres, base_ids=plan.base_ids, candidate_ids=plan.candidates,
+                                    beam=beam, max_size=max_size, resume_file=resume_file,
+                                    on_image=lambda i, n: bar.update(images, completed=i, total=n),
+                                    on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
+                                    on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"),
+                                    group=group, on_sharding=lambda sharding: typer.echo(sharding.describe()))
+        if main:
+            command = "scot search-layers " + " ".join(sys.argv[2:])
+            write_preset(output, results, model, data, plan.thres, command)
+            typer.echo(format_results(results))
+            typer.echo(f"preset written to {output} (use --preset-file {output})")
 
 
 @app.command()

@@ -61,28 +61,38 @@ def write_per_pair_csv(path: Path, records: list[dict], alphas=ALPHAS) -> None:
 
 
 def build_summary(model: SCOT, dataset: Dataset, identity: dict, state: RunState, status: str,
-                  total_pairs: int, cache: LRUCache | None, settings: EvalSettings) -> dict:
+                  total_pairs: int, cache: LRUCache | None, settings: EvalSettings, world_size: int = 1,
+                  sharding: dict | None = None) -> dict:
+    """The ``summary.json`` document.
+
+    Clocks are those of every journal in the run (:meth:`RunState.totals`): seconds and
+    images summed over processes, wall time the longest.  ``world_size`` is the number of
+    processes of the run (torchrun); ``sharding`` describes how they split the pairs.
+    """
     n = len(state.records)
     tables = state.table.summary() if n else {}
     headline = tables.get("overall", {}).get("pck_mean_over_pairs", {}).get(f"{HEADLINE_ALPHA:.2f}")
+    clocks = state.totals()
+    wall, feature, match = clocks["wall_seconds"], clocks["feature_seconds"], clocks["match_seconds"]
     timing = {
-        "wall_seconds": round(state.wall_seconds, 3),
-        "feature_seconds": round(state.feature_seconds, 3),
-        "matching_seconds": round(state.match_seconds, 3),
-        "seconds_per_pair": round(state.wall_seconds / n, 4) if n else None,
-        "matching_seconds_per_pair": round(state.match_seconds / n, 4) if n else None,
-        "pairs_per_second": round(n / state.wall_seconds, 3) if state.wall_seconds else None,
-        "images_extracted": state.images_extracted,
-        "images_per_second": round(state.images_extracted / state.feature_seconds, 3) if state.feature_seconds else None,
+        "wall_seconds": round(wall, 3),
+        "feature_seconds": round(feature, 3),
+        "matching_seconds": round(match, 3),
+        "seconds_per_pair": round(wall / n, 4) if n else None,
+        "matching_seconds_per_pair": round(match / n, 4) if n else None,
+        "pairs_per_second": round(n / wall, 3) if wall else None,
+        "images_extracted": clocks["images_extracted"],
+        "images_per_second": round(clocks["images_extracted"] / feature, 3) if feature else None,
         "batch_size": settings.batch_size,
         "cache_budget_gb": round(settings.cache_bytes / 2**30, 3),
     }
     if cache is not None:
         timing["cache_hits"], timing["cache_misses"] = cache.hits, cache.misses
-    return {
+    summary = {
         "status": status,
         "pairs_scored": n,
         "pairs_total": total_pairs,
+        "world_size": world_size,
         "headline": {"metric": f"PCK@{HEADLINE_ALPHA:.2f}, mean over pairs (%)", "value": headline},
         "dataset": {"name": dataset.name, "split": dataset.split, "root": str(dataset.root),
                     "pair_file": str(dataset.source_file), "selection": identity["selection"],
@@ -92,6 +102,9 @@ def build_summary(model: SCOT, dataset: Dataset, identity: dict, state: RunState
         "pck": tables,
         "timing": timing,
     }
+    if sharding is not None:
+        summary["sharding"] = sharding
+    return summary
 
 
 def write_charts(run_dir: Path, state: RunState, dataset_label: str) -> None:

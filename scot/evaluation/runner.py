@@ -9,6 +9,9 @@ The runner:
 * rewrites ``per_pair.csv`` and ``summary.json`` atomically as it goes and at the end,
   then draws ``pck_per_class.png``, ``pck_curve.png`` and optional pictures
   (:mod:`.report`).
+
+Under torchrun the ranks share the work (:mod:`.sharded`); a run folder written by any
+number of processes is resumed by any number of processes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..cache import LRUCache
 from ..datasets import Dataset, Pair
@@ -26,9 +29,12 @@ from ..features import Hyperpixels
 from ..io import atomic_write_json
 from ..model import SCOT
 from ..pck import ALPHAS, HEADLINE_ALPHA
-from .journal import JOURNAL, Journal, RunLock, RunState, absorb, load_journal
+from .journal import JOURNAL, Journal, RunLock, RunState, absorb, journal_files, load_journals
 from .report import build_summary, save_visualisations, write_charts, write_per_pair_csv
 from .scoring import score_pair
+
+if TYPE_CHECKING:
+    from ..distributed import Group
 
 RUN_FILE = "run.json"
 SNAPSHOT_SECONDS = 15.0
@@ -78,6 +84,33 @@ def _batches(pairs: list[Pair], size: int) -> Iterator[list[Pair]]:
         yield pairs[i : i + size]
 
 
+def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSettings, cache: LRUCache[Hyperpixels],
+                  state: RunState) -> Iterator[list[dict]]:
+    """Match and score ``batches`` of pairs, one batched solve each, in order.
+
+    Images come from ``cache`` (described on a miss); ``state``'s clocks and image count
+    advance.  Yields each batch's journal records; the caller journals and absorbs them.
+    """
+
+    def describe(path: Path, flip: bool) -> Hyperpixels:
+        state.images_extracted += 1
+        return model.extract(path, flip=flip)
+
+    for batch in batches:
+        t0 = time.perf_counter()
+        items = []
+        for pair in batch:
+            s = cache.get_or_compute(pair.src_key, lambda: describe(pair.src, pair.flip))
+            t = cache.get_or_compute(pair.trg_key, lambda: describe(pair.trg, pair.flip))
+            items.append((s, t, pair.oriented(s.original_size[0], t.original_size[0])[0]))
+        t1 = time.perf_counter()
+        results = model.match_batch(items, keep_plan=False, check_bounds=False)
+        records = [score_pair(pair, res, settings.thres, settings.alphas) for pair, res in zip(batch, results)]
+        state.feature_seconds += t1 - t0
+        state.match_seconds += time.perf_counter() - t1
+        yield records
+
+
 def evaluate(
     model: SCOT,
     dataset: Dataset,
@@ -86,12 +119,24 @@ def evaluate(
     selection: dict[str, Any],
     resume: bool = False,
     on_progress: Callable[[int, int, float, float], None] | None = None,
-) -> dict:
+    group: Group | None = None,
+    on_sharding: Callable[[Any], None] | None = None,
+) -> dict | None:
     """Score ``dataset`` with ``model``; write everything to ``run_dir``; return the summary.
 
     ``on_progress(done, total, pairs_per_second, running_pck)`` is called after each batch.
     KeyboardInterrupt and errors leave a consistent, resumable run directory behind.
+
+    With a torchrun ``group`` (:mod:`scot.distributed`) of more than one rank, every rank
+    calls this with the same arguments: each scores its shard and rank 0 writes the
+    reports and returns the summary; the other ranks return None (see :mod:`.sharded`).
+    ``on_sharding(sharding)`` then tells rank 0 how the pairs are split (a
+    :class:`~.sharded.Sharding`) before the work starts.
     """
+    if group is not None and group.world_size > 1:
+        from .sharded import evaluate_sharded
+
+        return evaluate_sharded(model, dataset, run_dir, settings, selection, group, resume, on_progress, on_sharding)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)
     try:
@@ -100,20 +145,29 @@ def evaluate(
         lock.release()
 
 
-def _evaluate(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSettings, selection: dict[str, Any],
-              resume: bool, on_progress: Callable[[int, int, float, float], None] | None) -> dict:
-    identity = run_identity(model, dataset, settings, selection)
+def claim_run_folder(run_dir: Path, identity: dict[str, Any], resume: bool) -> None:
+    """Check that ``run_dir`` may hold this run, then record its identity in ``run.json``.
+
+    Raises:
+        ScotError: with ``resume``, the folder was run with other settings; without it,
+            the folder already holds scored pairs (of any process).
+    """
     run_file = run_dir / RUN_FILE
     if resume and run_file.is_file():
         previous = json.loads(run_file.read_text())
         if previous != identity:
             diff = sorted(k for k in identity if previous.get(k) != identity.get(k))
             raise ScotError(f"{run_dir} was run with different settings ({', '.join(diff)} differ)", option="resume")
-    elif (run_dir / JOURNAL).exists() and not resume:
+    elif journal_files(run_dir) and not resume:
         raise ScotError(f"{run_dir} already holds results; resume it or choose another folder", option="output_dir")
     atomic_write_json(run_file, identity)
 
-    state = load_journal(run_dir) if resume else RunState()
+
+def _evaluate(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSettings, selection: dict[str, Any],
+              resume: bool, on_progress: Callable[[int, int, float, float], None] | None) -> dict:
+    identity = run_identity(model, dataset, settings, selection)
+    claim_run_folder(run_dir, identity, resume)
+    state = load_journals(run_dir, own=JOURNAL) if resume else RunState()
     todo = [p for p in dataset.pairs if p.index not in state.done]
     total = len(dataset.pairs)
     cache: LRUCache[Hyperpixels] = LRUCache(settings.cache_bytes, lambda h: h.nbytes())
@@ -130,23 +184,8 @@ def _evaluate(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSettin
         atomic_write_json(run_dir / "summary.json", summary)
         return summary
 
-    def describe(path: Path, flip: bool) -> Hyperpixels:
-        state.images_extracted += 1
-        return model.extract(path, flip=flip)
-
     try:
-        for batch in _batches(todo, max(1, settings.batch_size)):
-            t0 = time.perf_counter()
-            items = []
-            for pair in batch:
-                s = cache.get_or_compute(pair.src_key, lambda: describe(pair.src, pair.flip))
-                t = cache.get_or_compute(pair.trg_key, lambda: describe(pair.trg, pair.flip))
-                items.append((s, t, pair.oriented(s.original_size[0], t.original_size[0])[0]))
-            t1 = time.perf_counter()
-            results = model.match_batch(items, keep_plan=False, check_bounds=False)
-            records = [score_pair(pair, res, settings.thres, settings.alphas) for pair, res in zip(batch, results)]
-            state.feature_seconds += t1 - t0
-            state.match_seconds += time.perf_counter() - t1
+        for records in score_batches(model, _batches(todo, max(1, settings.batch_size)), settings, cache, state):
             journal.write(records)
             for rec in records:
                 absorb(state, rec)
@@ -189,7 +228,7 @@ def find_resumable(results_root: Path, dataset: str, backbone: str) -> Path | No
     candidates = sorted(results_root.glob(f"{dataset}-{backbone}-*"), key=lambda p: p.name, reverse=True)
     for cand in candidates:
         summary = cand / "summary.json"
-        if (cand / JOURNAL).is_file():
+        if journal_files(cand):
             try:
                 if json.loads(summary.read_text()).get("status") == "complete":
                     continue

@@ -1,0 +1,63 @@
+"""Command-line glue for torchrun: join the ranks, report a failure once, draw progress on rank 0."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Annotated, Any, Callable, Iterator
+
+import typer
+
+from .options import progress
+
+RankTimeoutOpt = Annotated[float, typer.Option("--rank-timeout", help="Under torchrun: seconds another rank may show no sign of life before the run stops with an error naming it.")]
+
+
+@contextmanager
+def ranks(config: dict[str, Any], timeout: float, hint: Callable[[], str] = str) -> Iterator[Any]:
+    """Under torchrun, join the other ranks (yields a :class:`~scot.distributed.Group`, else None).
+
+    Sets ``config['device']`` to the rank's device.  When the run fails, one rank prints
+    one line (``hint()`` is added to it) and the others exit quietly.
+    """
+    from ..config import SCOTConfig
+    from ..distributed import PeerError, Stopped, start
+    from ..errors import ScotError
+
+    try:
+        group = start(config.get("device") or SCOTConfig.__dataclass_fields__["device"].default, timeout)
+    except ScotError as exc:  # before the ranks could agree: rank 0 alone reports an error all of them meet
+        if not getattr(exc, "report", os.environ.get("RANK", "0") == "0"):
+            raise typer.Exit(1) from None
+        raise
+    if group is None:
+        yield None
+        return
+    config["device"] = group.device
+    try:
+        yield group
+    except BaseException as exc:
+        if isinstance(exc, Stopped):
+            exc = group.stopped()
+        elif isinstance(exc, (typer.Exit, KeyboardInterrupt)):
+            raise
+        elif not isinstance(exc, PeerError):
+            group.fail(exc)
+            if not isinstance(exc, ScotError):
+                raise
+            exc = PeerError(f"{exc.message} (rank {group.rank} of {group.world_size})", option=exc.option)
+        if not exc.report:
+            raise typer.Exit(1)
+        quiet_hint = exc.agreed or group.launch.restarts_left > 0  # a restarted launch resumes by itself
+        raise PeerError(exc.message + ("" if quiet_hint else hint()), option=exc.option) from None
+    finally:
+        group.close()
+
+
+def bar(show: bool, *columns: Any, transient: bool = False) -> Any:
+    """A progress bar on stderr, drawn only where ``show`` (rank 0 under torchrun)."""
+    if show:
+        return progress(*columns, transient=transient)
+    from rich.progress import Progress
+
+    return Progress(*columns, disable=True)

@@ -1,0 +1,693 @@
+"""Running ``scot eval`` and ``scot search-layers`` under ``torchrun``.
+
+``torchrun`` starts one process per *rank* and tells each one its place through the
+environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ...).  :func:`launch_from_env`
+reads it; it returns None in a process that torchrun did not start, and then nothing in
+this module is used.  :func:`start` joins the other ranks as a :class:`Group`:
+
+* ``torch.distributed`` is initialised with ``gloo`` on the CPU; on a CUDA device each
+  rank uses ``cuda:LOCAL_RANK`` and the group uses ``nccl`` for CUDA tensors (and
+  ``gloo`` for CPU ones);
+* every rank publishes a heartbeat in the launcher's key-value store twice a second,
+  with its state and progress.  Every wait for the other ranks polls those heartbeats: a
+  rank that reported an error, or whose heartbeat stopped for ``timeout`` seconds, ends
+  the wait with a one-line :class:`PeerError` that names it.  A slow rank that is alive
+  is waited for, so no wait is bounded by a guess of how long the work takes, and none
+  can hang forever;
+* when the launcher stops the ranks (it sends SIGTERM to all once one of them dies), the
+  main thread gets :class:`Stopped`, and :meth:`Group.stopped` finds out which rank died.
+
+:func:`shard_by_images` splits the work so that pairs sharing images stay on one rank: each
+image is described on as few ranks as possible, and each rank's image cache keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, ContextManager, Hashable, Iterator, Mapping, Sequence, TypeVar
+
+import torch
+
+from .errors import ScotError
+
+T = TypeVar("T")
+
+BEAT_SECONDS = 0.5
+"""How often each rank publishes its heartbeat."""
+
+POLL_SECONDS = 0.1
+"""The longest pause between two looks at the other ranks while waiting for them."""
+
+DEFAULT_TIMEOUT = 120.0
+"""Seconds a rank may show no sign of life before the others stop with an error naming it."""
+
+
+# --------------------------------------------------------------------------------------
+# Where this process stands
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a torchrun job, as the launcher's environment gives it.
+
+    Attributes:
+        rank: global rank, 0 .. world_size - 1.
+        world_size: number of processes in the job.
+        local_rank: rank on this node (the GPU index on a CUDA node).
+        local_world_size: processes on this node.
+        restart_count: how many times torchrun restarted the workers so far.
+        max_restarts: how many restarts torchrun allows (``--max-restarts``).
+        run_id: the launcher's job id (the rendezvous id), the same for every rank and restart.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    restart_count: int = 0
+    max_restarts: int = 0
+    run_id: str = ""
+
+    @property
+    def restarts_left(self) -> int:
+        """How many more times torchrun will restart the workers when one fails."""
+        return max(0, self.max_restarts - self.restart_count)
+
+
+def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
+    """This process's :class:`Launch`, or None when ``RANK`` and ``WORLD_SIZE`` are not set.
+
+    Args:
+        env: the environment to read (``os.environ`` by default).
+
+    Raises:
+        ScotError: a variable is not a whole number, or the rank is outside the world.
+    """
+    env = os.environ if env is None else env
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+
+    def number(name: str, default: int) -> int:
+        text = env.get(name)
+        if text is None or text == "":
+            return default
+        try:
+            return int(text)
+        except ValueError:
+            raise ScotError(f"torchrun environment: {name} is '{text}', not a whole number") from None
+
+    world = number("WORLD_SIZE", 1)
+    rank = number("RANK", 0)
+    if world < 1 or not 0 <= rank < world:
+        raise ScotError(f"torchrun environment: RANK {rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE {world})")
+    return Launch(rank=rank, world_size=world, local_rank=number("LOCAL_RANK", rank),
+                  local_world_size=number("LOCAL_WORLD_SIZE", world), restart_count=number("TORCHELASTIC_RESTART_COUNT", 0),
+                  max_restarts=number("TORCHELASTIC_MAX_RESTARTS", 0), run_id=env.get("TORCHELASTIC_RUN_ID", ""))
+
+
+def restarted(env: Mapping[str, str] | None = None) -> bool:
+    """True in a worker that torchrun restarted after a failure (``--max-restarts``)."""
+    launch = launch_from_env(env)
+    return launch is not None and launch.restart_count > 0
+
+
+def rank_device(requested: str, launch: Launch) -> str:
+    """The device a rank computes on: ``cuda:LOCAL_RANK`` when ``requested`` is a CUDA device.
+
+    Args:
+        requested: the configured device, e.g. ``cpu`` or ``cuda``.
+        launch: this process's place in the job.
+
+    Returns:
+        ``requested`` unchanged unless it names CUDA, else ``cuda:<local rank>``.
+
+    Raises:
+        ScotError: ``requested`` names another GPU index than the local rank, or the node
+            has fewer GPUs than processes.
+    """
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        return requested  # SCOT reports a malformed device with its own message
+    if device.type != "cuda":
+        return requested
+    if device.index is not None and device.index != launch.local_rank:
+        raise ScotError(f"'{requested}': under torchrun each process uses the GPU of its local rank "
+                        f"(cuda:{launch.local_rank} here); give cuda", option="device")
+    if torch.cuda.is_available() and launch.local_rank >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ScotError(f"local rank {launch.local_rank} needs cuda:{launch.local_rank} but this node has {count} GPU"
+                        f"{'s' if count != 1 else ''}; start at most {count} processes per node", option="device")
+    return f"cuda:{launch.local_rank}"
+
+
+def backend_for(device: str) -> str:
+    """The ``torch.distributed`` backend for a rank computing on ``device``.
+
+    ``gloo`` on the CPU; on CUDA, ``nccl`` for CUDA tensors and ``gloo`` for CPU tensors.
+    """
+    return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+# --------------------------------------------------------------------------------------
+# Sharding
+
+
+def shard_by_images(items: Sequence[Sequence[Hashable]], world_size: int, weights: Sequence[float] | None = None,
+                    image_cost: float = 1.0) -> list[list[int]]:
+    """Split work items over ranks so that items sharing an image land on the same rank.
+
+    An item is the list of image keys it uses: a pair's two images, or every image of a
+    batch of pairs.  Images are numbered in order of first appearance.  The items are
+    ordered by connected component of the image graph (components in order of their
+    first item), and inside a component by the highest-numbered image they use, then the
+    lowest: the items among the first k images of a component come before those that
+    bring in image k + 1, so every prefix of a component uses as few images as it can.
+    That order is cut into ``world_size`` runs of (almost) equal work.  A cut may move by
+    up to a quarter of a run's work to where fewer images are used on both of its sides,
+    one such image costing ``image_cost`` times the mean work of an item; between two
+    components none is.
+
+    The result depends only on the arguments, so a restarted or resumed launch gets the
+    same shards.
+
+    Args:
+        items: the image keys of each item, in list order (at least one key each).
+        world_size: number of ranks (>= 1).
+        weights: the work of each item (> 0); None: 1 each.
+        image_cost: the work of describing one image, in mean items (1: as much as a pair).
+
+    Returns:
+        ``world_size`` lists of positions into ``items``, each ascending; together they
+        hold every position once.  With fewer items than ranks some lists are empty.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be at least 1, got {world_size}")
+    n = len(items)
+    number: dict[Hashable, int] = {}
+    parent: list[int] = []
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    uses: list[list[int]] = []
+    for keys in items:
+        numbers = []
+        for key in keys:
+            if key not in number:
+                number[key] = len(number)
+                parent.append(number[key])
+            numbers.append(number[key])
+        uses.append(numbers)
+        for other in numbers[1:]:
+            a, b = root(numbers[0]), root(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    component = [root(u[0]) for u in uses]
+    first_item: dict[int, int] = {}
+    for i, c in enumerate(component):
+        first_item.setdefault(c, i)
+    order = sorted(range(n), key=lambda i: (first_item[component[i]], max(uses[i]), min(uses[i]), i))
+
+    # shared[c]: images used both before and after a cut at c by the items of the component it splits
+    shared = [0] * (n + 1)
+    start = 0
+    while start < n:
+        stop = start
+        while stop < n and component[order[stop]] == component[order[start]]:
+            stop += 1
+        left, seen = [], set()
+        for k in range(start, stop):
+            seen.update(uses[order[k]])
+            left.append(len(seen))
+        right, seen = [0] * (stop - start), set()
+        for k in range(stop - 1, start - 1, -1):
+            seen.update(uses[order[k]])
+            right[k - start] = len(seen)
+        for c in range(start + 1, stop):
+            shared[c] = left[c - 1 - start] + right[c - start] - len(seen)
+        start = stop
+
+    done = [0.0]  # done[c]: the work of order[:c]
+    for i in order:
+        done.append(done[-1] + (1.0 if weights is None else float(weights[i])))
+    total = done[-1]
+    reach = total / (4 * world_size)
+    per_image = image_cost * total / n if n else 0.0
+    cuts = [0]
+    for k in range(1, world_size):
+        ideal = k * total / world_size
+        window = [c for c in range(cuts[-1], n + 1) if abs(done[c] - ideal) <= reach] or [
+            min(range(cuts[-1], n + 1), key=lambda c: abs(done[c] - ideal))]
+        cuts.append(min(window, key=lambda c: (abs(done[c] - ideal) + per_image * shared[c], abs(done[c] - ideal), c)))
+    cuts.append(n)
+    return [sorted(order[a:b]) for a, b in zip(cuts, cuts[1:])]
+
+
+def round_robin(n: int, world_size: int) -> list[list[int]]:
+    """Positions 0..n-1 dealt to ``world_size`` ranks in turn (rank r gets r, r + W, ...)."""
+    return [list(range(r, n, world_size)) for r in range(world_size)]
+
+
+def images_per_shard(items: Sequence[Sequence[Hashable]], shards: Sequence[Sequence[int]]) -> list[int]:
+    """How many distinct images each shard's items use (what each rank has to describe)."""
+    return [len({key for i in shard for key in items[i]}) for shard in shards]
+
+
+# --------------------------------------------------------------------------------------
+# Errors
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in a rank's main thread when the launcher sends it SIGTERM.
+
+    torchrun stops every rank this way once one of them has failed; code that cleans up
+    after an interruption (journals, snapshots) runs as for Ctrl-C.
+    """
+
+
+class PeerError(ScotError):
+    """The run cannot go on because of a rank; raised on every rank that learns it.
+
+    Args:
+        message: one line naming the rank and what happened.
+        option: the parameter the underlying error is about, if any.
+        report: True on the one rank that should print the error (the failing rank for
+            its own error, else the lowest surviving rank), so the run ends with one line.
+        agreed: the error is one that a collective step found (e.g. a bad option or a
+            missing dataset), not the loss of a rank during the work.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None, report: bool = True, agreed: bool = False) -> None:
+        super().__init__(message, option=option)
+        self.report = report
+        self.agreed = agreed
+
+
+# --------------------------------------------------------------------------------------
+# The group
+
+
+class Group:
+    """The ranks of one torchrun job, seen from one of them; see the module's docstring.
+
+    Create it with :func:`start` (or :meth:`Group.start`) and end it with :meth:`close`.
+    Every rank must make the same sequence of collective calls (:meth:`step`,
+    :meth:`decide`, :meth:`gather`, :meth:`all_reduce_sum`).
+    """
+
+    def __init__(self, launch: Launch, store: Any, timeout: float) -> None:
+        self.launch = launch
+        self.rank = launch.rank
+        self.world_size = launch.world_size
+        self.timeout = float(timeout)
+        self.device = "cpu"
+        self._store = store
+        self._calls = 0
+        self._beat_keys = [f"beat/{r}" for r in range(self.world_size)]
+        self._seen: list[tuple[int, float]] = [(-1, time.monotonic())] * self.world_size
+        self._infos: list[dict[str, Any]] = [{} for _ in range(self.world_size)]
+        self._mine: dict[str, Any] = {"n": 0, "state": "running", "host": socket.gethostname(),
+                                      "local_rank": launch.local_rank, "progress": [0, 0.0]}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._published = threading.Condition(self._lock)
+        self._version = 0
+        self._published_version = -1
+        self._beat_error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._old_sigterm: Any = None
+        self._initialised = False
+
+    # ---------------------------------------------------------------- lifecycle
+    @classmethod
+    def start(cls, launch: Launch, device: str, timeout: float = DEFAULT_TIMEOUT) -> Group:
+        """Join the other ranks: rendezvous through the launcher's store, start the
+        heartbeat, agree on the device and initialise ``torch.distributed``.
+
+        Args:
+            launch: this process's place (``world_size`` > 1).
+            device: the configured device (see :func:`rank_device`).
+            timeout: seconds without a sign of life before a rank is declared gone; also
+                the timeout of ``torch.distributed``'s rendezvous and collectives.
+
+        Raises:
+            ScotError: ``timeout`` is not > 0; PeerError: the device is wrong on some rank.
+        """
+        import torch.distributed as dist
+
+        if not timeout > 0:
+            raise ScotError(f"must be > 0 seconds, got {timeout}", option="rank_timeout")
+        span = timedelta(seconds=timeout)
+        store, rank, world = next(dist.rendezvous("env://", timeout=span))
+        if (rank, world) != (launch.rank, launch.world_size):  # pragma: no cover - the launcher's contract
+            raise ScotError(f"torchrun gave rank {rank} of {world}, the environment {launch.rank} of {launch.world_size}")
+        # the launcher's store outlives a restart: every key of this attempt goes under its own prefix
+        attempt = f"scot/{launch.run_id}/{launch.restart_count}/"
+        group = cls(launch, dist.PrefixStore(attempt, store), timeout)
+        try:
+            group._begin(store, attempt)
+            group.device = group.decide_each("device", lambda: rank_device(device, launch))
+            dist.init_process_group(backend_for(group.device), store=dist.PrefixStore(attempt + "pg/", store), rank=rank,
+                                    world_size=world, timeout=span)
+            group._initialised = True
+            if torch.device(group.device).type == "cuda" and torch.cuda.is_available():
+                torch.cuda.set_device(torch.device(group.device))
+        except BaseException:
+            group.close()
+            raise
+        return group
+
+    def _begin(self, raw_store: Any, prefix: str) -> None:
+        """Start the heartbeat thread and the SIGTERM handler, and wait for every rank's first beat."""
+        import torch.distributed as dist
+
+        beat_store = self._store
+        if hasattr(raw_store, "clone"):  # the heartbeat gets its own connection
+            beat_store = dist.PrefixStore(prefix, raw_store.clone())
+        self._thread = threading.Thread(target=self._beat, args=(beat_store,), name="scot-heartbeat", daemon=True)
+        self._thread.start()
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _raise_stopped)
+        self._flush()
+        try:
+            self._store.wait(self._beat_keys, timedelta(seconds=self.timeout))
+        except Exception as exc:
+            raise PeerError(f"not every rank joined within {self.timeout:g} s ({_first_line(exc)})") from None
+        self._read_beats()
+
+    def close(self) -> None:
+        """Leave the group: the last heartbeat says ``done`` unless the rank failed."""
+        with self._lock:
+            if self._mine["state"] == "running":
+                self._mine["state"] = "done"
+        try:
+            self._flush()
+        finally:
+            self._stop.set()
+            self._wake.set()
+            if self._thread is not None:
+                self._thread.join(timeout=2 * BEAT_SECONDS + 1)
+            if self._old_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+                self._old_sigterm = None
+            if self._initialised:
+                import torch.distributed as dist
+
+                self._initialised = False
+                dist.destroy_process_group()
+
+    # ---------------------------------------------------------------- heartbeat
+    def _beat(self, store: Any) -> None:
+        """The heartbeat thread: publish this rank's state every BEAT_SECONDS, and at once when asked."""
+        while True:
+            self._wake.clear()  # a request made from here on gets a beat of its own
+            with self._lock:
+                self._mine["n"] += 1
+                payload = json.dumps(self._mine)
+                version = self._version
+            try:
+                store.set(self._beat_keys[self.rank], payload)
+            except Exception as exc:  # the store is gone: the main thread reports it
+                with self._lock:
+                    self._beat_error = exc
+                    self._published.notify_all()
+                return
+            with self._lock:
+                self._published_version = version
+                self._published.notify_all()
+            if self._stop.is_set():
+                return
+            self._wake.wait(BEAT_SECONDS)
+
+    def _update(self, **fields: Any) -> None:
+        with self._lock:
+            self._mine.update(fields)
+            self._version += 1
+        self._wake.set()
+
+    def _flush(self) -> None:
+        """Wait (briefly) until the heartbeat thread has published the latest state."""
+        with self._lock:
+            self._version += 1
+            wanted = self._version
+        self._wake.set()
+        deadline = time.monotonic() + 2 * BEAT_SECONDS + 2
+        with self._lock:
+            while (self._published_version < wanted and self._beat_error is None and self._thread is not None
+                   and self._thread.is_alive() and time.monotonic() < deadline):
+                self._published.wait(BEAT_SECONDS)
+
+    def set_progress(self, done: int, value: float = 0.0) -> None:
+        """Publish this rank's progress: a count and a running sum (summed over ranks by :meth:`progress`)."""
+        self._update(progress=[int(done), float(value)])
+
+    def progress(self) -> tuple[int, float]:
+        """The sums over ranks of the progress they last published (a fresh look at them)."""
+        self._read_beats()
+        done, value = 0, 0.0
+        for r, info in enumerate(self._infos):
+            count, total = self._mine["progress"] if r == self.rank else info.get("progress", [0, 0.0])
+            done, value = done + int(count), value + float(total)
+        return done, value
+
+    def fail(self, error: BaseException) -> None:
+        """Tell the other ranks that this one failed with ``error`` (they stop with a quiet :class:`PeerError`)."""
+        message = error.message if isinstance(error, ScotError) else f"unexpected {type(error).__name__}: {_first_line(error)}"
+        self._update(state="failed", error=message, option=getattr(error, "option", None))
+        self._flush()
+
+    # ---------------------------------------------------------------- watching the others
+    def _read_beats(self) -> list[dict[str, Any]]:
+        with self._lock:
+            lost = self._beat_error
+        if lost is not None:
+            raise PeerError(f"lost torchrun's store ({_first_line(lost)}): the launcher or rank 0's node is gone",
+                            report=self.rank == 0)
+        try:
+            raw = self._store.multi_get(self._beat_keys)
+        except Exception as exc:
+            raise PeerError(f"lost torchrun's store ({_first_line(exc)}): the launcher or rank 0's node is gone",
+                            report=self.rank == 0) from None
+        now = time.monotonic()
+        for r, payload in enumerate(raw):
+            info = json.loads(payload)
+            if info["n"] != self._seen[r][0]:
+                self._seen[r] = (info["n"], now)
+            self._infos[r] = info
+        return self._infos
+
+    def _name(self, r: int) -> str:
+        """``rank R of W (local rank L on HOST)``."""
+        info = self._infos[r]
+        where = f" (local rank {info['local_rank']} on {info['host']})" if "host" in info else ""
+        return f"rank {r} of {self.world_size}{where}"
+
+    def _gone(self, now: float) -> list[int]:
+        """Ranks whose heartbeat has not moved for ``timeout`` seconds while they were still running."""
+        return [r for r in range(self.world_size) if r != self.rank and self._infos[r].get("state") == "running"
+                and now - self._seen[r][1] > self.timeout]
+
+    def _reporter(self, dead: Sequence[int]) -> bool:
+        """Whether this rank is the lowest that is still alive (it prints what the others do not)."""
+        return self.rank == min(r for r in range(self.world_size) if r not in dead)
+
+    def check(self) -> None:
+        """Look at the other ranks; raise :class:`PeerError` if one failed or is gone.
+
+        A failed rank printed its own error, so the PeerError is quiet there
+        (``report`` False); a rank gone silent for ``timeout`` seconds is reported by the
+        lowest surviving rank.
+        """
+        self._read_beats()
+        for r, info in enumerate(self._infos):
+            if r != self.rank and info.get("state") == "failed":
+                raise PeerError(f"{info.get('error')} ({self._name(r)} failed)",
+                                option=info.get("option"), report=False)
+        dead = self._gone(time.monotonic())
+        if dead:
+            raise PeerError(f"{self._name(dead[0])} shows no sign of life for {self.timeout:g} s "
+                            f"(--rank-timeout); stopping", report=self._reporter(dead))
+
+    def stopped(self) -> PeerError:
+        """Why the launcher stopped this rank, as one error naming the rank that died.
+
+        Called after :class:`Stopped`: marks this rank as stopping, watches the others'
+        heartbeats for a moment, and names a rank that failed, or one that neither beats
+        nor says it is stopping (it died).
+        """
+        self._update(state="stopping")
+        self._flush()
+        try:
+            before = [info.get("n") for info in self._read_beats()]
+            time.sleep(3 * BEAT_SECONDS)
+            infos = self._read_beats()
+        except PeerError:
+            return PeerError("stopped by the launcher (its store is gone too)", report=self.rank == 0)
+        for r, info in enumerate(infos):
+            if r != self.rank and info.get("state") == "failed":
+                return PeerError(f"{info.get('error')} ({self._name(r)} failed)",
+                                 option=info.get("option"), report=False)
+        dead = [r for r, info in enumerate(infos) if r != self.rank and info.get("n") == before[r]
+                and info.get("state") not in ("stopping", "done")]
+        if dead:
+            then = ("; torchrun restarts the ranks and they go on with their shards" if self.launch.restarts_left
+                    else "; torchrun stopped the other ranks")
+            return PeerError(f"{self._name(dead[0])} died{then}", report=self._reporter(dead))
+        return PeerError("stopped by a signal from the launcher", report=self.rank == 0)
+
+    # ---------------------------------------------------------------- collective calls
+    def _arrive(self, name: str, payload: dict[str, Any], on_wait: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+        """Post ``payload`` under step ``name`` and return every rank's, once all have posted.
+
+        While waiting, the other ranks are watched (:meth:`check`): the wait ends with a
+        PeerError if one fails, goes silent, or leaves without reaching this step.
+        """
+        self._calls += 1
+        prefix = f"step/{self._calls}/{name}/"
+        keys = [prefix + str(r) for r in range(self.world_size)]
+        self._store.set(keys[self.rank], json.dumps(payload))
+        pause = 0.002
+        while not self._store.check(keys):
+            self.check()
+            left = [r for r, info in enumerate(self._infos) if r != self.rank and info.get("state") == "done"
+                    and not self._store.check([keys[r]])]
+            if left:
+                raise PeerError(f"{self._name(left[0])} left the run before '{name}'", report=self._reporter(left))
+            if on_wait is not None:
+                on_wait()
+            time.sleep(pause)
+            pause = min(POLL_SECONDS, pause * 1.5)
+        return [json.loads(v) for v in self._store.multi_get(keys)]
+
+    def _agreed(self, outcomes: Sequence[dict[str, Any]]) -> PeerError | None:
+        """The error of the lowest rank that failed a step (the same on every rank), or None."""
+        failed = [r for r, o in enumerate(outcomes) if "error" in o]
+        if not failed:
+            return None
+        first = outcomes[failed[0]]
+        same_everywhere = len(failed) == self.world_size and all(outcomes[r]["error"] == first["error"] for r in failed)
+        where = "" if same_everywhere else f" (rank {failed[0]} of {self.world_size})"
+        return PeerError(f"{first['error']}{where}", option=first.get("option"), report=self.rank == failed[0],
+                         agreed=True)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Run the body on every rank, then wait for all; an error on any rank is raised on all.
+
+        A :class:`ScotError` in the body becomes one :class:`PeerError` on every rank
+        (printed by the lowest failing rank).  Another exception is re-raised where it
+        happened, and the other ranks stop with a quiet PeerError.
+        """
+        try:
+            yield
+        except ScotError as exc:
+            error = self._agreed(self._arrive(name, {"error": exc.message, "option": exc.option}))
+            raise (error or exc) from None
+        except Exception as exc:
+            self._arrive(name, {"error": f"unexpected {type(exc).__name__}: {_first_line(exc)}", "own": True})
+            raise
+        outcomes = self._arrive(name, {})
+        error = self._agreed(outcomes)
+        if error is not None:
+            own = [o for o in outcomes if o.get("own")]
+            raise PeerError(error.message, option=error.option, report=error.report and not own, agreed=True)
+
+    def decide_each(self, name: str, fn: Callable[[], T]) -> T:
+        """``fn()`` on every rank (its own value each), with errors agreed as in :meth:`step`."""
+        with self.step(name):
+            value = fn()
+        return value
+
+    def decide(self, name: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run on rank 0 only; its (JSON) value on every rank, its error raised on every rank."""
+        value = None
+        with self.step(name):
+            if self.rank == 0:
+                value = fn()
+        return self.gather(name + " (value)", value)[0]
+
+    def gather(self, name: str, value: Any, on_wait: Callable[[], None] | None = None) -> list[Any]:
+        """Every rank's (JSON) ``value``, in rank order, on every rank; ``on_wait()`` runs while waiting."""
+        return [o["value"] for o in self._arrive(name, {"value": value}, on_wait)]
+
+    def all_reduce_sum(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks in place (``torch.distributed.all_reduce``), after all have arrived.
+
+        The arrival is watched like every wait here, so the collective itself starts only
+        when every rank is there and alive; it is bounded by the group's timeout.
+        """
+        import torch.distributed as dist
+
+        self._arrive(name, {})
+        try:
+            work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
+            work.wait(timedelta(seconds=self.timeout))
+        except Exception as exc:
+            self.check()
+            raise PeerError(f"summing '{name}' over the ranks failed: {_first_line(exc)}") from None
+        return tensor
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    """SIGTERM handler: raise :class:`Stopped` once; a second SIGTERM ends the process as usual."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Stopped()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def start(device: str, timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] | None = None) -> Group | None:
+    """Join the other ranks when torchrun started this process with more than one rank.
+
+    Args:
+        device: the configured device (each rank then uses :attr:`Group.device`).
+        timeout: see :meth:`Group.start`.
+        env: the environment to read (``os.environ`` by default).
+
+    Returns:
+        The :class:`Group`, or None for a plain process (or a world of one): then the
+        caller runs exactly as without torchrun.
+    """
+    launch = launch_from_env(env)
+    if launch is None or launch.world_size == 1:
+        return None
+    return Group.start(launch, device, timeout)
+
+
+def together(group: Group | None, name: str) -> ContextManager[None]:
+    """:meth:`Group.step` under torchrun, else a context that does nothing."""
+    return nullcontext() if group is None else group.step(name)
+
+
+def in_turns(group: Group | None, name: str, fn: Callable[[], T]) -> T:
+    """``fn()`` on every rank: first on rank 0, then on the first rank of every other node,
+    then on the rest, each turn a :meth:`Group.step`; without a group simply ``fn()``.
+
+    For work that may create shared files, such as downloading a dataset: one process per
+    folder does it and the others find it done.
+    """
+    if group is None:
+        return fn()
+    mine = 0 if group.rank == 0 else 1 if group.launch.local_rank == 0 else 2
+    value: Any = None
+    for turn in range(3):
+        with group.step(f"{name} ({turn + 1}/3)"):
+            if turn == mine:
+                value = fn()
+    return value
