@@ -130,10 +130,7 @@ def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture:
                             "or choose another output folder", option="output")
         taken.add(record)
         ex = extras or Extras()
-        flow = None
-        if ex.flow is not None:
-            flow = Path(ex.flow.replace("{name}", name))
-            flow.parent.mkdir(parents=True, exist_ok=True)
+        flow = None if ex.flow is None else _flow_file(Path(ex.flow.replace("{name}", name)), overwrite, taken)
         return Outputs(record, folder / f"{name}.png" if picture else None, flow,
                        folder / f"{name}.warp.png" if ex.warp else None,
                        folder / f"{name}.warp-check.png" if ex.warp else None,
@@ -141,6 +138,25 @@ def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture:
                        folder / f"{name}.mask-view.png" if ex.mask else None,
                        folder / f"{name}.html" if ex.html else None)
     raise ScotError(f"{folder}: no free output name for {stem}", option="output")
+
+
+def _flow_file(path: Path, overwrite: bool, taken: set[Path]) -> Path:
+    """``--flow``'s file for one pair: its folder writable, and no earlier file replaced silently.
+
+    The flow file is named by the user, outside the output folder, so the record's
+    same-inputs rule cannot vouch for it: any existing file needs ``overwrite``.
+    """
+    if path in taken:
+        raise ScotError(f"{path} would hold the flow of two pairs; put {{name}} in the --flow template", option="flow")
+    if path.exists() and (path.is_dir() or not overwrite):
+        what = "is a folder" if path.is_dir() else "already exists; pass --overwrite to replace it"
+        raise ScotError(f"{path} {what}", option="flow")
+    try:
+        check_folder(path.parent)
+    except ScotError as exc:
+        raise ScotError(exc.message, option="flow") from None
+    taken.add(path)
+    return path
 
 
 def _name_max(folder: Path) -> int:

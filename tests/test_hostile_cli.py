@@ -91,6 +91,20 @@ def test_a_result_of_the_same_images_is_not_replaced_without_overwrite(images, t
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 
+def test_an_existing_flow_file_is_not_replaced_without_overwrite(images, tmp_path):
+    """``--flow`` names a file outside the output folder: a second run with another ``-o``
+    must not replace it silently, and an unwritable flow folder fails before matching."""
+    flow = tmp_path / "flow.npz"
+    first = ["match", images["a.png"], images["b.png"], "--flow", str(flow), *LITE]
+    assert runner.invoke(app, [*first, "-o", str(tmp_path / "o1")]).exit_code == 0
+    before = flow.read_bytes()
+    one_line_error(runner.invoke(app, [*first, "-o", str(tmp_path / "o2")]), "--flow", "flow.npz", "--overwrite")
+    assert flow.read_bytes() == before and not list((tmp_path / "o2").glob("*.json"))
+    assert runner.invoke(app, [*first, "-o", str(tmp_path / "o3"), "--overwrite"]).exit_code == 0
+    one_line_error(runner.invoke(app, ["match", images["a.png"], images["b.png"], "-o", str(tmp_path / "o4"),
+                                       "--flow", "/proc/scot-flow/f.npz", *LITE]), "--flow", "cannot write to /proc")
+
+
 def test_unwritable_system_folder_is_refused_before_any_work(images, monkeypatch):
     import scot.cli.commands as cli_app
 
