@@ -35,6 +35,7 @@ def test_eval_pfwillow_writes_all_outputs(willow_root, tmp_path):
     assert len(list((out / "viz").glob("*.png"))) == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["pairs_scored"] == 20
+    assert sorted(Path(p).name for p in summary["visualisations"]) == sorted(p.name for p in (out / "viz").glob("*.png"))
     assert summary["model"]["backbone"] == "efficientnet-lite0" and summary["dataset"]["thres"] == "bbox"
     assert summary["model"]["config"]["preset"] == "pfwillow"
     for key in ("seconds_per_pair", "images_per_second", "feature_seconds", "matching_seconds"):

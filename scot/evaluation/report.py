@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..datasets import Dataset
-from ..io import atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 from ..pck import ALPHAS, HEADLINE_ALPHA
 from .journal import RunState
 
@@ -153,6 +153,21 @@ def save_visualisations(model: SCOT, dataset: Dataset, state: RunState, run_dir:
                      path=path)
         written.append(path)
     return written
+
+
+def write_figures(model: SCOT, dataset: Dataset, state: RunState, run_dir: Path, summary: dict, n_viz: int) -> dict:
+    """The charts of a finished run, and its ``n_viz`` worst and best pairs drawn.
+
+    The drawings are listed in ``summary["visualisations"]`` and ``summary.json`` is
+    rewritten with them; returns ``summary``.
+    """
+    if not state.records:
+        return summary
+    write_charts(run_dir, state, f"{dataset.name} ({dataset.split})")
+    if n_viz > 0:
+        summary["visualisations"] = [str(p) for p in save_visualisations(model, dataset, state, run_dir, n_viz)]
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
 
 
 def format_table(summary: dict) -> str:

@@ -30,7 +30,7 @@ from ..io import atomic_write_json
 from ..model import SCOT
 from ..pck import ALPHAS, HEADLINE_ALPHA
 from .journal import JOURNAL, Journal, RunLock, RunState, absorb, journal_files, load_journals
-from .report import build_summary, save_visualisations, write_charts, write_per_pair_csv
+from .report import build_summary, write_figures, write_per_pair_csv
 from .scoring import score_pair
 
 if TYPE_CHECKING:
@@ -200,12 +200,7 @@ def _evaluate(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSettin
     finally:
         summary = snapshot(status)
         journal.close()
-    if state.records:
-        write_charts(run_dir, state, f"{dataset.name} ({dataset.split})")
-    if settings.save_viz > 0 and state.records:
-        summary["visualisations"] = [str(p) for p in save_visualisations(model, dataset, state, run_dir, settings.save_viz)]
-        atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+    return write_figures(model, dataset, state, run_dir, summary, settings.save_viz)
 
 
 def resolve_run_folder(output_dir: Path | None, results: Path, dataset: str, backbone: str, resume: bool) -> Path:

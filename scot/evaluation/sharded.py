@@ -42,7 +42,7 @@ from ..io import atomic_write_json
 from ..model import SCOT
 from ..pck import HEADLINE_ALPHA
 from .journal import Journal, RunLock, RunState, absorb, journal_name, load_journals, lock_name
-from .report import build_summary, save_visualisations, write_charts, write_per_pair_csv
+from .report import build_summary, write_figures, write_per_pair_csv
 from .runner import SNAPSHOT_SECONDS, EvalSettings, claim_run_folder, resolve_run_folder, run_identity, score_batches
 
 LAUNCH_FILE = "launch.json"
@@ -303,9 +303,4 @@ def _score_shard(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSet
                         f"the same run folder (a shared file system when the ranks are on several nodes)",
                         option="output_dir")
     summary = reports("complete", merged, described)
-    if merged.records:
-        write_charts(run_dir, merged, f"{dataset.name} ({dataset.split})")
-    if settings.save_viz > 0 and merged.records:
-        summary["visualisations"] = [str(p) for p in save_visualisations(model, dataset, merged, run_dir, settings.save_viz)]
-        atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+    return write_figures(model, dataset, merged, run_dir, summary, settings.save_viz)
