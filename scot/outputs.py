@@ -141,21 +141,33 @@ def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture:
 
 
 def _flow_file(path: Path, overwrite: bool, taken: set[Path]) -> Path:
-    """``--flow``'s file for one pair: its folder writable, and no earlier file replaced silently.
-
-    The flow file is named by the user, outside the output folder, so the record's
-    same-inputs rule cannot vouch for it: any existing file needs ``overwrite``.
-    """
+    """``--flow``'s file for one pair.  It is named by the user, outside the output folder,
+    so the record's same-inputs rule cannot vouch for it: any existing file needs ``overwrite``."""
     if path in taken:
         raise ScotError(f"{path} would hold the flow of two pairs; put {{name}} in the --flow template", option="flow")
-    if path.exists() and (path.is_dir() or not overwrite):
-        what = "is a folder" if path.is_dir() else "already exists; pass --overwrite to replace it"
-        raise ScotError(f"{path} {what}", option="flow")
+    check_file(path, option="flow", overwrite=overwrite)
+    taken.add(path)
+    return path
+
+
+def check_file(path: Path, *, option: str, overwrite: bool) -> Path:
+    """Prove before any work that ``path`` can be written: its folder writable (created if
+    needed), its name not too long, and no existing file there unless ``overwrite``.
+
+    Raises:
+        ScotError: naming ``option`` and the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ScotError(f"{path} is a folder; give a file name", option=option)
+    if path.exists() and not overwrite:
+        raise ScotError(f"{path} already exists; pass --overwrite to replace it", option=option)
     try:
         check_folder(path.parent)
     except ScotError as exc:
-        raise ScotError(exc.message, option="flow") from None
-    taken.add(path)
+        raise ScotError(exc.message, option=option) from None
+    if len(path.name.encode()) > _name_max(path.parent):
+        raise ScotError(f"{path.name[:40]}... is longer than the filesystem allows", option=option)
     return path
 
 

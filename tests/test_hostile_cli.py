@@ -114,6 +114,26 @@ def test_unwritable_system_folder_is_refused_before_any_work(images, monkeypatch
                    "--output", "cannot write to /proc/scot-out")
 
 
+def test_search_layers_checks_its_files_before_any_work(tmp_path, monkeypatch):
+    """A layer search can run for hours: an existing preset at ``-o`` (no ``--overwrite``),
+    an unwritable ``-o`` or ``--resume-file``, or a folder as ``-o`` fail before the data
+    is even read, not after the search."""
+    import scot.cli.commands as cli_app
+
+    monkeypatch.setattr(cli_app, "_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no model first")))
+    search = ["search-layers", "--dataset", "pfwillow", "--datapath", str(tmp_path / "not-read"), "--limit", "2"]
+    preset = tmp_path / "preset.json"
+    preset.write_text("{}")
+    one_line_error(runner.invoke(app, [*search, "-o", str(preset)]), "--output", "preset.json", "--overwrite")
+    assert preset.read_text() == "{}"
+    one_line_error(runner.invoke(app, [*search, "-o", "/proc/scot-search/p.json"]), "--output", "cannot write to /proc")
+    one_line_error(runner.invoke(app, [*search, "-o", str(tmp_path)]), "--output", "is a folder")
+    one_line_error(runner.invoke(app, [*search, "-o", str(tmp_path / "new.json"), "--resume-file", "/proc/scot-r/r.json"]),
+                   "--resume-file", "cannot write to /proc")
+    # with --overwrite the same preset path goes on to the search (here: the missing data)
+    one_line_error(runner.invoke(app, [*search, "-o", str(preset), "--overwrite"]), "not-read")
+
+
 def test_output_that_is_a_file_is_refused(images, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")

@@ -42,9 +42,9 @@ def test_search_prefers_the_known_better_set(willow_root, tmp_path):
     summary = evaluate(model, data, tmp_path / "check", EvalSettings(thres="bbox"), {})
     assert abs(summary["pck"]["overall"]["pck_mean_over_pairs"]["0.10"] - scores[(11,)]) < 1e-9
 
-    # rerun with the resume file: nothing is evaluated again
+    # rerun with the resume file: nothing is evaluated again (the preset exists: --overwrite)
     before = json.loads(resume.read_text())["evaluated"]
-    res = runner.invoke(app, args)
+    res = runner.invoke(app, [*args, "--overwrite"])
     assert res.exit_code == 0, res.output
     assert json.loads(resume.read_text())["evaluated"] == before
 

@@ -234,6 +234,7 @@ def search_layers_cmd(
     max_size: Annotated[int, typer.Option("--max-size", help="Largest id set.")] = 6,
     resume_file: Annotated[Optional[Path], typer.Option("--resume-file", help="Scores are saved here after every evaluation and reused on rerun.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Preset JSON to write (load it with --preset-file).")] = Path("search-layers.json"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing preset file at --output.")] = False,
     threads: ThreadsOpt = None,
     rank_timeout: RankTimeoutOpt = 120.0,
 ) -> None:
@@ -243,8 +244,12 @@ def search_layers_cmd(
     """
     from ..datasets import load_dataset
     from ..distributed import together
+    from ..outputs import check_file
     from ..search import format_results, plan_search, search_layers, write_preset
 
+    check_file(output, option="output", overwrite=overwrite)  # before hours of search, not after
+    if resume_file is not None:
+        check_file(resume_file, option="resume_file", overwrite=True)
     set_threads(threads)
     with _ranks(config, rank_timeout) as group:
         main = group is None or group.rank == 0
