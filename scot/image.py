@@ -286,7 +286,7 @@ def load_image(source: ImageLike, name: str | None = None, max_side: int | None 
     """
     _check_max_side(max_side)
     if isinstance(source, (str, Path)):
-        path = Path(source)
+        path = _local_path(source)
         return _load_path(path, name or str(path), max_side)
     if isinstance(source, Image.Image):
         label = name or "image"
@@ -307,6 +307,14 @@ def load_image(source: ImageLike, name: str | None = None, max_side: int | None 
     return LoadedImage(tensor.float(), label, size)
 
 
+def _local_path(source: str | Path) -> Path:
+    """``source`` as a Path, refusing URLs (``Path`` would quietly turn ``http://a/b`` into
+    the local ``http:/a/b``)."""
+    if isinstance(source, str) and "://" in source:
+        raise ScotError(f"{source}: is a URL; scot reads local image files only, so download it first")
+    return Path(source)
+
+
 def image_size(source: str | Path) -> tuple[int, int]:
     """The (W, H) that :func:`load_image` reports as ``size`` for a file, without decoding
     it where the format allows (JPEG: header only; PNG and others may be decoded to find
@@ -318,7 +326,7 @@ def image_size(source: str | Path) -> tuple[int, int]:
     Returns:
         (W, H) in pixels, after EXIF orientation.
     """
-    path = Path(source)
+    path = _local_path(source)
     label = str(path)
     with open_regular_file(path, f"{label}:") as fh:
         img = _open(fh, label)

@@ -204,6 +204,12 @@ def ids_of_stride(backbone: Backbone, stride: int, side: int) -> list[int]:
     return ids
 
 
+def check_beam(beam: int, max_size: int) -> None:
+    """Raise a ScotError naming ``beam`` or ``max_size`` unless both are at least 1."""
+    if beam < 1 or max_size < 1:
+        raise ScotError(f"must be at least 1, got {min(beam, max_size)}", option="beam" if beam < 1 else "max_size")
+
+
 def search_layers(
     model: SCOT,
     dataset: Dataset,
@@ -229,8 +235,7 @@ def search_layers(
     Depth 1 scores each base id alone; depth k extends each of the ``beam`` best sets of
     depth k-1 by one candidate id deeper than its base, up to ``max_size`` ids.
     """
-    if beam < 1 or max_size < 1:
-        raise ScotError(f"must be at least 1, got {min(beam, max_size)}", option="beam" if beam < 1 else "max_size")
+    check_beam(beam, max_size)
     bb = model.backbone
     all_ids = sorted(set(base_ids) | set(candidate_ids))
     bb.check_ids(all_ids)

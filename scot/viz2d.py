@@ -5,6 +5,7 @@ Uses matplotlib's object API on the Agg canvas (no display, no global pyplot sta
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -236,7 +237,10 @@ def save_figure(fig: Figure, path: str | Path, dpi: int | None = None) -> None:
     import io as _io
 
     buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    with warnings.catch_warnings():
+        # a file name in a script the font lacks is drawn with boxes; no warning line for it
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
     atomic_write_bytes(path, buf.getvalue())
 
 

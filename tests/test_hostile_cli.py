@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,8 @@ def test_search_layers_checks_its_files_before_any_work(tmp_path, monkeypatch):
     one_line_error(runner.invoke(app, [*search, "-o", str(tmp_path)]), "--output", "is a folder")
     one_line_error(runner.invoke(app, [*search, "-o", str(tmp_path / "new.json"), "--resume-file", "/proc/scot-r/r.json"]),
                    "--resume-file", "cannot write to /proc")
+    one_line_error(runner.invoke(app, [*search, "-o", str(tmp_path / "new.json"), "--beam", "0"]), "--beam", "got 0")
+    one_line_error(runner.invoke(app, [*search, "-o", str(tmp_path / "new.json"), "--max-size", "0"]), "--max-size")
     # with --overwrite the same preset path goes on to the search (here: the missing data)
     one_line_error(runner.invoke(app, [*search, "-o", str(preset), "--overwrite"]), "not-read")
 
@@ -329,3 +332,17 @@ def test_a_matrix_that_does_not_fit_streams_or_is_refused(images, monkeypatch):
     assert float((streamed.best == reference.best).float().mean()) > 0.999  # one way, streamed
     with pytest.raises(ScotError, match="^image_side: .* cannot stream"):
         model.match(s, t, keep_plan=True)
+
+
+def test_a_file_name_the_font_cannot_draw_gives_no_warning(images, tmp_path):
+    """The picture's title shows the file names; a script the font lacks (here CJK) must
+    not print matplotlib's "Glyph ... missing" warning into the user's terminal."""
+    src = tmp_path / "\u8eca.png"
+    shutil.copy(images["a.png"], src)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = runner.invoke(app, ["match", str(src), images["b.png"], "-o", str(tmp_path / "o"),
+                                  "--backbone", "efficientnet-lite0"])
+    assert res.exit_code == 0, res.output
+    assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]
+    assert (tmp_path / "o" / "\u8eca__b.png").stat().st_size > 0

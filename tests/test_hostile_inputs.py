@@ -24,7 +24,7 @@ from PIL import Image
 
 from scot.datasets import load_dataset
 from scot.errors import ScotError
-from scot.image import load_image
+from scot.image import image_size, load_image
 from scot.io import check_keypoint_bounds, read_keypoints
 
 
@@ -394,6 +394,14 @@ def test_bad_image(tmp_path, monkeypatch, no_hang, case, expected):
 
 def test_device_file_is_refused_without_reading(no_hang):
     raises_one_line(lambda: load_image("/dev/zero"), r"/dev/zero: is a character device, not a regular file")
+
+
+@pytest.mark.parametrize("read", [load_image, image_size], ids=["load_image", "image_size"])
+def test_a_url_is_named_as_a_url(read):
+    """``Path("https://a/b.jpg")`` is the local ``https:/a/b.jpg``: the error must show what
+    the user typed and say that only local files are read."""
+    raises_one_line(lambda: read("https://example.com/cat.jpg"), re.escape("https://example.com/cat.jpg: is a URL"),
+                    "local image files only")
 
 
 def test_symlink_to_an_image_loads(tmp_path):

@@ -245,8 +245,9 @@ def search_layers_cmd(
     from ..datasets import load_dataset
     from ..distributed import together
     from ..outputs import check_file
-    from ..search import format_results, plan_search, search_layers, write_preset
+    from ..search import check_beam, format_results, plan_search, search_layers, write_preset
 
+    check_beam(beam, max_size)
     check_file(output, option="output", overwrite=overwrite)  # before hours of search, not after
     if resume_file is not None:
         check_file(resume_file, option="resume_file", overwrite=True)
