@@ -71,18 +71,32 @@ class Outputs:
                             self.mask_view, self.html) if p is not None]
 
 
-def check_folder(folder: Path) -> Path:
-    """Create ``folder`` if needed and prove it writable, or fail naming it (before any work)."""
+def check_folder(folder: Path, option: str = "output", *, create: bool = True) -> Path:
+    """Prove that ``folder`` can hold outputs, or fail naming it and ``option`` (before any work).
+
+    Args:
+        folder: the folder.
+        option: the parameter that named it, for the error.
+        create: create it (with its parents) if missing; with False nothing is created
+            and, for a missing folder, its nearest existing ancestor must be writable.
+    """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ScotError(f"{folder} exists and is not a folder", option="output")
+        raise ScotError(f"{folder} exists and is not a folder", option=option)
+    probe_in = folder
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".scot-write-test-", dir=folder)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            while not probe_in.exists() and probe_in.parent != probe_in:
+                probe_in = probe_in.parent
+            if not probe_in.is_dir():
+                raise NotADirectoryError(20, "not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".scot-write-test-", dir=probe_in)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ScotError(f"cannot write to {folder} ({exc.strerror or exc})", option="output") from None
+        raise ScotError(f"cannot write to {folder} ({exc.strerror or exc})", option=option) from None
     return folder
 
 
@@ -162,10 +176,7 @@ def check_file(path: Path, *, option: str, overwrite: bool) -> Path:
         raise ScotError(f"{path} is a folder; give a file name", option=option)
     if path.exists() and not overwrite:
         raise ScotError(f"{path} already exists; pass --overwrite to replace it", option=option)
-    try:
-        check_folder(path.parent)
-    except ScotError as exc:
-        raise ScotError(exc.message, option=option) from None
+    check_folder(path.parent, option)
     if len(path.name.encode()) > _name_max(path.parent):
         raise ScotError(f"{path.name[:40]}... is longer than the filesystem allows", option=option)
     return path

@@ -137,6 +137,25 @@ def test_search_layers_checks_its_files_before_any_work(tmp_path, monkeypatch):
     one_line_error(runner.invoke(app, [*search, "-o", str(preset), "--overwrite"]), "not-read")
 
 
+def test_eval_checks_its_run_folder_before_any_work(tmp_path, monkeypatch):
+    """``scot eval -o FILE`` or an unwritable ``--results`` used to end in "unexpected
+    FileExistsError/FileNotFoundError" after the model was built; now a one-line error
+    comes before the data is read, and nothing is created on the way."""
+    import scot.cli.commands as cli_app
+
+    monkeypatch.setattr(cli_app, "_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no model first")))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    ev = ["eval", "--dataset", "pfwillow", "--datapath", str(tmp_path / "not-read"), "--limit", "2"]
+    one_line_error(runner.invoke(app, [*ev, "-o", str(a_file)]), "--output-dir", "not a folder")
+    one_line_error(runner.invoke(app, [*ev, "-o", str(a_file / "run")]), "--output-dir", "cannot write to")
+    one_line_error(runner.invoke(app, [*ev, "--results", "/proc/scot-results"]), "--results", "cannot write to /proc")
+    one_line_error(runner.invoke(app, [*ev, "--results", str(a_file)]), "--results", "not a folder")
+    # a writable new folder passes the check without being created (here: the missing data)
+    one_line_error(runner.invoke(app, [*ev, "--results", str(tmp_path / "new" / "results")]), "not-read")
+    assert not (tmp_path / "new").exists()
+
+
 def test_output_that_is_a_file_is_refused(images, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")

@@ -158,7 +158,10 @@ def eval_(
     from ..distributed import Stopped, in_turns, restarted, together
     from ..evaluation import EvalSettings, evaluate, format_table, resolve_run_folder
     from ..evaluation.sharded import shared_run_folder
+    from ..outputs import check_folder
 
+    # the folder that will hold the run, checked before the data and the model
+    check_folder(*((output_dir, "output_dir") if output_dir is not None else (results, "results")), create=False)
     set_threads(threads)
     where: list[Path] = []
     with _ranks(config, rank_timeout, lambda: f"; scored pairs are kept in {where[0]}: finish with the same command "

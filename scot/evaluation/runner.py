@@ -28,6 +28,7 @@ from ..errors import ScotError
 from ..features import Hyperpixels
 from ..io import atomic_write_json
 from ..model import SCOT
+from ..outputs import check_folder
 from ..pck import ALPHAS, HEADLINE_ALPHA
 from .journal import JOURNAL, Journal, RunLock, RunState, absorb, journal_files, load_journals
 from .report import build_summary, write_figures, write_per_pair_csv
@@ -137,7 +138,7 @@ def evaluate(
         from .sharded import evaluate_sharded
 
         return evaluate_sharded(model, dataset, run_dir, settings, selection, group, resume, on_progress, on_sharding)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_folder(run_dir, "output_dir")
     lock = RunLock(run_dir)
     try:
         return _evaluate(model, dataset, run_dir, settings, selection, resume, on_progress)

@@ -40,6 +40,7 @@ from ..features import Hyperpixels
 from ..image import image_size
 from ..io import atomic_write_json
 from ..model import SCOT
+from ..outputs import check_folder
 from ..pck import HEADLINE_ALPHA
 from .journal import Journal, RunLock, RunState, absorb, journal_name, load_journals, lock_name
 from .report import build_summary, write_figures, write_per_pair_csv
@@ -174,7 +175,7 @@ def evaluate_sharded(model: SCOT, dataset: Dataset, run_dir: Path, settings: Eva
     lock: RunLock | None = None
     try:
         with group.step("lock run folder"):
-            run_dir.mkdir(parents=True, exist_ok=True)
+            check_folder(run_dir, "output_dir")
             lock = RunLock(run_dir, lock_name(group.rank))
         token = group.decide("claim run folder", lambda: _claim(run_dir, identity, resume, group))
         with group.step("shared run folder"):
