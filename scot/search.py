@@ -307,6 +307,8 @@ def plan_search(model: SCOT, dataset: Dataset, thres: str | None, grid_stride: i
     side = model.config.image_side
     bases = list(parse_hyperpixel_ids(base_ids, option="base_ids") or ()) if base_ids else ids_of_stride(bb, grid_stride, side)
     cands = list(parse_hyperpixel_ids(candidates, option="candidates") or ()) if candidates else list(range(bb.num_ids))
+    bb.check_ids(bases, option="base_ids")
+    bb.check_ids(cands, option="candidates")
     return SearchPlan(thres or dataset.default_thres, bases, cands, bb.name)
 
 

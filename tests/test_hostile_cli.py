@@ -294,6 +294,15 @@ def test_search_base_ids_error_names_its_flag(photo_willow, tmp_path):
 def test_bench_pairs_zero_names_its_flag(photo_willow):
     res = runner.invoke(app, ["bench", "pairs", "--datapath", str(photo_willow.parent), "--pairs", "0"])
     one_line_error(res, "--pairs", "at least 1")
+    res = runner.invoke(app, ["bench", "pairs", "--datapath", str(photo_willow.parent), "--repeats", "0"])
+    one_line_error(res, "--repeats", "at least 1")  # was "unexpected KeyError: 'cost'" after the work
+
+
+@pytest.mark.parametrize("flag", ["--base-ids", "--candidates"])
+def test_search_ids_out_of_range_name_their_flag(photo_willow, tmp_path, flag):
+    res = runner.invoke(app, ["search-layers", "--dataset", "pfwillow", "--datapath", str(photo_willow.parent), "--limit",
+                              "2", "--backbone", "efficientnet-lite0", flag, "999", "-o", str(tmp_path / "s.json")])
+    one_line_error(res, flag, "[999] out of range")
 
 
 def test_layers_needs_no_weights():

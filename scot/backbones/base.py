@@ -119,11 +119,10 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
-    def check_ids(self, ids: Sequence[int]) -> None:
+    def check_ids(self, ids: Sequence[int], option: str = "hyperpixel_ids") -> None:
+        """Raise a ScotError naming ``option`` unless every id is one of this backbone's."""
         from ..errors import ScotError
 
         bad = [i for i in ids if not 0 <= i < self.num_ids]
         if bad:
-            raise ScotError(
-                f"id(s) {bad} out of range for {self.name}, which has ids 0..{self.num_ids - 1}", option="hyperpixel_ids"
-            )
+            raise ScotError(f"id(s) {bad} out of range for {self.name}, which has ids 0..{self.num_ids - 1}", option=option)

@@ -57,7 +57,10 @@ def bench_pairs_cmd(
     from ..bench import bench_pairs, format_pairs
     from ..config import build_config
     from ..datasets import load_dataset
+    from ..errors import ScotError
 
+    if repeats < 1:
+        raise ScotError(f"must be at least 1, got {repeats}", option="repeats")
     set_threads(threads)
     data = load_dataset(dataset, datapath).select(limit=pairs, option="pairs")
     model = SCOT(build_config({"preset": dataset, **config}), notice=lambda m: typer.echo(m, err=True))
