@@ -350,6 +350,8 @@ def _array_to_tensor(arr: np.ndarray, label: str) -> torch.Tensor:
         out = arr.astype(np.float32) / 65535.0
     elif np.issubdtype(arr.dtype, np.floating):
         out = arr.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise ScotError(f"{label}: the image holds NaN or infinite values")
         if out.max(initial=0.0) > 1.0:
             out = out / 255.0
     else:
@@ -363,6 +365,8 @@ def _tensor_to_rgb(t: torch.Tensor, label: str) -> torch.Tensor:
     if t.dim() != 3 or t.shape[0] not in (1, 3):
         raise ScotError(f"{label}: expected a (3, H, W) tensor, got shape {tuple(t.shape)}")
     t = t.detach().to("cpu", torch.float32)
+    if not bool(torch.isfinite(t).all()):
+        raise ScotError(f"{label}: the image holds NaN or infinite values")
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
     if t.max() > 1.0:

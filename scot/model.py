@@ -173,6 +173,8 @@ class MatchResult:
         ``foreground_only``, hyperpixels off the object (CAM <= 0.4) are left out; image
         borders otherwise collect confident but meaningless matches.
         """
+        if top_k is not None and top_k < 1:
+            raise ScotError(f"must be at least 1, got {top_k}", option="top_k")
         conf = self.best_confidence.float().cpu()
         order = torch.argsort(conf, descending=True, stable=True)
         if foreground_only:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 import pytest
 import scipy.io
 from PIL import Image
@@ -402,6 +403,15 @@ def test_a_url_is_named_as_a_url(read):
     the user typed and say that only local files are read."""
     raises_one_line(lambda: read("https://example.com/cat.jpg"), re.escape("https://example.com/cat.jpg: is a URL"),
                     "local image files only")
+
+
+@pytest.mark.parametrize("image", [
+    np.full((40, 50, 3), np.nan, np.float32),
+    torch.full((3, 40, 50), float("inf")),
+], ids=["nan-array", "inf-tensor"])
+def test_a_non_finite_image_is_blamed_on_the_image(image):
+    """NaN pixels used to reach the backbone, whose NaN features were then blamed on its weights."""
+    raises_one_line(lambda: load_image(image), r"the image holds NaN or infinite values")
 
 
 def test_symlink_to_an_image_loads(tmp_path):

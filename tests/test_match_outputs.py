@@ -53,6 +53,18 @@ def test_flow_equals_keypoint_transfer_at_the_keypoints(model, photos):
         torch.testing.assert_close(at_keypoints, result.transferred, atol=1e-3, rtol=0)
 
 
+def test_matches_are_ranked_and_top_k_is_checked(model, photos):
+    from scot import ScotError
+
+    result = model(photos["photo"], photos["mirrored"], keep_plan=False)
+    every = result.matches()
+    top = result.matches(top_k=5)
+    assert top.shape == (5, 5) and torch.equal(top, every[:5])
+    assert bool((every[1:, 4] <= every[:-1, 4]).all())  # most confident first
+    with pytest.raises(ScotError, match="top_k: must be at least 1, got -1"):
+        result.matches(top_k=-1)  # a slice [:-1] would silently drop one match
+
+
 def test_same_image_gives_the_identity_flow(model, photos):
     """With the image matched to itself, nearly every hyperpixel keeps its own cell, so the
     flow is exactly the identity wherever all of a pixel's boxes do.  A box matched to a
