@@ -7,10 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import OneLineErrors, cli_errors, set_threads, with_config
-
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per core")]
-DatapathOpt = Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")]
+from .options import DatapathOpt, OneLineErrors, ThreadsOpt, cli_errors, set_threads, with_config
 
 
 bench_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, rich_markup_mode=None,

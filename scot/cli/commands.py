@@ -15,7 +15,8 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import __version__
-from .options import OneLineErrors, cli_errors, progress, set_threads, with_config
+from .options import (CategoryOpt, DatapathOpt, DatasetOpt, LimitOpt, OneLineErrors, PairListOpt, PresetFileOpt,
+                      SampleOpt, SplitOpt, ThreadsOpt, ThresOpt, cli_errors, progress, set_threads, with_config)
 from .ranks import RankTimeoutOpt, bar as _bar, ranks as _ranks
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -41,17 +42,6 @@ def _notice(message: str) -> None:
     typer.echo(message, err=True)
 
 
-# Options that several commands share (not algorithm options).
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per core")]
-PresetFileOpt = Annotated[Optional[Path], typer.Option("--preset-file", help="A JSON written by 'scot search-layers': its ids and options apply unless given explicitly.")]
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="spair, pfpascal or pfwillow.")]
-DatapathOpt = Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")]
-SplitOpt = Annotated[str, typer.Option("--split", help="test, val or trn (PF-PASCAL, SPair-71k).")]
-PairListOpt = Annotated[Optional[Path], typer.Option("--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet PF-PASCAL csv).")]
-ThresOpt = Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox.", show_default="the dataset's, as in the paper")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs (after --category and --sample).")]
-CategoryOpt = Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")]
-SampleOpt = Annotated[Optional[int], typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")]
 DATASET_PRESET = {"preset": "the dataset's"}
 
 

@@ -12,6 +12,7 @@ import functools
 import inspect
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
@@ -20,6 +21,18 @@ from typer.core import TyperGroup
 from ..config import SCOTConfig, Spec, kind, specs
 
 CONFIG_SPECS: dict[str, Spec] = specs()
+
+# Options that several commands share (not algorithm options: those come from SCOTConfig).
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per core")]
+PresetFileOpt = Annotated[Optional[Path], typer.Option("--preset-file", help="A JSON written by 'scot search-layers': its ids and options apply unless given explicitly.")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="spair, pfpascal or pfwillow.")]
+DatapathOpt = Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="test, val or trn (PF-PASCAL, SPair-71k).")]
+PairListOpt = Annotated[Optional[Path], typer.Option("--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet PF-PASCAL csv).")]
+ThresOpt = Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox.", show_default="the dataset's, as in the paper")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs (after --category and --sample).")]
+CategoryOpt = Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")]
+SampleOpt = Annotated[Optional[int], typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")]
 
 # Flags of parameters that are not configuration fields but appear in errors.
 OTHER_FLAGS = {"name": "--dataset", "preset_file": "--preset-file", "output_dir": "--output-dir", "pairs": "--pairs",
