@@ -165,8 +165,9 @@ def _flow_file(path: Path, overwrite: bool, taken: set[Path]) -> Path:
 
 
 def check_file(path: Path, *, option: str, overwrite: bool) -> Path:
-    """Prove before any work that ``path`` can be written: its folder writable (created if
-    needed), its name not too long, and no existing file there unless ``overwrite``.
+    """Prove before any work that ``path`` can be written: its folder writable (or creatable:
+    nothing is created here), its name not too long, and no existing file there unless
+    ``overwrite``.
 
     Raises:
         ScotError: naming ``option`` and the file.
@@ -176,7 +177,7 @@ def check_file(path: Path, *, option: str, overwrite: bool) -> Path:
         raise ScotError(f"{path} is a folder; give a file name", option=option)
     if path.exists() and not overwrite:
         raise ScotError(f"{path} already exists; pass --overwrite to replace it", option=option)
-    check_folder(path.parent, option)
+    check_folder(path.parent, option, create=False)
     if len(path.name.encode()) > _name_max(path.parent):
         raise ScotError(f"{path.name[:40]}... is longer than the filesystem allows", option=option)
     return path

@@ -374,3 +374,16 @@ def test_a_file_name_the_font_cannot_draw_gives_no_warning(images, tmp_path):
     assert res.exit_code == 0, res.output
     assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]
     assert (tmp_path / "o" / "\u8eca__b.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("command", [["match", "a.png", "b.png"], ["demo"]], ids=["match", "demo"])
+def test_one_process_commands_refuse_torchrun(command, monkeypatch, tmp_path):
+    """``torchrun -m scot match`` ran the same match on every rank, each writing the same
+    files; rank 0 now says it runs in one process and the other ranks exit quietly."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    one_line_error(runner.invoke(app, [*command, "-o", str(tmp_path / "o")]), f"scot {command[0]} runs in one process")
+    monkeypatch.setenv("RANK", "1")
+    res = runner.invoke(app, [*command, "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and res.output == "", res.output
+    assert not (tmp_path / "o").exists()

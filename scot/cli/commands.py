@@ -17,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextCol
 from .. import __version__
 from .options import (CategoryOpt, DatapathOpt, DatasetOpt, LimitOpt, OneLineErrors, PairListOpt, PresetFileOpt,
                       SampleOpt, SplitOpt, ThreadsOpt, ThresOpt, cli_errors, progress, set_threads, with_config)
-from .ranks import RankTimeoutOpt, bar as _bar, ranks as _ranks
+from .ranks import RankTimeoutOpt, bar as _bar, one_process, ranks as _ranks
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -78,6 +78,7 @@ def match(
     from ..io import read_pair_list
     from ..outputs import Extras, Job, check_folder, match_jobs, prepare_jobs
 
+    one_process("match")
     if top_k < 1:
         raise ScotError(f"must be at least 1, got {top_k}", option="top_k")
     set_threads(threads)
@@ -310,6 +311,7 @@ def demo(
     """Match a photo that matplotlib ships against a modified copy of itself: no data, no network."""
     from ..demo import run_demo
 
+    one_process("demo")
     res = run_demo(output, notice=_notice)
     typer.echo(f"demo: {res.pair.description} [{res.backbone}]")
     typer.echo(f"{len(res.errors_px)} keypoints transferred, median error {res.median_error_px:.1f} px "

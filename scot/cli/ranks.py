@@ -54,6 +54,21 @@ def ranks(config: dict[str, Any], timeout: float, hint: Callable[[], str] = str)
         group.close()
 
 
+def one_process(command: str) -> None:
+    """Refuse to run ``scot command`` on several torchrun ranks: each would do the same work
+    and write the same files.  Rank 0 says so in one line; the other ranks exit quietly."""
+    from ..distributed import launch_from_env
+    from ..errors import ScotError
+
+    launch = launch_from_env()
+    if launch is None or launch.world_size == 1:
+        return
+    if launch.rank != 0:
+        raise typer.Exit(2)
+    raise ScotError(f"scot {command} runs in one process, not under torchrun ({launch.world_size} ranks); "
+                    "torchrun shares the work of scot eval and scot search-layers")
+
+
 def bar(show: bool, *columns: Any, transient: bool = False) -> Any:
     """A progress bar on stderr, drawn only where ``show`` (rank 0 under torchrun)."""
     if show:
