@@ -228,12 +228,12 @@ def match_record(model: Any, result: Any, src_path: str, trg_path: str, drawn: d
 
 
 def write_match(model: Any, result: Any, src_path: str, trg_path: str, outputs: Outputs, *, top_k: int = 100,
-                foreground: bool = True, mask: str | None = None) -> Outputs:
+                foreground: bool = True, mask: LabelMask | None = None) -> Outputs:
     """Write the record and every planned output: the picture of the ``top_k`` most confident
-    matches, the dense flow, the warp, the moved ``mask`` and the viewer."""
+    matches, the dense flow, the warp, the moved ``mask`` (:func:`read_mask`) and the viewer."""
     drawn = {"top_k": top_k, "foreground_only": foreground} if outputs.picture is not None else None
     record = match_record(model, result, src_path, trg_path, drawn)
-    labels = _read_mask(mask, result.src.original_size) if outputs.mask is not None and mask else None
+    labels = mask if outputs.mask is not None else None
     if outputs.picture is not None:
         from .viz2d import draw_match_result
 
@@ -251,8 +251,21 @@ def write_match(model: Any, result: Any, src_path: str, trg_path: str, outputs: 
     return outputs
 
 
-def _read_mask(path: str, size: tuple[int, int]) -> torch.Tensor:
-    """A label mask image: (H, W) integer labels, one channel (palette indices kept)."""
+@dataclass(frozen=True)
+class LabelMask:
+    """A source label mask: (H, W) integer ``labels`` and, for a palette image, its ``palette``
+    (written again with the moved mask, so that labels keep their colours)."""
+
+    labels: torch.Tensor
+    palette: list[int] | None = None
+
+
+def read_mask(path: str, size: tuple[int, int]) -> LabelMask:
+    """Read a binary, grey, 16-bit or palette label mask of an image of ``size`` (W, H).
+
+    Raises:
+        ScotError: naming ``--mask``: unreadable, a colour image, or not ``size``.
+    """
     import numpy as np
     from PIL import Image
 
@@ -276,10 +289,10 @@ def _read_mask(path: str, size: tuple[int, int]) -> torch.Tensor:
     if (arr.shape[1], arr.shape[0]) != tuple(size):
         raise ScotError(f"{path} is {arr.shape[1]}x{arr.shape[0]} pixels but the source image is {size[0]}x{size[1]}",
                         option="mask")
-    return torch.from_numpy(arr.astype(np.int64))
+    return LabelMask(torch.from_numpy(arr.astype(np.int64)), img.getpalette() if img.mode == "P" else None)
 
 
-def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, labels: torch.Tensor | None) -> None:
+def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, labels: LabelMask | None) -> None:
     import io as _io
 
     import numpy as np
@@ -311,10 +324,10 @@ def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, la
     if outputs.mask is not None and labels is not None:
         from .viz2d import label_overlay, side_by_side
 
-        moved = transfer_mask(labels, flow, result.trg.original_size)
-        save_image(moved, outputs.mask, labels=True)
+        moved = transfer_mask(labels.labels, flow, result.trg.original_size)
+        save_image(moved, outputs.mask, labels=True, palette=labels.palette)
         if outputs.mask_view is not None:
-            side_by_side(label_overlay(load_image(src_path).tensor, labels),
+            side_by_side(label_overlay(load_image(src_path).tensor, labels.labels),
                          label_overlay(load_image(trg_path).tensor, moved), outputs.mask_view)
 
 
@@ -339,6 +352,7 @@ class Job:
     keypoints: str | None = None
     line: int | None = None
     points: Any = None  # the keypoints read and checked up front
+    labels: LabelMask | None = None  # the source mask, read and checked up front
 
 
 @dataclass
@@ -349,8 +363,9 @@ class Failure:
     error: ScotError
 
 
-def prepare_jobs(jobs: list[Job], *, stop_on_error: bool) -> tuple[list[Job], list[Failure]]:
-    """Read every keypoint file and check it against its source image, before any network pass.
+def prepare_jobs(jobs: list[Job], *, stop_on_error: bool, mask: str | None = None) -> tuple[list[Job], list[Failure]]:
+    """Read every keypoint file, and the source ``mask`` if given, and check them against
+    their source image, before any network pass.
 
     With ``stop_on_error`` the first problem raises; otherwise bad rows are returned as
     failures and the good ones still run.
@@ -363,6 +378,8 @@ def prepare_jobs(jobs: list[Job], *, stop_on_error: bool) -> tuple[list[Job], li
         try:
             if job.keypoints is not None:
                 job.points = read_keypoints(job.keypoints, bounds=image_size(job.source))
+            if mask is not None:
+                job.labels = read_mask(mask, image_size(job.source))
             ready.append(job)
         except ScotError as exc:
             if stop_on_error:
@@ -389,7 +406,7 @@ def match_jobs(model: Any, jobs: list[Job], folder: Path, *, numbered: bool = Fa
             result = model(job.source, job.target, keypoints=job.points, keep_plan=False,
                            topk=VIEWER_TOPK if ex.html else 0)
             written.append(write_match(model, result, job.source, job.target, outputs, top_k=top_k,
-                                       foreground=foreground, mask=ex.mask))
+                                       foreground=foreground, mask=job.labels))
             done: Any = written[-1]
         except ScotError as exc:
             if not numbered:

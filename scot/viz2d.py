@@ -164,9 +164,10 @@ def draw_match_result(result, src_path: str | Path, trg_path: str | Path, path: 
                  subtitle=subtitle, path=path)
 
 
-def save_image(image: torch.Tensor, path: str | Path, labels: bool = False) -> None:
+def save_image(image: torch.Tensor, path: str | Path, labels: bool = False, palette: list[int] | None = None) -> None:
     """Write a (3, H, W) image in [0, 1] as PNG, or with ``labels`` an (H, W) integer label map
-    (8-bit grey when the labels fit, else 16-bit), atomically."""
+    (8-bit grey when the labels fit, else 16-bit; an 8-bit map with a ``palette``, the flat
+    [r, g, b, ...] list of a palette image, is written as a palette image), atomically."""
     import io as _io
 
     from PIL import Image
@@ -176,6 +177,8 @@ def save_image(image: torch.Tensor, path: str | Path, labels: bool = False) -> N
         if arr.min() < 0 or arr.max() > 65535:
             raise ValueError("label values must lie in 0..65535 to be written as PNG")
         img = Image.fromarray(arr.astype(np.uint8 if arr.max() < 256 else np.uint16))
+        if palette is not None and img.mode == "L":
+            img.putpalette(palette)  # becomes mode P, indices unchanged
     else:
         img = Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8))
     buf = _io.BytesIO()

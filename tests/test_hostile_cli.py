@@ -311,12 +311,22 @@ def test_layers_needs_no_weights():
     assert res.stdout.splitlines()[0].startswith("resnet101: ids 0..33")
 
 
-def test_mask_of_the_wrong_size_is_refused(images, tmp_path):
+@pytest.mark.parametrize("case, expected", [("size", "10x10"), ("colour", "is a colour image"),
+                                            ("text", "not an image file")])
+def test_a_bad_mask_is_refused_before_any_work(images, tmp_path, monkeypatch, case, expected):
+    import scot.cli.commands as cli_app
+
+    monkeypatch.setattr(cli_app, "_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no model first")))
     mask = tmp_path / "m.png"
-    Image.new("L", (10, 10), 1).save(mask)
+    if case == "size":
+        Image.new("L", (10, 10), 1).save(mask)
+    elif case == "colour":
+        Image.new("RGB", Image.open(images["a.png"]).size, (255, 0, 0)).save(mask)
+    else:
+        mask.write_text("labels")
     res = runner.invoke(app, ["match", images["a.png"], images["b.png"], "-o", str(tmp_path / "o"), *LITE,
                               "--mask", str(mask)])
-    one_line_error(res, "--mask", "10x10")
+    one_line_error(res, "--mask", expected)
     assert not any((tmp_path / "o").glob("*.json"))
 
 

@@ -138,6 +138,24 @@ def test_match_writes_every_dense_output(photos, tmp_path):
     np.testing.assert_allclose(stacked[..., :2], data["flow"], atol=1e-4)
 
 
+def test_a_palette_mask_keeps_its_palette(photos, tmp_path):
+    """A palette PNG (the usual format of segmentation labels) is moved as indices, and the
+    moved mask is written with the same palette, so each label keeps its colour."""
+    labels = np.zeros((600, 420), np.uint8)
+    labels[120:350, 160:260], labels[120:350, 260:360] = 3, 7
+    palette = [0, 0, 0] * 256
+    palette[9:12], palette[21:24] = [200, 30, 30], [30, 200, 30]
+    source = Image.fromarray(labels).convert("P")
+    source.putpalette(palette)
+    source.save(tmp_path / "labels.png")
+    res = runner.invoke(app, ["match", str(photos["photo"]), str(photos["mirrored"]), "-o", str(tmp_path / "o"),
+                              "--backbone", "efficientnet-lite0", "--no-plot", "--mask", str(tmp_path / "labels.png")])
+    assert res.exit_code == 0, res.output
+    moved = Image.open(tmp_path / "o" / "photo__mirrored.mask.png")
+    assert moved.mode == "P" and moved.getpalette()[:24] == palette[:24]
+    assert {3, 7} <= set(np.unique(np.asarray(moved))) <= {0, 3, 7}
+
+
 def _kps(folder: Path) -> Path:
     path = folder / "kps.json"
     path.write_text("[[60, 80], [200, 260]]")

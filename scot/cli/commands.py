@@ -68,7 +68,7 @@ def match(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier result of the same images, and an existing --flow file.")] = False,
     flow: Annotated[Optional[str], typer.Option("--flow", help="Also write the dense flow: FILE.npz (flow (H, W, 2) and confidence (H, W)) or FILE.npy ((H, W, 3): x, y, confidence); with --pairs a template holding {name}. An existing file is kept unless --overwrite.")] = None,
     warp: Annotated[bool, typer.Option("--warp", help="Also write the target warped into the source frame (<name>.warp.png) and a checkerboard with the source (<name>.warp-check.png).")] = False,
-    mask: Annotated[Optional[str], typer.Option("--mask", help="A binary or label mask of the source image to move into the target frame (<name>.mask.png, labels kept; <name>.mask-view.png shows both).")] = None,
+    mask: Annotated[Optional[str], typer.Option("--mask", help="A binary, grey, 16-bit or palette label mask of the source image to move into the target frame (<name>.mask.png, labels and palette kept; <name>.mask-view.png shows both).")] = None,
     html: Annotated[bool, typer.Option("--html", help="Also write <name>.html, an interactive viewer that opens offline in any browser.")] = False,
     preset_file: PresetFileOpt = None,
     threads: ThreadsOpt = None,
@@ -91,7 +91,7 @@ def match(
     jobs = ([Job(r.source, r.target, r.keypoints, r.line) for r in read_pair_list(pairs)] if pairs is not None
             else [Job(src, trg, keypoints)])
     folder = check_folder(output)
-    jobs, failed = prepare_jobs(jobs, stop_on_error=pairs is None)
+    jobs, failed = prepare_jobs(jobs, stop_on_error=pairs is None, mask=mask)
     model = _model(config, preset_file)
     kw = dict(top_k=top_k, foreground=foreground, picture=plot, overwrite=overwrite, extras=extras)
     if pairs is None:
