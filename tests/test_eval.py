@@ -55,6 +55,18 @@ def test_eval_pfwillow_writes_all_outputs(willow_root, tmp_path):
     assert "car(G)" in res.stdout and "mean over pairs" in res.stdout and "mean over kps" in res.stdout
 
 
+def test_save_viz_draws_each_pair_once_when_there_are_few(photo_willow, tmp_path):
+    """--save-viz N draws the N worst and N best pairs; with fewer than 2N pairs each pair
+    is drawn once (it used to appear both as "worst" and as "best")."""
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["eval", "--dataset", "pfwillow", "--datapath", str(photo_willow.parent), "--backbone",
+                              "efficientnet-lite0", "--limit", "3", "-o", str(out), "--save-viz", "5"])
+    assert res.exit_code == 0, res.output
+    drawn = json.loads((out / "summary.json").read_text())["visualisations"]
+    assert len(drawn) == 3 and len(set(drawn)) == 3
+    assert sorted(Path(p).name.split("-")[0] for p in drawn) == ["best", "worst", "worst"]
+
+
 def test_resume_after_interrupt_gives_the_same_numbers(photo_willow, tmp_path):
     model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow", cam=False))
     data = load_dataset("pfwillow", photo_willow.parent).select(category="duck(S)", limit=8)

@@ -121,13 +121,16 @@ def write_charts(run_dir: Path, state: RunState, dataset_label: str) -> None:
 
 
 def save_visualisations(model: SCOT, dataset: Dataset, state: RunState, run_dir: Path, n: int) -> list[Path]:
-    """Match visualisations of the n worst and n best pairs (by PCK@0.1, then distance)."""
+    """Match visualisations of the n worst and n best pairs (by PCK@0.1, then distance); a
+    run of fewer than 2n pairs draws each pair once."""
     from ..image import load_image
     from ..viz2d import DISPLAY_SIDE, plot_matches
 
     key = f"{HEADLINE_ALPHA:.2f}"
     ranked = sorted(state.records, key=lambda r: (r["pck"][key], -sum(r["dist"]) / max(len(r["dist"]), 1)))
-    chosen = [("worst", r) for r in ranked[:n]] + [("best", r) for r in ranked[::-1][:n]]
+    worst = ranked[:n]
+    best = ranked[len(worst):][::-1][:n]
+    chosen = [("worst", r) for r in worst] + [("best", r) for r in best]
     by_index = {p.index: p for p in dataset.pairs}
     out_dir = run_dir / "viz"
     written = []
