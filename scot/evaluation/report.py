@@ -122,13 +122,13 @@ def write_charts(run_dir: Path, state: RunState, dataset_label: str) -> None:
 
 def save_visualisations(model: SCOT, dataset: Dataset, state: RunState, run_dir: Path, n: int) -> list[Path]:
     """Match visualisations of the n worst and n best pairs (by PCK@0.1, then distance); a
-    run of fewer than 2n pairs draws each pair once."""
+    run of fewer than 2n pairs draws each pair once, its worse half as worst."""
     from ..image import load_image
     from ..viz2d import DISPLAY_SIDE, plot_matches
 
     key = f"{HEADLINE_ALPHA:.2f}"
     ranked = sorted(state.records, key=lambda r: (r["pck"][key], -sum(r["dist"]) / max(len(r["dist"]), 1)))
-    worst = ranked[:n]
+    worst = ranked[:min(n, (len(ranked) + 1) // 2)]
     best = ranked[len(worst):][::-1][:n]
     chosen = [("worst", r) for r in worst] + [("best", r) for r in best]
     by_index = {p.index: p for p in dataset.pairs}
