@@ -110,7 +110,8 @@ def _same_inputs(record: Path, src: str, trg: str) -> bool:
 
 
 def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture: bool = True,
-                 overwrite: bool = False, taken: set[Path] | None = None, extras: Extras | None = None) -> Outputs:
+                 overwrite: bool = False, skip_existing: bool = False, taken: set[Path] | None = None,
+                 extras: Extras | None = None) -> Outputs | None:
     """The files for matching ``src`` to ``trg`` in ``folder``.
 
     Args:
@@ -119,6 +120,8 @@ def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture:
         prefix: prepended to the name (``--pairs`` numbers its rows).
         picture: also plan the PNG.
         overwrite: replace an earlier result of the same inputs instead of refusing.
+        skip_existing: return None when the folder already holds a result of the same
+            inputs (the record is written last, so a result is complete once it exists).
         taken: names already planned in this run (other rows of ``--pairs``).
 
     Raises:
@@ -139,6 +142,8 @@ def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture:
             continue
         if record.exists() and not _same_inputs(record, src, trg):
             continue  # another pair's result: find a free name
+        if record.exists() and skip_existing:
+            return None
         if record.exists() and not overwrite:
             raise ScotError(f"{record} already holds the result of these images; pass --overwrite to replace it "
                             "or choose another output folder", option="output")
@@ -389,25 +394,30 @@ def prepare_jobs(jobs: list[Job], *, stop_on_error: bool, mask: str | None = Non
 
 
 def match_jobs(model: Any, jobs: list[Job], folder: Path, *, numbered: bool = False, top_k: int = 100,
-               foreground: bool = True, picture: bool = True, overwrite: bool = False, extras: Extras | None = None,
-               on_done: Any = None) -> tuple[list[Outputs], list[Failure]]:
+               foreground: bool = True, picture: bool = True, overwrite: bool = False, skip_existing: bool = False,
+               extras: Extras | None = None, on_done: Any = None) -> tuple[list[Outputs], list[Failure], list[Job]]:
     """Match every job and write its outputs; a failing job is recorded and the rest go on.
 
-    ``on_done(job, outputs_or_failure)`` is called after each job.  Returns the outputs
-    written and the failures.
+    ``on_done(job, outputs_failure_or_None)`` is called after each job (None: skipped, as
+    ``skip_existing`` allows).  Returns the outputs written, the failures and the jobs skipped.
     """
     taken: set[Path] = set()
-    written, failed = [], []
+    written, failed, skipped = [], [], []
     for k, job in enumerate(jobs):
         try:
             ex = extras or Extras()
             outputs = plan_outputs(folder, job.source, job.target, prefix=f"{k:04d}_" if numbered else "",
-                                   picture=picture, overwrite=overwrite, taken=taken, extras=ex)
-            result = model(job.source, job.target, keypoints=job.points, keep_plan=False,
-                           topk=VIEWER_TOPK if ex.html else 0)
-            written.append(write_match(model, result, job.source, job.target, outputs, top_k=top_k,
-                                       foreground=foreground, mask=job.labels))
-            done: Any = written[-1]
+                                   picture=picture, overwrite=overwrite, skip_existing=skip_existing, taken=taken,
+                                   extras=ex)
+            if outputs is None:
+                skipped.append(job)
+                done: Any = None
+            else:
+                result = model(job.source, job.target, keypoints=job.points, keep_plan=False,
+                               topk=VIEWER_TOPK if ex.html else 0)
+                written.append(write_match(model, result, job.source, job.target, outputs, top_k=top_k,
+                                           foreground=foreground, mask=job.labels))
+                done = written[-1]
         except ScotError as exc:
             if not numbered:
                 raise
@@ -415,4 +425,4 @@ def match_jobs(model: Any, jobs: list[Job], folder: Path, *, numbered: bool = Fa
             done = failed[-1]
         if on_done is not None:
             on_done(job, done)
-    return written, failed
+    return written, failed, skipped

@@ -66,6 +66,7 @@ def match(
     foreground: Annotated[bool, typer.Option("--foreground/--anywhere", help="Draw only matches on the object (CAM > 0.4), or rank all.")] = True,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the PNG picture (off: only the JSON).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier result of the same images, and an existing --flow file.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="With --pairs: keep the rows that already have a result of the same images in the output folder and match the rest (finishes an interrupted run).")] = False,
     flow: Annotated[Optional[str], typer.Option("--flow", help="Also write the dense flow: FILE.npz (flow (H, W, 2) and confidence (H, W)) or FILE.npy ((H, W, 3): x, y, confidence); with --pairs a template holding {name}. An existing file is kept unless --overwrite.")] = None,
     warp: Annotated[bool, typer.Option("--warp", help="Also write the target warped into the source frame (<name>.warp.png) and a checkerboard with the source (<name>.warp-check.png).")] = False,
     mask: Annotated[Optional[str], typer.Option("--mask", help="A binary, grey, 16-bit or palette label mask of the source image to move into the target frame (<name>.mask.png, labels and palette kept; <name>.mask-view.png shows both).")] = None,
@@ -86,6 +87,8 @@ def match(
         raise ScotError("give either SRC TRG [--keypoints] or --pairs, not both", option="pairs")
     if pairs is None and not (src and trg):
         raise ScotError("missing SRC and TRG images (or use --pairs FILE)")
+    if skip_existing and (pairs is None or overwrite):
+        raise ScotError("applies to --pairs runs, without --overwrite", option="skip_existing")
     extras = Extras(flow, warp, mask, html)
     extras.check(several=pairs is not None)
     jobs = ([Job(r.source, r.target, r.keypoints, r.line) for r in read_pair_list(pairs)] if pairs is not None
@@ -96,18 +99,30 @@ def match(
     kw = dict(top_k=top_k, foreground=foreground, picture=plot, overwrite=overwrite, extras=extras)
     if pairs is None:
         t0 = time.perf_counter()
-        [out], _ = match_jobs(model, jobs, folder, **kw)
+        [out], _, _ = match_jobs(model, jobs, folder, **kw)
         n = 0 if jobs[0].points is None else len(jobs[0].points)
         moved = f", {n} keypoint{'s' if n != 1 else ''} transferred" if n else ""
         typer.echo(f"matched {Path(src).name} -> {Path(trg).name}{moved} [{model.backbone.name}, "
                    f"{time.perf_counter() - t0:.2f}s]")
         typer.echo("\n".join(f"  {p}" for p in out.files()))
         return
+    total, done = len(jobs) + len(failed), [0]
     with progress(TextColumn("matching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("pairs", total=len(jobs))
-        written, more = match_jobs(model, jobs, folder, numbered=True, on_done=lambda *_: bar.advance(task), **kw)
-    typer.echo(f"matched {len(written)} of {len(written) + len(failed) + len(more)} pairs [{model.backbone.name}]; "
-               f"outputs in {folder}")
+
+        def advance(*_: Any) -> None:
+            done[0] += 1
+            bar.advance(task)
+
+        try:
+            written, more, kept = match_jobs(model, jobs, folder, numbered=True, skip_existing=skip_existing,
+                                             on_done=advance, **kw)
+        except KeyboardInterrupt:
+            _notice(f"interrupted after {done[0]} of {len(jobs)} pairs; their results are in {folder}: finish with "
+                    "the same command plus --skip-existing")
+            raise typer.Exit(130)
+    already = f" ({len(kept)} already had results)" if kept else ""
+    typer.echo(f"matched {len(written)} of {total} pairs{already} [{model.backbone.name}]; outputs in {folder}")
     failures = failed + more
     if failures:
         from .options import flag_of
