@@ -315,6 +315,20 @@ def _local_path(source: str | Path) -> Path:
     return Path(source)
 
 
+def check_image(source: str | Path) -> None:
+    """Check, from the file header only, that ``source`` is a readable image of a usable
+    size, so that a run can refuse it before any network pass.
+
+    Raises:
+        ScotError: naming the file: missing, not a regular file, empty, not an image, or
+            declaring a size that is too small or too large.
+    """
+    path = _local_path(source)
+    label = str(path)
+    with open_regular_file(path, f"{label}:") as fh:
+        _check_min_side(_open(fh, label).size, label)
+
+
 def image_size(source: str | Path) -> tuple[int, int]:
     """The (W, H) that :func:`load_image` reports as ``size`` for a file, without decoding
     it where the format allows (JPEG: header only; PNG and others may be decoded to find

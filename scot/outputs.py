@@ -369,18 +369,20 @@ class Failure:
 
 
 def prepare_jobs(jobs: list[Job], *, stop_on_error: bool, mask: str | None = None) -> tuple[list[Job], list[Failure]]:
-    """Read every keypoint file, and the source ``mask`` if given, and check them against
-    their source image, before any network pass.
+    """Check both images of every job from their headers, and read every keypoint file and
+    the source ``mask`` if given against the source image, before any network pass.
 
     With ``stop_on_error`` the first problem raises; otherwise bad rows are returned as
     failures and the good ones still run.
     """
-    from .image import image_size
+    from .image import check_image, image_size
     from .io import read_keypoints
 
     ready, failed = [], []
     for job in jobs:
         try:
+            check_image(job.source)
+            check_image(job.target)
             if job.keypoints is not None:
                 job.points = read_keypoints(job.keypoints, bounds=image_size(job.source))
             if mask is not None:

@@ -397,3 +397,23 @@ def test_one_process_commands_refuse_torchrun(command, monkeypatch, tmp_path):
     res = runner.invoke(app, [*command, "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and res.output == "", res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_missing_images_are_found_before_the_model_is_built(images, tmp_path, monkeypatch):
+    """Both images of every pair are checked from their headers first: a missing or empty
+    target fails before the network is built, and a --pairs run whose rows all fail that
+    check reports them without building it."""
+    import scot.cli.commands as cli_app
+
+    monkeypatch.setattr(cli_app, "_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no model first")))
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    one_line_error(runner.invoke(app, ["match", images["a.png"], str(tmp_path / "gone.png"), "-o", str(tmp_path / "o"),
+                                       *LITE]), "gone.png: does not exist")
+    one_line_error(runner.invoke(app, ["match", images["a.png"], str(empty), "-o", str(tmp_path / "o"), *LITE]),
+                   "empty.png: is empty")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"{images['a.png']},{tmp_path / 'gone.png'}\n{empty},{images['b.png']}\n")
+    res = runner.invoke(app, ["match", "--pairs", str(pairs), "-o", str(tmp_path / "o"), *LITE])
+    assert res.exit_code == 1 and "matched 0 of 2 pairs" in res.stdout
+    assert "line 1: " in res.stderr and "gone.png: does not exist" in res.stderr and "line 2: " in res.stderr

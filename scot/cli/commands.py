@@ -95,7 +95,7 @@ def match(
             else [Job(src, trg, keypoints)])
     folder = check_folder(output)
     jobs, failed = prepare_jobs(jobs, stop_on_error=pairs is None, mask=mask)
-    model = _model(config, preset_file)
+    model = _model(config, preset_file) if jobs else None  # no model when every row failed its checks
     kw = dict(top_k=top_k, foreground=foreground, picture=plot, overwrite=overwrite, extras=extras)
     if pairs is None:
         t0 = time.perf_counter()
@@ -122,7 +122,8 @@ def match(
                     "the same command plus --skip-existing")
             raise typer.Exit(130)
     already = f" ({len(kept)} already had results)" if kept else ""
-    typer.echo(f"matched {len(written)} of {total} pairs{already} [{model.backbone.name}]; outputs in {folder}")
+    backbone = f" [{model.backbone.name}]" if model is not None else ""
+    typer.echo(f"matched {len(written)} of {total} pairs{already}{backbone}; outputs in {folder}")
     failures = failed + more
     if failures:
         from .options import flag_of
