@@ -156,7 +156,8 @@ def run_demo(output: Path = Path("scot-demo"), *, notice: Optional[Callable[[str
     """
     from .config import SCOTConfig
     from .model import SCOT
-    from .outputs import check_folder, plan_outputs, write_match
+    from .io import check_folder
+    from .outputs import plan_outputs, write_match
 
     output = check_folder(Path(output))
     pair = make_demo_pair(output)

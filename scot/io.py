@@ -7,6 +7,10 @@ end) and names the file in a one-line :class:`~scot.errors.ScotError` otherwise.
 :func:`read_keypoints` reads a user's (K, 2) keypoint file and
 :func:`check_keypoint_bounds` tells which keypoint lies outside an image, so both kinds of
 mistake are reported before any feature is extracted.
+
+:func:`check_folder` and :func:`check_file` prove, before any work, that an output can be
+written where the user asked; :func:`atomic_write_bytes` and its kin then write it so that
+a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -245,6 +249,61 @@ def check_keypoint_bounds(keypoints: Sequence[Sequence[float]] | np.ndarray, siz
         k = int(np.flatnonzero(outside)[0])
         x, y = kps[k]
         raise ScotError(f"{subject}: keypoint {k} at ({x:g}, {y:g}) lies outside the {w}x{h} image")
+
+
+def check_folder(folder: Path, option: str = "output", *, create: bool = True) -> Path:
+    """Prove that ``folder`` can hold outputs, or fail naming it and ``option`` (before any work).
+
+    Args:
+        folder: the folder.
+        option: the parameter that named it, for the error.
+        create: create it (with its parents) if missing; with False nothing is created
+            and, for a missing folder, its nearest existing ancestor must be writable.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ScotError(f"{folder} exists and is not a folder", option=option)
+    probe_in = folder
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            while not probe_in.exists() and probe_in.parent != probe_in:
+                probe_in = probe_in.parent
+            if not probe_in.is_dir():
+                raise NotADirectoryError(20, "not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".scot-write-test-", dir=probe_in)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ScotError(f"cannot write to {folder} ({exc.strerror or exc})", option=option) from None
+    return folder
+
+
+def check_file(path: Path, *, option: str, overwrite: bool) -> Path:
+    """Prove before any work that ``path`` can be written: its folder writable (or creatable:
+    nothing is created here), its name not too long, and no existing file there unless
+    ``overwrite``.
+
+    Raises:
+        ScotError: naming ``option`` and the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ScotError(f"{path} is a folder; give a file name", option=option)
+    if path.exists() and not overwrite:
+        raise ScotError(f"{path} already exists; pass --overwrite to replace it", option=option)
+    check_folder(path.parent, option, create=False)
+    if len(path.name.encode()) > name_max(path.parent):
+        raise ScotError(f"{path.name[:40]}... is longer than the filesystem allows", option=option)
+    return path
+
+
+def name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

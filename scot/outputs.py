@@ -15,8 +15,6 @@ timings) and the file names, so that:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 import torch
 
 from .errors import ScotError
-from .io import atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, check_file, name_max, open_regular_file, read_keypoints
 
 RECORD = ".json"
 
@@ -71,35 +69,6 @@ class Outputs:
                             self.mask_view, self.html) if p is not None]
 
 
-def check_folder(folder: Path, option: str = "output", *, create: bool = True) -> Path:
-    """Prove that ``folder`` can hold outputs, or fail naming it and ``option`` (before any work).
-
-    Args:
-        folder: the folder.
-        option: the parameter that named it, for the error.
-        create: create it (with its parents) if missing; with False nothing is created
-            and, for a missing folder, its nearest existing ancestor must be writable.
-    """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ScotError(f"{folder} exists and is not a folder", option=option)
-    probe_in = folder
-    try:
-        if create:
-            folder.mkdir(parents=True, exist_ok=True)
-        else:
-            while not probe_in.exists() and probe_in.parent != probe_in:
-                probe_in = probe_in.parent
-            if not probe_in.is_dir():
-                raise NotADirectoryError(20, "not a folder")
-        fd, probe = tempfile.mkstemp(prefix=".scot-write-test-", dir=probe_in)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ScotError(f"cannot write to {folder} ({exc.strerror or exc})", option=option) from None
-    return folder
-
-
 def _same_inputs(record: Path, src: str, trg: str) -> bool:
     try:
         doc = json.loads(record.read_text())
@@ -130,7 +99,7 @@ def plan_outputs(folder: Path, src: str, trg: str, *, prefix: str = "", picture:
     """
     stem = f"{prefix}{Path(src).stem or 'image'}__{Path(trg).stem or 'image'}"
     taken = taken if taken is not None else set()
-    limit = _name_max(folder)
+    limit = name_max(folder)
     longest = f"{stem}-9999.warp-check.png"
     if len(longest.encode()) > limit:
         raise ScotError(f"output names like {stem[:40]}... are longer than the {limit} bytes the filesystem allows; "
@@ -167,32 +136,6 @@ def _flow_file(path: Path, overwrite: bool, taken: set[Path]) -> Path:
     check_file(path, option="flow", overwrite=overwrite)
     taken.add(path)
     return path
-
-
-def check_file(path: Path, *, option: str, overwrite: bool) -> Path:
-    """Prove before any work that ``path`` can be written: its folder writable (or creatable:
-    nothing is created here), its name not too long, and no existing file there unless
-    ``overwrite``.
-
-    Raises:
-        ScotError: naming ``option`` and the file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ScotError(f"{path} is a folder; give a file name", option=option)
-    if path.exists() and not overwrite:
-        raise ScotError(f"{path} already exists; pass --overwrite to replace it", option=option)
-    check_folder(path.parent, option, create=False)
-    if len(path.name.encode()) > _name_max(path.parent):
-        raise ScotError(f"{path.name[:40]}... is longer than the filesystem allows", option=option)
-    return path
-
-
-def _name_max(folder: Path) -> int:
-    try:
-        return int(os.pathconf(folder, "PC_NAME_MAX"))
-    except (OSError, ValueError, AttributeError):
-        return 255
 
 
 def _rounded(values: torch.Tensor) -> list:
@@ -274,8 +217,6 @@ def read_mask(path: str, size: tuple[int, int]) -> LabelMask:
     import numpy as np
     from PIL import Image
 
-    from .io import open_regular_file
-
     with open_regular_file(path, "mask") as fh:
         try:
             img = Image.open(fh)
@@ -304,7 +245,6 @@ def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, la
 
     from .dense import checkerboard, flow_inside, transfer_mask, warp_image
     from .image import load_image
-    from .io import atomic_write_bytes
     from .viz2d import save_image
 
     flow, confidence = result.flow()
@@ -376,7 +316,6 @@ def prepare_jobs(jobs: list[Job], *, stop_on_error: bool, mask: str | None = Non
     failures and the good ones still run.
     """
     from .image import check_image, image_size
-    from .io import read_keypoints
 
     ready, failed = [], []
     for job in jobs:

@@ -76,8 +76,8 @@ def match(
 ) -> None:
     """Match two images (or every row of --pairs); write a JSON of every match and a PNG picture."""
     from ..errors import ScotError
-    from ..io import read_pair_list
-    from ..outputs import Extras, Job, check_folder, match_jobs, prepare_jobs
+    from ..io import check_folder, read_pair_list
+    from ..outputs import Extras, Job, match_jobs, prepare_jobs
 
     one_process("match")
     if top_k < 1:
@@ -165,10 +165,13 @@ def eval_(
     from ..distributed import Stopped, in_turns, restarted, together
     from ..evaluation import EvalSettings, evaluate, format_table, resolve_run_folder
     from ..evaluation.sharded import shared_run_folder
-    from ..outputs import check_folder
+    from ..io import check_folder
 
-    # the folder that will hold the run, checked before the data and the model
-    check_folder(*((output_dir, "output_dir") if output_dir is not None else (results, "results")), create=False)
+    # the folder that will hold the run, checked before the data and the model (nothing is created yet)
+    if output_dir is not None:
+        check_folder(output_dir, "output_dir", create=False)
+    else:
+        check_folder(results, "results", create=False)
     set_threads(threads)
     where: list[Path] = []
     with _ranks(config, rank_timeout, lambda: f"; scored pairs are kept in {where[0]}: finish with the same command "
@@ -254,7 +257,7 @@ def search_layers_cmd(
     """
     from ..datasets import load_dataset
     from ..distributed import together
-    from ..outputs import check_file
+    from ..io import check_file
     from ..search import check_beam, format_results, plan_search, search_layers, write_preset
 
     check_beam(beam, max_size)

@@ -26,9 +26,8 @@ from ..cache import LRUCache
 from ..datasets import Dataset, Pair
 from ..errors import ScotError
 from ..features import Hyperpixels
-from ..io import atomic_write_json
+from ..io import atomic_write_json, check_folder
 from ..model import SCOT
-from ..outputs import check_folder
 from ..pck import ALPHAS, HEADLINE_ALPHA
 from .journal import JOURNAL, Journal, RunLock, RunState, absorb, journal_files, load_journals
 from .report import build_summary, write_figures, write_per_pair_csv

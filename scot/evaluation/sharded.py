@@ -38,9 +38,8 @@ from ..distributed import Group, images_per_shard, round_robin, shard_by_images
 from ..errors import ScotError
 from ..features import Hyperpixels
 from ..image import image_size
-from ..io import atomic_write_json
+from ..io import atomic_write_json, check_folder
 from ..model import SCOT
-from ..outputs import check_folder
 from ..pck import HEADLINE_ALPHA
 from .journal import Journal, RunLock, RunState, absorb, journal_name, load_journals, lock_name
 from .report import build_summary, write_figures, write_per_pair_csv
