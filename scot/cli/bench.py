@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import DatapathOpt, OneLineErrors, ThreadsOpt, cli_errors, set_threads, with_config
+from .options import DatapathOpt, OneLineErrors, ThreadsOpt, build_model, cli_errors, set_threads, with_config
 
 
 bench_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, rich_markup_mode=None,
@@ -50,9 +50,7 @@ def bench_pairs_cmd(
     threads: ThreadsOpt = None,
 ) -> None:
     """Every stage on real pairs, for each correlation path (factorized, dense, and the chosen one)."""
-    from .. import SCOT
     from ..bench import bench_pairs, format_pairs
-    from ..config import build_config
     from ..datasets import load_dataset
     from ..errors import ScotError
 
@@ -60,7 +58,7 @@ def bench_pairs_cmd(
         raise ScotError(f"must be at least 1, got {repeats}", option="repeats")
     set_threads(threads)
     data = load_dataset(dataset, datapath).select(limit=pairs, option="pairs")
-    model = SCOT(build_config({"preset": dataset, **config}), notice=lambda m: typer.echo(m, err=True))
+    model = build_model(config, preset=dataset)
     res = bench_pairs(model, [(p.src, p.trg, p.src_kps) for p in data.pairs], repeats)
     typer.echo(format_pairs(res, dataset))
 

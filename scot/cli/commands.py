@@ -17,6 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextCol
 from .. import __version__
 from .options import (CategoryOpt, DatapathOpt, DatasetOpt, LimitOpt, OneLineErrors, PairListOpt, PresetFileOpt,
                       SampleOpt, SplitOpt, ThreadsOpt, ThresOpt, cli_errors, progress, set_threads, with_config)
+from .options import build_model as _model, notice as _notice
 from .ranks import RankTimeoutOpt, bar as _bar, one_process, ranks as _ranks
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -38,19 +39,7 @@ def main_options(
     """Training-free semantic correspondence (SCOT: optimal transport + regularized Hough matching)."""
 
 
-def _notice(message: str) -> None:
-    typer.echo(message, err=True)
-
-
 DATASET_PRESET = {"preset": "the dataset's"}
-
-
-def _model(config: dict[str, Any], preset_file: Optional[Path] = None, **defaults: Any):
-    from .. import SCOT
-    from ..config import build_config
-
-    return SCOT(build_config({**defaults, **config}, preset_file), notice=_notice)
-
 
 @app.command()
 @cli_errors

@@ -173,6 +173,20 @@ def with_config(exclude: tuple[str, ...] = (), unset: dict[str, str] | None = No
     return decorate
 
 
+def notice(message: str) -> None:
+    """A notice for the user, on stderr."""
+    typer.echo(message, err=True)
+
+
+def build_model(config: dict[str, Any], preset_file: Optional[Path] = None, **defaults: Any) -> Any:
+    """The :class:`~scot.SCOT` model of the options the user gave (``config``), over
+    ``defaults`` (such as the dataset's preset) and the ``preset_file``; notices go to stderr."""
+    from .. import SCOT
+    from ..config import build_config
+
+    return SCOT(build_config({**defaults, **config}, preset_file), notice=notice)
+
+
 def set_threads(threads: int | None) -> None:
     """``--threads``: the CPU threads PyTorch uses."""
     from ..errors import ScotError
