@@ -322,10 +322,12 @@ def prepare_jobs(jobs: list[Job], *, stop_on_error: bool, mask: str | None = Non
         try:
             check_image(job.source)
             check_image(job.target)
-            if job.keypoints is not None:
-                job.points = read_keypoints(job.keypoints, bounds=image_size(job.source))
-            if mask is not None:
-                job.labels = read_mask(mask, image_size(job.source))
+            if job.keypoints is not None or mask is not None:
+                size = image_size(job.source)  # (W, H) after EXIF orientation, read once
+                if job.keypoints is not None:
+                    job.points = read_keypoints(job.keypoints, bounds=size)
+                if mask is not None:
+                    job.labels = read_mask(mask, size)
             ready.append(job)
         except ScotError as exc:
             if stop_on_error:
