@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -255,12 +255,19 @@ def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, la
         else:
             np.save(buf, torch.cat([flow, confidence.unsqueeze(-1)], -1).numpy())
         atomic_write_bytes(outputs.flow, buf.getvalue())
+    pictures: dict[str, Any] = {}
+
+    def picture(path: str) -> Any:
+        """The image decoded for the pictures (reduced to about WARP_SIDE), once per file."""
+        if path not in pictures:
+            pictures[path] = load_image(path, max_side=WARP_SIDE)
+        return pictures[path]
+
     if outputs.warp is not None and outputs.checkerboard is not None:
         # the pictures are a visual check: at most WARP_SIDE pixels, from reduced decodes
         step = max(1, -(-max(result.src.original_size) // WARP_SIDE))
         small = flow[::step, ::step]
-        target = load_image(trg_path, max_side=WARP_SIDE)
-        source = load_image(src_path, max_side=WARP_SIDE)
+        target, source = picture(trg_path), picture(src_path)
         warped = warp_image(target.tensor, small * target.scale)
         src_small = torch.nn.functional.interpolate(source.tensor[None], warped.shape[-2:], mode="bilinear",
                                                     align_corners=False)[0]
@@ -271,9 +278,19 @@ def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, la
 
         moved = transfer_mask(labels.labels, flow, result.trg.original_size)
         save_image(moved, outputs.mask, labels=True, palette=labels.palette)
-        if outputs.mask_view is not None:
-            side_by_side(label_overlay(load_image(src_path).tensor, labels.labels),
-                         label_overlay(load_image(trg_path).tensor, moved), outputs.mask_view)
+        if outputs.mask_view is not None:  # drawn on the reduced decodes, labels sampled onto them
+            src_pic, trg_pic = picture(src_path).tensor, picture(trg_path).tensor
+            side_by_side(label_overlay(src_pic, _nearest(labels.labels, src_pic.shape[-2:])),
+                         label_overlay(trg_pic, _nearest(moved, trg_pic.shape[-2:])), outputs.mask_view)
+
+
+def _nearest(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(H, W) ``labels`` sampled at the cell centres of an (h, w) grid over the same image:
+    nearest neighbour, so label values are kept (the identity when the sizes agree)."""
+    h, w = int(size[0]), int(size[1])
+    rows = ((torch.arange(h) + 0.5) * labels.shape[0] / h).long().clamp_max(labels.shape[0] - 1)
+    cols = ((torch.arange(w) + 0.5) * labels.shape[1] / w).long().clamp_max(labels.shape[1] - 1)
+    return labels[rows][:, cols]
 
 
 def _write_viewer(result: Any, src_path: str, trg_path: str, path: Path) -> None:

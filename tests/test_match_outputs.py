@@ -221,3 +221,15 @@ def test_pipeline_viewer_in_chromium(model, photos, tmp_path):
     assert not errors, errors
     assert {u for u in requests if not u.startswith("data:")} == {url}
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000
+
+
+def test_preview_labels_are_sampled_not_interpolated():
+    """The mask-view picture is drawn on reduced decodes of large images; its labels are
+    sampled onto them by nearest neighbour: the identity at equal size, values kept."""
+    from scot.outputs import _nearest
+
+    labels = torch.randint(0, 4, (60, 90)) * 7
+    assert torch.equal(_nearest(labels, (60, 90)), labels)
+    small = _nearest(labels, (20, 30))
+    assert small.shape == (20, 30) and set(small.unique().tolist()) <= set(labels.unique().tolist())
+    assert torch.equal(small, labels[1::3, 1::3])  # cell centres of a 3x reduction
