@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 
 from .io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 GAP = 10  # pixels between the two images
 LABELLED_KEYPOINTS = 40  # keypoints beyond this are drawn as small dots without numbers
@@ -35,6 +38,20 @@ def _to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     return np.clip(arr, 0.0, 1.0)
+
+
+def _uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 of an image in [0, 1] (see :func:`_to_hwc`), rounded to nearest."""
+    return (_to_hwc(image) * 255 + 0.5).astype(np.uint8)
+
+
+def _save_png(img: "Image.Image", path: str | Path) -> None:
+    """Encode a PIL image as PNG and write it atomically."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -168,8 +185,6 @@ def save_image(image: torch.Tensor, path: str | Path, labels: bool = False, pale
     """Write a (3, H, W) image in [0, 1] as PNG, or with ``labels`` an (H, W) integer label map
     (8-bit grey when the labels fit, else 16-bit; an 8-bit map with a ``palette``, the flat
     [r, g, b, ...] list of a palette image, is written as a palette image), atomically."""
-    import io as _io
-
     from PIL import Image
 
     if labels:
@@ -180,10 +195,8 @@ def save_image(image: torch.Tensor, path: str | Path, labels: bool = False, pale
         if palette is not None and img.mode == "L":
             img.putpalette(palette)  # becomes mode P, indices unchanged
     else:
-        img = Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8))
-    buf = _io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+        img = Image.fromarray(_uint8(image))
+    _save_png(img, path)
 
 
 def label_overlay(image: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
@@ -202,19 +215,15 @@ def label_overlay(image: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5)
 
 def side_by_side(left: np.ndarray, right: np.ndarray, path: str | Path) -> None:
     """Write two (H, W, 3) float images next to each other, scaled to the same height, as PNG."""
-    import io as _io
-
     from PIL import Image
 
-    a = Image.fromarray((np.clip(left, 0, 1) * 255 + 0.5).astype(np.uint8))
-    b = Image.fromarray((np.clip(right, 0, 1) * 255 + 0.5).astype(np.uint8))
+    a = Image.fromarray(_uint8(left))
+    b = Image.fromarray(_uint8(right))
     b = b.resize((max(1, round(b.width * a.height / b.height)), a.height), Image.Resampling.BILINEAR)
     canvas = Image.new("RGB", (a.width + GAP + b.width, a.height), (255, 255, 255))
     canvas.paste(a, (0, 0))
     canvas.paste(b, (a.width + GAP, 0))
-    buf = _io.BytesIO()
-    canvas.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    _save_png(canvas, path)
 
 
 def encoded_image(path: str | Path, side: int = 640, quality: int = 88) -> bytes:
@@ -226,8 +235,7 @@ def encoded_image(path: str | Path, side: int = 640, quality: int = 88) -> bytes
     from .image import load_image
 
     loaded = load_image(path, max_side=side)
-    arr = (loaded.tensor.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    img = Image.fromarray(arr)
+    img = Image.fromarray(_uint8(loaded.tensor))
     if max(img.size) > side:
         img.thumbnail((side, side), Image.Resampling.LANCZOS)
     buf = _io.BytesIO()
