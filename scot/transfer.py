@@ -50,11 +50,12 @@ from typing import Literal
 
 import torch
 
+from .config import TRANSFERS
 from .features import box_centres
 
 Rule = Literal["mean", "weighted", "median"]
-RULES: tuple[str, ...] = ("mean", "weighted", "median")
-"""The ways :func:`aggregate_shifts` combines the shifts of a point's boxes."""
+RULES: tuple[str, ...] = TRANSFERS
+"""The ways :func:`aggregate_shifts` combines the shifts of a point's boxes (the ``transfer`` option's choices)."""
 
 
 def best_matches(confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
