@@ -17,12 +17,11 @@ The package is laid out as the pipeline::
 >>> result = SCOT(SCOTConfig(backbone="efficientnet-lite2"))("a.jpg", "b.jpg", keypoints=[[10, 20]])  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
 from .config import PRESETS, SCOTConfig, load_preset_file, parse_hyperpixel_ids
 from .errors import ScotError
 from .features import Hyperpixels
 from .model import SCOT, MatchResult
+from .version import __version__
 
 __all__ = [
     "SCOT", "SCOTConfig", "MatchResult", "Hyperpixels", "ScotError", "PRESETS",
