@@ -314,7 +314,9 @@ def _checked(name: str, value: Any, spec: Spec, default: Any) -> Any:
         except ScotError as exc:
             raise ScotError(exc.message, option=name) from None
     if kind == "ids":
-        return parse_hyperpixel_ids(value if not isinstance(value, (str, bytes)) else [value])
+        if isinstance(value, (str, bytes)):  # text was parsed above; bytes are not ids
+            raise ScotError(f"must be a list of non-negative integers, got {value!r}", option=name)
+        return parse_hyperpixel_ids(value)
     if kind == "floats":
         if not isinstance(value, (list, tuple)) or not value:
             raise ScotError(f"must be a non-empty list of numbers, got {value!r}", option=name)

@@ -8,22 +8,42 @@ JSON: a result holding a non-finite value is refused, so no NaN or Infinity can 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from .errors import ScotError
 from .version import __version__
 
-if TYPE_CHECKING:
-    from .model import SCOT, MatchResult
+
+class Matched(Protocol):
+    """What the record reads of a match (:class:`scot.MatchResult`): ``src`` and ``trg`` are
+    the images' :class:`~scot.features.Hyperpixels`."""
+
+    src: Any
+    trg: Any
+    best_confidence: torch.Tensor
+    keypoints: torch.Tensor | None
+    transferred: torch.Tensor | None
+    config: Any
+    timings: dict[str, float]
+
+    def foreground(self) -> torch.Tensor: ...
+
+    def matches(self) -> torch.Tensor: ...
+
+
+class Described(Protocol):
+    """What the record reads of a model (:class:`scot.SCOT`)."""
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 def _rounded(values: torch.Tensor) -> list[list[float]]:
     return [[round(float(x), 3) for x in row] for row in values.tolist()]
 
 
-def match_record(result: MatchResult, model: SCOT | None = None, source: str | None = None,
+def match_record(result: Matched, model: Described | None = None, source: str | None = None,
                  target: str | None = None, drawn: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record of a matched pair, ready for ``json.dumps(..., allow_nan=False)``.
 
