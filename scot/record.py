@@ -90,8 +90,8 @@ def match_record(result: Matched, model: Described | None = None, source: str | 
     ]
     record["keypoints"] = None
     if result.keypoints is not None and result.transferred is not None:
-        record["keypoints"] = [{"index": k, "source": s, "target": t}
-                               for k, (s, t) in enumerate(zip(_rounded(result.keypoints), _rounded(result.transferred)))]
+        pairs = zip(_rounded(result.keypoints), _rounded(result.transferred))
+        record["keypoints"] = [{"index": k, "source": s, "target": t} for k, (s, t) in enumerate(pairs)]
     record["drawn"] = drawn
     record["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
     return record

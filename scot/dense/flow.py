@@ -93,7 +93,8 @@ def grid_axes(boxes: torch.Tensor, grid: tuple[int, int]) -> GridAxes:
     cells = b.reshape(h, w, 4)
     cols, rows = cells[0, :, :], cells[:, 0, :]
     if not (torch.equal(cells[..., 0], cols[:, 0].expand(h, w)) and torch.equal(cells[..., 2], cols[:, 2].expand(h, w))
-            and torch.equal(cells[..., 1], rows[:, 1:2].expand(h, w)) and torch.equal(cells[..., 3], rows[:, 3:4].expand(h, w))):
+            and torch.equal(cells[..., 1], rows[:, 1:2].expand(h, w))
+            and torch.equal(cells[..., 3], rows[:, 3:4].expand(h, w))):
         raise ValueError("box x-edges must depend on the grid column only and y-edges on the row only")
     edges = (cols[:, 0], cols[:, 2], rows[:, 1], rows[:, 3])
     if any(bool((e[1:] < e[:-1]).any()) for e in edges):
@@ -129,7 +130,9 @@ def nearest_index(coords: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return d.argmin(dim=1)
 
 
-def _distinct_ranges(first: torch.Tensor, last: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _distinct_ranges(
+    first: torch.Tensor, last: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Distinct non-empty ranges among (P,) ranges: (R,) starts, (R,) ends, (P,) id (-1 when empty)."""
     empty = first > last
     key = torch.where(empty, torch.full_like(first, -1), first * (n + 1) + last)
@@ -264,7 +267,8 @@ class _Lattice:
             disp = torch.zeros(len(ys), len(self.xs), 2, dtype=torch.float64)
             kappa = torch.zeros(len(ys), len(self.xs), dtype=torch.float64)
         if bool(lonely.any()):
-            nearest = nearest_index(ys, self.axes.cy).unsqueeze(1) * self.w + nearest_index(self.xs, self.axes.cx).unsqueeze(0)
+            row, col = nearest_index(ys, self.axes.cy), nearest_index(self.xs, self.axes.cx)
+            nearest = row.unsqueeze(1) * self.w + col.unsqueeze(0)
             disp = torch.where(lonely.unsqueeze(2), self.shift[nearest], disp)
             kappa = torch.where(lonely, self.conf[nearest], kappa)
         base = torch.stack(torch.broadcast_tensors(self.xs.unsqueeze(0), ys.unsqueeze(1)), dim=2)
@@ -328,7 +332,8 @@ def dense_flow(
 def identity_flow(size: tuple[int, int]) -> torch.Tensor:
     """(H, W, 2) float32 flow mapping every pixel of a (W, H) image onto itself."""
     width, height = int(size[0]), int(size[1])
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                            indexing="ij")
     return torch.stack((xs, ys), dim=2)
 
 

@@ -67,11 +67,11 @@ def splat_labels(
     lab = labels.ravel()[ok].astype(np.int64)
     n_labels = int(labels.max()) + 1 if labels.size else 1
     pairs, counts = np.unique(pix * n_labels + lab, return_counts=True)
-    p, l = pairs // n_labels, pairs % n_labels
-    order = np.lexsort((l, -counts, p))
+    p, lab_of = pairs // n_labels, pairs % n_labels
+    order = np.lexsort((lab_of, -counts, p))
     first = np.unique(p[order], return_index=True)[1]
     winner = np.full(ht * wt, -1, dtype=np.int64)
-    winner[p[order][first]] = l[order][first]
+    winner[p[order][first]] = lab_of[order][first]
     votes = np.bincount(pix, minlength=ht * wt).astype(np.int64)
     return winner.reshape(ht, wt), votes.reshape(ht, wt)
 

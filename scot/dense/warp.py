@@ -37,14 +37,19 @@ def warp_image(trg_image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinea
     return out * flow_inside(f, (wt, ht)).to(out.dtype)
 
 
-def blend(src_image: torch.Tensor, warped: torch.Tensor, alpha: float = 0.5, mask: torch.Tensor | None = None) -> torch.Tensor:
-    r"""(C, H, W) :math:`(1-\alpha)\,\mathrm{src} + \alpha\,\mathrm{warped}` where ``mask`` (H, W) holds, ``src`` elsewhere."""
+def blend(
+    src_image: torch.Tensor, warped: torch.Tensor, alpha: float = 0.5, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""(C, H, W) :math:`(1-\alpha)\,\mathrm{src} + \alpha\,\mathrm{warped}` where ``mask`` (H, W) holds,
+    ``src`` elsewhere."""
     src, wrp = torch.as_tensor(src_image).float(), torch.as_tensor(warped).float()
     out = (1.0 - alpha) * src + alpha * wrp
     return out if mask is None else torch.where(torch.as_tensor(mask).bool().unsqueeze(0), out, src)
 
 
-def checkerboard(src_image: torch.Tensor, warped: torch.Tensor, tiles: int = 8, mask: torch.Tensor | None = None) -> torch.Tensor:
+def checkerboard(
+    src_image: torch.Tensor, warped: torch.Tensor, tiles: int = 8, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     r"""(C, H, W) ``src`` and ``warped`` in alternating tiles, ``tiles`` per side.
 
     Pixel :math:`(u, v)` shows ``warped`` when

@@ -34,7 +34,8 @@ class Extras:
             if Path(self.flow).suffix.lower() not in (".npz", ".npy"):
                 raise ScotError(f"{self.flow} must end in .npz or .npy", option="flow")
             if several and "{name}" not in self.flow:
-                raise ScotError("with several pairs, give a template holding {name}, e.g. flows/{name}.npz", option="flow")
+                raise ScotError("with several pairs, give a template holding {name}, e.g. flows/{name}.npz",
+                                option="flow")
         if self.mask is not None and several:
             raise ScotError("a source mask applies to one pair; give SRC TRG", option="mask")
 
