@@ -109,3 +109,50 @@ def test_weighted_and_median_transfer():
     for how in ("mean", "median", "weighted"):
         out = transfer_keypoints(src, trg, best, far, how=how, confidence=conf)
         torch.testing.assert_close(out[0], torch.tensor([30.0, 30.0]))
+
+
+def test_one_aggregation_for_both_layouts_of_the_box_sets():
+    """aggregate_shifts gives the same displacement and confidence whether a set of boxes is
+    a membership row over all boxes (keypoints) or a list of gathered indices (dense
+    rectangles), for every rule, with and without usable boxes; and it is the rule by hand."""
+    import pytest
+
+    from scot.transfer import RULES, aggregate_shifts
+
+    gen = torch.Generator().manual_seed(3)
+    n, r = 40, 25
+    shift = torch.randn(n, 2, generator=gen, dtype=torch.float64) * 10
+    conf = torch.rand(n, generator=gen, dtype=torch.float64)
+    conf[:10] = 0.0  # sets of zero-confidence boxes fall back to the plain mean
+    usable = torch.rand(n, generator=gen) < 0.3
+    member = torch.rand(r, n, generator=gen) < 0.2
+    member[torch.arange(r), torch.randint(0, n, (r,), generator=gen)] = True  # no empty set
+    member[0] = False
+    member[0, :4] = True  # only zero-confidence boxes
+    length = int(member.sum(1).max())
+    index = torch.zeros(r, length, dtype=torch.int64)
+    valid = torch.zeros(r, length, dtype=torch.bool)
+    for k in range(r):
+        boxes = member[k].nonzero().flatten()
+        index[k, : len(boxes)], valid[k, : len(boxes)] = boxes, True
+    for how in RULES:
+        for use in (None, usable):
+            full = aggregate_shifts(member, shift, how, conf, use)
+            gathered = aggregate_shifts(valid, shift, how, conf, use, index=index)
+            torch.testing.assert_close(full, gathered, rtol=1e-12, atol=1e-12)
+            for k in (0, 1, 7):
+                boxes = member[k].nonzero().flatten()
+                if use is not None and bool(use[boxes].any()):
+                    boxes = boxes[use[boxes]]
+                w = conf[boxes] if how == "weighted" and bool((conf[boxes] > 0).any()) else torch.ones(len(boxes),
+                                                                                                      dtype=torch.float64)
+                expected = (w.unsqueeze(1) * shift[boxes]).sum(0) / w.sum()
+                if how == "median":
+                    expected = shift[boxes].sort(0).values[(len(boxes) - 1) // 2]  # the lower middle value
+                torch.testing.assert_close(full[0][k], expected, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(full[1][k], (w * conf[boxes]).sum() / w.sum(), rtol=1e-12, atol=1e-12)
+    assert torch.equal(aggregate_shifts(member, shift)[1], torch.ones(r, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown transfer 'vote'"):
+        aggregate_shifts(member, shift, "vote")
+    with pytest.raises(ValueError, match="needs the matches' confidence"):
+        aggregate_shifts(member, shift, "weighted")
