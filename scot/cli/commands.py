@@ -151,21 +151,23 @@ def eval_(
     Under torchrun (torchrun --nproc-per-node N -m scot eval ...) the ranks share the pairs.
     """
     from ..datasets import open_dataset
-    from ..distributed import Stopped, in_turns, restarted, together
-    from ..evaluation import EvalSettings, evaluate, format_table, resolve_run_folder
-    from ..evaluation.sharded import shared_run_folder
+    from ..distributed.group import Stopped, in_turns
+    from ..evaluation import EvalSettings, evaluate, format_table
+    from ..evaluation.folder import check_resumable, shared_run_folder
     from ..io import check_folder
 
     # the folder that will hold the run, checked before the data and the model (nothing is created yet)
     if output_dir is not None:
         check_folder(output_dir, "output_dir", create=False)
+        if resume:
+            check_resumable(output_dir)
     else:
         check_folder(results, "results", create=False)
     set_threads(threads)
     where: list[Path] = []
     with _ranks(config, rank_timeout, lambda: f"; scored pairs are kept in {where[0]}: finish with the same command "
                 f"plus --resume -o {where[0]}" if where else "") as group:
-        main = group is None or group.rank == 0
+        main = group.rank == 0
 
         def open_data() -> Any:
             with _bar(main, TextColumn(f"downloading {dataset}"), BarColumn(), DownloadColumn(), transient=True) as bar:
@@ -174,15 +176,11 @@ def eval_(
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
 
         data = in_turns(group, "open dataset", open_data)
-        with together(group, "model"):
+        with group.step("model"):
             data = data.select(category, limit, sample)
             model = _model(config, preset_file, preset=dataset)
             settings = EvalSettings.create(thres or data.default_thres, batch_size, cache_gb, save_viz, model.device)
-        if group is None:
-            resume = resume or restarted()
-            run_dir = resolve_run_folder(output_dir, results, dataset, model.backbone.name, resume)
-        else:
-            run_dir, resume = shared_run_folder(group, output_dir, results, dataset, model.backbone.name, resume)
+        run_dir, resume = shared_run_folder(group, output_dir, results, dataset, model.backbone.name, resume)
         where.append(run_dir)
         if main:
             typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
@@ -195,7 +193,7 @@ def eval_(
                                                                       "pairs": len(data)}, resume=resume,
                                    on_progress=lambda done, total, rate, pck: bar.update(
                                        task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"), group=group,
-                                   on_sharding=lambda sharding: typer.echo(sharding.describe()))
+                                   on_sharding=lambda sharding: typer.echo(sharding.describe()), notice=_notice)
             except Stopped:
                 raise  # torchrun stopped this rank: _ranks says why
             except KeyboardInterrupt:
@@ -245,7 +243,6 @@ def search_layers_cmd(
     Under torchrun (torchrun --nproc-per-node N -m scot search-layers ...) the ranks share the pairs.
     """
     from ..datasets import load_dataset
-    from ..distributed import together
     from ..io import check_file
     from ..search import check_beam, format_results, plan_search, search_layers, write_preset
 
@@ -255,8 +252,8 @@ def search_layers_cmd(
         check_file(resume_file, option="resume_file", overwrite=True)
     set_threads(threads)
     with _ranks(config, rank_timeout) as group:
-        main = group is None or group.rank == 0
-        with together(group, "setup"):
+        main = group.rank == 0
+        with group.step("setup"):
             data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
             model = _model(config, preset=dataset)
             plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)

@@ -135,6 +135,10 @@ class Dataset:
                 raise ScotError(f"'{category}' is not a {self.name} category (one of {', '.join(self.categories)})",
                                 option="category")
             pairs = [p for p in pairs if p.category == category]
+            if not pairs:
+                present = sorted({p.category for p in self.pairs})
+                raise ScotError(f"'{category}': no {self.name} pair of that category in {self.source_file or self.root} "
+                                f"(its pairs are of: {', '.join(present)})", option="category")
         if sample is not None:
             if sample < 1:
                 raise ScotError(f"must be at least 1, got {sample}", option="sample")

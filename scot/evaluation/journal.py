@@ -18,8 +18,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..errors import ScotError
+from ..io import atomic_write_bytes
 from ..pck import PCKTable
 
 JOURNAL = "pairs.jsonl"
@@ -126,7 +128,40 @@ def load_journals(run_dir: Path, own: str | None = JOURNAL) -> RunState:
     return merged
 
 
+def drop_records(run_dir: Path, stale: Callable[[dict], bool]) -> list[dict]:
+    """Remove from every journal of ``run_dir`` the pair records for which ``stale(record)``.
+
+    A journal that loses records is rewritten atomically (readers see the old or the new
+    file), without a line cut short by a crash; the others are not touched.  Only a
+    process that holds the run folder's lock may call this, before any process appends.
+
+    Returns:
+        The records removed.
+    """
+    dropped: list[dict] = []
+    for path in journal_files(run_dir):
+        kept: list[bytes] = []
+        lost = 0
+        with open(path, "rb") as fh:
+            for raw in fh:
+                try:
+                    rec = json.loads(raw)
+                    if not raw.endswith(b"\n"):
+                        raise ValueError("partial line")
+                except ValueError:
+                    break
+                if rec.get("kind") != "timing" and stale(rec):
+                    dropped.append(rec)
+                    lost += 1
+                else:
+                    kept.append(raw)
+        if lost:
+            atomic_write_bytes(path, b"".join(kept))
+    return dropped
+
+
 def absorb(state: RunState, rec: dict) -> None:
+    """Add a journal line to ``state``: a pair's record (once per pair) or the clocks."""
     if rec.get("kind") == "timing":
         state.feature_seconds = rec["feature_seconds"]
         state.match_seconds = rec["match_seconds"]
@@ -141,6 +176,8 @@ def absorb(state: RunState, rec: dict) -> None:
 
 
 class Journal:
+    """A journal open for appending: every :meth:`write` is flushed and fsync'd."""
+
     def __init__(self, path: Path) -> None:
         self.fh = open(path, "a", encoding="utf-8")
 

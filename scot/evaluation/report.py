@@ -19,7 +19,7 @@ from .journal import RunState
 if TYPE_CHECKING:
     from ..cache import LRUCache
     from ..model import SCOT
-    from .runner import EvalSettings
+    from .settings import EvalSettings
 
 
 def versions() -> dict[str, str]:
