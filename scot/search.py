@@ -107,7 +107,8 @@ class LayerSearch:
         except (OSError, ValueError) as exc:
             raise ScotError(f"{self.resume_file} is not readable JSON ({exc})", option="resume_file") from None
         if data.get("settings") != self.settings:
-            raise ScotError(f"{self.resume_file} belongs to a search with other settings; use another file", option="resume_file")
+            raise ScotError(f"{self.resume_file} belongs to a search with other settings; use another file",
+                            option="resume_file")
         return data.get("evaluated", {})
 
     def load_resume(self) -> None:
@@ -224,8 +225,8 @@ def search_layers(
 
     ``on_eval(evaluated, best_so_far)`` follows every scored set.  Under torchrun every
     rank of ``group`` calls this with the same arguments and gets the same result (see
-    the module's docstring); ``on_sharding(sharding)`` tells rank 0 of a group of several
-    ranks how the pairs are split.  ``group`` None: this process alone.
+    the module's docstring); ``on_sharding(sharding)`` tells rank 0 how the pairs are
+    split over the processes.  ``group`` None: this process alone.
 
     Depth 1 scores each base id alone; depth k extends each of the ``beam`` best sets of
     depth k-1 by one candidate id deeper than its base, up to ``max_size`` ids.
@@ -242,7 +243,7 @@ def search_layers(
     world: World = group if group is not None else WorldOfOne()
     search = LayerSearch(model, dataset, thres, all_ids, resume_file, settings, group=world)
     sharding = search.split()
-    if on_sharding is not None and world.rank == 0 and world.world_size > 1:
+    if on_sharding is not None and world.rank == 0:
         on_sharding(sharding)
     search.load_resume()
     search.prepare(on_image)
@@ -299,7 +300,8 @@ def plan_search(model: SCOT, dataset: Dataset, thres: str | None, grid_stride: i
         raise ScotError(f"must be img or bbox, got '{thres}'", option="thres")
     bb = model.backbone
     side = model.config.image_side
-    bases = list(parse_hyperpixel_ids(base_ids, option="base_ids") or ()) if base_ids else ids_of_stride(bb, grid_stride, side)
+    bases = (list(parse_hyperpixel_ids(base_ids, option="base_ids") or ()) if base_ids
+             else ids_of_stride(bb, grid_stride, side))
     cands = list(parse_hyperpixel_ids(candidates, option="candidates") or ()) if candidates else list(range(bb.num_ids))
     bb.check_ids(bases, option="base_ids")
     bb.check_ids(cands, option="candidates")
@@ -330,7 +332,8 @@ def write_preset(path: Path, results: Sequence[Evaluated], model: SCOT, dataset:
         "metric": f"PCK@{HEADLINE_ALPHA:.2f}, mean over pairs (%)",
         "dataset": {"name": dataset.name, "split": dataset.split, "pairs": len(dataset), "thres": thres},
         "found_with": command,
-        "results": [{"hyperpixel_ids": list(e.ids), "pck": e.pck, "seconds": round(e.seconds, 2)} for e in results[:top]],
+        "results": [{"hyperpixel_ids": list(e.ids), "pck": e.pck, "seconds": round(e.seconds, 2)}
+                    for e in results[:top]],
         "evaluated_sets": len(results),
     }
     atomic_write_json(path, doc)

@@ -255,7 +255,8 @@ def test_resume_scores_again_the_pairs_whose_inputs_changed(tmp_path):
     fresh = evaluate(model, pairs(), tmp_path / "fresh", settings, selection)
     assert resumed["status"] == "complete" and resumed["pck"] == fresh["pck"]
     assert (tmp_path / "run" / "per_pair.csv").read_bytes() == (tmp_path / "fresh" / "per_pair.csv").read_bytes()
-    assert said == [f"scoring again 2 whose annotations or images changed since they were scored ({tmp_path / 'run'})"]
+    assert said == [f"resuming {tmp_path / 'run'}: scoring again 2 pairs whose annotations or images changed since "
+                    "they were scored"]
     journal = [json.loads(line) for line in (tmp_path / "run" / "pairs.jsonl").read_text().splitlines()]
     scored = [r["index"] for r in journal if "index" in r]
     assert scored == [0, 2, 1, 3, 4, 5]  # pairs 0 and 2 kept, 1 and 3 scored again, 4 and 5 new

@@ -193,7 +193,7 @@ def eval_(
                                                                       "pairs": len(data)}, resume=resume,
                                    on_progress=lambda done, total, rate, pck: bar.update(
                                        task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"), group=group,
-                                   on_sharding=lambda sharding: typer.echo(sharding.describe()), notice=_notice)
+                                   on_sharding=_show_sharding, notice=_notice)
             except Stopped:
                 raise  # torchrun stopped this rank: _ranks says why
             except KeyboardInterrupt:
@@ -208,6 +208,12 @@ def eval_(
                 typer.echo(f"images described per rank: {', '.join(map(str, sharding['images_described_per_rank']))} "
                            f"(a round-robin split would describe {', '.join(map(str, sharding['round_robin_images_per_rank']))})")
             typer.echo(f"results: {run_dir}")
+
+
+def _show_sharding(sharding: Any) -> None:
+    """Rank 0 prints how the pairs are split when several processes share them."""
+    if sharding.world_size > 1:
+        typer.echo(sharding.describe())
 
 
 def _ask(question: str) -> bool:
@@ -268,7 +274,7 @@ def search_layers_cmd(
                                     on_image=lambda i, n: bar.update(images, completed=i, total=n),
                                     on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
                                     on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"),
-                                    group=group, on_sharding=lambda sharding: typer.echo(sharding.describe()))
+                                    group=group, on_sharding=_show_sharding)
         if main:
             command = "scot search-layers " + " ".join(sys.argv[2:])
             write_preset(output, results, model, data, plan.thres, command)

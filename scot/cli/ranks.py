@@ -13,7 +13,8 @@ from .options import progress
 if TYPE_CHECKING:
     from ..distributed.group import World
 
-RankTimeoutOpt = Annotated[float, typer.Option("--rank-timeout", help="Under torchrun: seconds another rank may show no sign of life before the run stops with an error naming it.")]
+RankTimeoutOpt = Annotated[float, typer.Option("--rank-timeout", help=(
+    "Under torchrun: seconds another rank may show no sign of life before the run stops with an error naming it."))]
 
 
 @contextmanager
@@ -30,7 +31,7 @@ def ranks(config: dict[str, Any], timeout: float, hint: Callable[[], str] = str)
     from ..errors import ScotError
 
     try:
-        group = start(config.get("device") or SCOTConfig.__dataclass_fields__["device"].default, timeout)
+        group = start(str(config.get("device") or SCOTConfig.__dataclass_fields__["device"].default), timeout)
     except ScotError as exc:  # before the ranks could agree: rank 0 alone reports an error all of them meet
         if not getattr(exc, "report", os.environ.get("RANK", "0") == "0"):
             raise typer.Exit(1) from None

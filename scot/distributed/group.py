@@ -197,15 +197,16 @@ class Group:
         span = timedelta(seconds=timeout)
         store, rank, world = next(dist.rendezvous("env://", timeout=span))
         if (rank, world) != (launch.rank, launch.world_size):  # pragma: no cover - the launcher's contract
-            raise ScotError(f"torchrun gave rank {rank} of {world}, the environment {launch.rank} of {launch.world_size}")
+            raise ScotError(f"torchrun gave rank {rank} of {world}, the environment {launch.rank} of "
+                            f"{launch.world_size}")
         # the launcher's store outlives a restart: every key of this attempt goes under its own prefix
         attempt = f"scot/{launch.run_id}/{launch.restart_count}/"
         group = cls(launch, dist.PrefixStore(attempt, store), timeout)
         try:
             group._begin(store, attempt)
             group.device = group.decide_each("device", lambda: rank_device(device, launch))
-            dist.init_process_group(backend_for(group.device), store=dist.PrefixStore(attempt + "pg/", store), rank=rank,
-                                    world_size=world, timeout=span)
+            dist.init_process_group(backend_for(group.device), store=dist.PrefixStore(attempt + "pg/", store),
+                                    rank=rank, world_size=world, timeout=span)
             group._initialised = True
             if torch.device(group.device).type == "cuda" and torch.cuda.is_available():
                 torch.cuda.set_device(torch.device(group.device))
@@ -309,7 +310,8 @@ class Group:
 
     def fail(self, error: BaseException) -> None:
         """Tell the other ranks that this one failed with ``error`` (they stop with a quiet :class:`PeerError`)."""
-        message = error.message if isinstance(error, ScotError) else f"unexpected {type(error).__name__}: {_first_line(error)}"
+        message = (error.message if isinstance(error, ScotError)
+                   else f"unexpected {type(error).__name__}: {_first_line(error)}")
         self._update(state="failed", error=message, option=getattr(error, "option", None))
         self._flush()
 
@@ -393,7 +395,8 @@ class Group:
         return PeerError("stopped by a signal from the launcher", report=self.rank == 0)
 
     # ---------------------------------------------------------------- collective calls
-    def _arrive(self, name: str, payload: dict[str, Any], on_wait: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    def _arrive(self, name: str, payload: dict[str, Any],
+                on_wait: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """Post ``payload`` under step ``name`` and return every rank's, once all have posted.
 
         While waiting, the other ranks are watched (:meth:`check`): the wait ends with a

@@ -180,8 +180,9 @@ class Sharding:
 
     def describe(self) -> str:
         """One line: pairs and images per rank, against a round-robin split."""
-        return (f"sharded by image over {self.world_size} ranks: pairs per rank {_listed(len(s) for s in self.shards)} | "
-                f"images per rank {_listed(self.images)} (round-robin split: {_listed(self.round_robin_images)})")
+        return (f"sharded by image over {self.world_size} ranks: "
+                f"pairs per rank {_listed(len(s) for s in self.shards)} | images per rank {_listed(self.images)} "
+                f"(round-robin split: {_listed(self.round_robin_images)})")
 
     def record(self, described: list[int] | None = None) -> dict[str, Any]:
         """The ``sharding`` entry of ``summary.json``; ``described``: images each rank actually described."""

@@ -140,10 +140,11 @@ def claim_run_folder(run_dir: Path, identity: dict[str, Any], resume: bool, inpu
         dropped = drop_records(run_dir, stale)
         changed = {rec["index"] for rec in dropped if "inputs" in rec}
         unrecorded = {rec["index"] for rec in dropped if "inputs" not in rec} - changed
-        parts = ([f"{len(changed)} whose annotations or images changed since they were scored"] if changed else []) + (
-            [f"{len(unrecorded)} scored by an older scot, which did not record their inputs"] if unrecorded else [])
+        parts = [f"{len(found)} {'pair' if len(found) == 1 else 'pairs'} {why}" for found, why in (
+            (changed, "whose annotations or images changed since they were scored"),
+            (unrecorded, "scored by an older scot, which did not record their inputs")) if found]
         if parts:
-            notice = f"scoring again {' and '.join(parts)} ({run_dir})"
+            notice = f"resuming {run_dir}: scoring again {' and '.join(parts)}"
     token = None
     if world.launch.run_id:  # started by torchrun: prove that every rank writes this folder
         token = secrets.token_hex(8)

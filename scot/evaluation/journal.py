@@ -4,7 +4,10 @@ Each scored pair is appended to ``pairs.jsonl`` as one JSON line, flushed and fs
 so an interruption or crash loses nothing already scored.  A line cut short by a crash
 is dropped (and the file truncated to the last whole line, by the process that appends
 to it) when the journal is read back, and ``--resume`` continues after the pairs it
-holds.  A lock file keeps two processes from writing one journal.
+holds.  A lock file keeps two processes from writing one journal.  Every record holds the
+digest of the inputs it was scored from (``inputs``, :class:`~.scoring.PairInputs`); a
+resumed run drops the records whose inputs changed (:func:`drop_records`) and scores
+those pairs again.
 
 Under torchrun each rank appends to its own ``pairs.rank<R>.jsonl``; a run folder's
 journals are read back together (:func:`load_journals`), whatever the number of
@@ -41,7 +44,8 @@ def lock_name(rank: int | None = None) -> str:
 
 def journal_files(run_dir: Path) -> list[Path]:
     """The journals in ``run_dir``: ``pairs.jsonl`` first, then ``pairs.rank<R>.jsonl`` by rank."""
-    ranks = sorted((int(m.group(1)), p) for p in run_dir.glob("pairs.rank*.jsonl") if (m := _RANK_JOURNAL.fullmatch(p.name)))
+    ranks = sorted((int(m.group(1)), p) for p in run_dir.glob("pairs.rank*.jsonl")
+                   if (m := _RANK_JOURNAL.fullmatch(p.name)))
     plain = [run_dir / JOURNAL] if (run_dir / JOURNAL).is_file() else []
     return plain + [p for _, p in ranks if p.is_file()]
 

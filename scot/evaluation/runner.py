@@ -108,8 +108,8 @@ def evaluate(
             each batch (on rank 0, counting the pairs of every rank).
         group: the processes sharing the run (:func:`scot.distributed.group.start`); None:
             this process alone.  Every rank calls this with the same arguments.
-        on_sharding: ``on_sharding(sharding)`` tells rank 0 of a group of several ranks how
-            the pairs are split, before the work starts.
+        on_sharding: ``on_sharding(sharding)`` tells rank 0 how the pairs are split over
+            the processes, before the work starts.
         notice: ``notice(line)`` tells rank 0's user about scores that are done again.
 
     Returns:
@@ -129,7 +129,7 @@ def evaluate(
         if world.rank == 0 and claim["notice"] and notice is not None:
             notice(claim["notice"])
         sharding = Sharding.agree(world, dataset, settings.batch_size)
-        if on_sharding is not None and world.rank == 0 and world.world_size > 1:
+        if on_sharding is not None and world.rank == 0:
             on_sharding(sharding)
         return _run(model, dataset, run_dir, settings, identity, world, sharding, inputs, resume,
                     on_progress if world.rank == 0 else None)

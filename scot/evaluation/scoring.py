@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 def score_pair(pair: Pair, result: MatchResult, thres: str, alphas: Sequence[float] = ALPHAS) -> dict:
     """Score one matched pair in the resized target frame; return its journal record."""
     s, t = result.src, result.trg
+    assert result.transferred is not None and result.transferred_resized is not None, "a match without keypoints"
     _, trg_kps, trg_bbox = pair.oriented(s.original_size[0], t.original_size[0])
     if thres == "bbox" and trg_bbox is None:
         raise ScotError(f"bbox: pair {pair.pair_id} has no target bounding box (annotation files missing?)",
