@@ -81,17 +81,17 @@ class LayerSearch:
     """The split of the pairs over the processes (:meth:`split`)."""
 
     def split(self) -> Sharding:
-        """Split the pairs over the processes by image and estimated work, one pair per
-        unit (:meth:`Sharding.agree`; every process at the same point); a process alone
-        keeps them all, in list order."""
-        self.sharding = Sharding.agree(self.group, self.dataset, 1)
+        """The split of the pairs over the processes by image and estimated work, one pair
+        per unit (:meth:`Sharding.agree`, made on the first call, at the same point on
+        every process); a process alone keeps them all, in list order."""
+        if self.sharding is None:
+            self.sharding = Sharding.agree(self.group, self.dataset, 1)
         return self.sharding
 
     @property
     def shard(self) -> list[int]:
         """Positions in ``dataset.pairs`` this process scores (all of them, in order, for a process alone)."""
-        sharding = self.sharding or self.split()
-        return sharding.shards[self.group.rank]
+        return self.split().shards[self.group.rank]
 
     @property
     def own_pairs(self) -> list[Pair]:
@@ -143,7 +143,7 @@ class LayerSearch:
             seen.setdefault(p.trg_key)
         keys = list(seen)
         pair_keys = [(p.src_key, p.trg_key) for p in self.dataset.pairs]
-        total = sum(images_per_shard(pair_keys, (self.sharding or self.split()).shards))
+        total = sum(images_per_shard(pair_keys, self.split().shards))
         for i, (path, flip) in enumerate(keys, start=1):
             self.view(Path(path), flip)
             self.group.set_progress(i)

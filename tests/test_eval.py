@@ -279,3 +279,25 @@ def test_category_without_pairs_in_the_list_is_one_line(photo_willow, tmp_path):
                               "efficientnet-lite0", "--category", "car(G)", "-o", str(tmp_path / "run")])
     one_line_error(res, "--category", "'car(G)'", "no pfwillow pair", "duck(S)")
     assert not (tmp_path / "run").exists()
+
+
+def test_drop_records_rewrites_only_the_journals_that_lose_records(tmp_path):
+    from scot.evaluation.journal import drop_records, load_journals
+
+    def line(rec):
+        return json.dumps(rec) + "\n"
+
+    timing = {"kind": "timing", "feature_seconds": 1.0, "match_seconds": 2.0, "images_extracted": 3, "wall_seconds": 4.0}
+    recs = [{"index": i, "category": "c", "dist": [0.0], "inputs": f"d{i}", "pck": {"0.10": 1.0}} for i in range(4)]
+    (tmp_path / "pairs.rank0.jsonl").write_text(line(recs[0]) + line(recs[2]) + line(timing) + '{"index": 9, "cat')
+    kept = line(recs[1]) + line(recs[3]) + line(timing)
+    (tmp_path / "pairs.rank1.jsonl").write_text(kept)
+    before = (tmp_path / "pairs.rank1.jsonl").stat().st_mtime_ns
+
+    dropped = drop_records(tmp_path, lambda rec: rec["index"] == 2)
+    assert dropped == [recs[2]]
+    assert (tmp_path / "pairs.rank0.jsonl").read_text() == line(recs[0]) + line(timing)  # the cut line goes too
+    assert (tmp_path / "pairs.rank1.jsonl").read_text() == kept
+    assert (tmp_path / "pairs.rank1.jsonl").stat().st_mtime_ns == before
+    state = load_journals(tmp_path, own=None)
+    assert sorted(state.done) == [0, 1, 3] and state.totals()["images_extracted"] == 6

@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import ScotError
 from ..io import atomic_write_bytes
@@ -80,6 +80,19 @@ class RunState:
         return out
 
 
+def _whole_lines(path: Path) -> Iterator[tuple[bytes, dict]]:
+    """The lines of a journal (bytes, record), up to a line cut short by a crash (dropped with all after it)."""
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                rec = json.loads(raw)
+                if not raw.endswith(b"\n"):
+                    raise ValueError("partial line")
+            except ValueError:
+                return
+            yield raw, rec
+
+
 def load_journal(run_dir: Path, name: str = JOURNAL, repair: bool = True) -> RunState:
     """The state held by one journal of ``run_dir``.
 
@@ -93,16 +106,9 @@ def load_journal(run_dir: Path, name: str = JOURNAL, repair: bool = True) -> Run
     if not path.is_file():
         return state
     good_bytes = 0
-    with open(path, "rb") as fh:
-        for raw in fh:
-            try:
-                rec = json.loads(raw)
-                if not raw.endswith(b"\n"):
-                    raise ValueError("partial line")
-            except ValueError:
-                break  # a line cut short by a crash: drop it and everything after
-            good_bytes += len(raw)
-            absorb(state, rec)
+    for raw, rec in _whole_lines(path):
+        good_bytes += len(raw)
+        absorb(state, rec)
     if repair and good_bytes != path.stat().st_size:
         with open(path, "r+b") as fh:
             fh.truncate(good_bytes)
@@ -146,19 +152,12 @@ def drop_records(run_dir: Path, stale: Callable[[dict], bool]) -> list[dict]:
     for path in journal_files(run_dir):
         kept: list[bytes] = []
         lost = 0
-        with open(path, "rb") as fh:
-            for raw in fh:
-                try:
-                    rec = json.loads(raw)
-                    if not raw.endswith(b"\n"):
-                        raise ValueError("partial line")
-                except ValueError:
-                    break
-                if rec.get("kind") != "timing" and stale(rec):
-                    dropped.append(rec)
-                    lost += 1
-                else:
-                    kept.append(raw)
+        for raw, rec in _whole_lines(path):
+            if rec.get("kind") != "timing" and stale(rec):
+                dropped.append(rec)
+                lost += 1
+            else:
+                kept.append(raw)
         if lost:
             atomic_write_bytes(path, b"".join(kept))
     return dropped
