@@ -444,11 +444,14 @@ class HyperpixelExtractor:
         """What makes features of ``ids`` (default: the configuration's) what they are: the
         backbone, its weights, the ids and every option that changes features or weights."""
         cfg = self.config
-        return (f"{self.backbone.name} ({self.backbone.weights_source}), ids {','.join(map(str, sorted(ids or self.ids)))}, "
-                f"image_side {cfg.image_side}, feature_scales {','.join(f'{v:g}' for v in cfg.feature_scales or (1.0,))}"
-                f", center_features {'on' if cfg.center_features else 'off'}, cam "
-                + (f"{','.join(f'{v:g}' for v in cfg.cam_scales)} {cfg.cam_weighting}" if cfg.cam else "off")
-                + f", factorize {self.factorize}")
+
+        def listed(values: Sequence[float]) -> str:
+            return ",".join(f"{v:g}" for v in values)
+
+        cam = f"{listed(cfg.cam_scales)} {cfg.cam_weighting}" if cfg.cam else "off"
+        return (f"{self.backbone.name} ({self.backbone.weights_source}), ids {listed(sorted(ids or self.ids))}, "
+                f"image_side {cfg.image_side}, feature_scales {listed(cfg.feature_scales or (1.0,))}, "
+                f"center_features {'on' if cfg.center_features else 'off'}, cam {cam}, factorize {self.factorize}")
 
     def describe(self, view: NetworkView, ids: Sequence[int] | None = None,
                  timings: dict[str, float] | None = None) -> Hyperpixels:

@@ -25,12 +25,13 @@ from .cost import Correlation, cost_from_log2_kernel_, kernel_scale, log2_kernel
 from .errors import ScotError
 from .features import Hyperpixels
 from .image import resized_size
-from .ot import Scalings, dampening, kernel_sinkhorn, log2_votes, scot_votes
+from .ot import Scalings, dampening, kernel_sinkhorn
 from .rhm import GRID_ERROR, HoughWindows, grid_view
 from .solver import SolverPlan
 from .streaming import streamed_best_matches
 from .timing import Clock
 from .transfer import mutual_mask, soft_argmax_targets, transfer_keypoints
+from .votes import log2_votes, scot_votes
 
 _BLOCK_BYTES = 4 << 20  # rows of the N x M matrix processed together on the CPU (kept in cache)
 _DEVICE_BLOCK_BYTES = 256 << 20  # on a GPU: bounds the exp2 temporary of the Sinkhorn sweeps
@@ -173,11 +174,15 @@ class Matcher(Generic[R]):
             raise ScotError(f"{what}, most of it for a sub-pixel window of {self.config.subpixel} x "
                             f"{self.config.subpixel} cells; use a smaller window", option="subpixel")
         if keep or not self.plan.can_stream:
-            why = "kept votes (keep_plan) cannot stream" if keep else f"low memory cannot stream {self.plan.blocker_text()}"
-            raise ScotError(f"{what}, and {why}; use a smaller image_side", option="image_side")
+            raise ScotError(f"{what}, and low memory cannot stream {self._unstreamable(keep)}; use a smaller "
+                            "image_side", option="image_side")
         self._notice(f"notice: {s.n} x {t.n} hyperpixels need about {_device.format_gb(need)} in memory "
                      f"({_device.format_gb(available)} available): matching one way in low-memory mode")
         return False
+
+    def _unstreamable(self, keep: bool) -> str:
+        """What keeps this call from streaming: the plan's blocking options, or kept votes."""
+        return ", ".join(([self.plan.blocker_text()] if self.plan.blockers else []) + (["kept votes"] if keep else []))
 
     def check_sizes(self, *sizes: tuple[int, int]) -> None:
         """Refuse, before any work, images the machine cannot describe: the backbone's
@@ -246,13 +251,14 @@ class Matcher(Generic[R]):
         _device.release_cached(self.device)
         if len(pairs) == 1:
             s, t = pairs[0]
-            fix = "low-memory mode (--low-memory) streams it in blocks" if self.plan.can_stream and not keep else \
-                f"low memory cannot stream {self.plan.blocker_text() or 'kept votes (keep_plan)'}; use a smaller image_side"
+            streams = self.plan.can_stream and not keep
+            fix = "low-memory mode (--low-memory) streams it in blocks" if streams else \
+                f"low memory cannot stream {self._unstreamable(keep)}; use a smaller image_side"
             raise ScotError(
                 f"pair {s.name} -> {t.name} ({s.n} x {t.n} hyperpixels) does not fit in the memory of {self.device} "
                 f"even alone (about {_device.format_gb(self.pair_bytes(s.n, t.n, keep))} needed, "
                 f"{_device.format_gb(_device.free_memory(self.device))} free); {fix}",
-                option="low_memory" if self.plan.can_stream and not keep else "image_side")
+                option="low_memory" if streams else "image_side")
         half = (len(pairs) + 1) // 2
         logger.info("out of memory with %d pairs on %s: matching %d and %d", len(pairs), self.device, half,
                     len(pairs) - half)

@@ -62,7 +62,6 @@ def as_keypoints(keypoints: Any, size: tuple[int, int] | None = None, name: str 
     return torch.from_numpy(np.ascontiguousarray(kps))
 
 
-
 class MatchResult(Matched):
     """The outcome of matching one image pair (its fields: :class:`~scot.matcher.Matched`).
 

@@ -13,9 +13,8 @@ with scalings found by alternating projections from :math:`a = \mathbb{1}/N`:
 
 where :math:`f = \tau / (\tau + \varepsilon)` is the :func:`dampening` of unbalanced OT
 (marginals relaxed to KL penalties of weight :math:`\tau`, Chizat et al. 2018; :math:`f = 1`
-when balanced).  SCOT's reference runs **one** iteration.  Its votes are the rescaled plan
-:math:`(N P)^{p}` with :math:`N` the rows with mass and :math:`p` = ``exp2``
-(:func:`log2_votes`).
+when balanced).  SCOT's reference runs **one** iteration; its votes, the rescaled plan
+:math:`(N P)^{p}`, are :mod:`scot.votes`.
 
 **One loop, one operator per variant** (as in geomloss): :func:`_iterate` alternates the
 two updates above, and with a tolerance freezes converged problems; each variant supplies
@@ -96,31 +95,6 @@ def _coldot(v: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v.unsqueeze(1), block).squeeze(1)
 
 
-def log2_votes(
-    log2_kernel: torch.Tensor, log2_rows: torch.Tensor, log2_cols: torch.Tensor, exp2: float,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    r"""SCOT's votes :math:`(n\, a_i K_{ij} b_j)^{p} = 2^{\,p\,(\log_2 K_{ij} + \log_2(n a_i) + \log_2 b_j)}`.
-
-    Args:
-        log2_kernel: (B, r, M) :math:`\log_2 K` of a block of rows.
-        log2_rows: (B, r) :math:`\log_2 (n a_i)` of those rows (``-inf`` for zero scalings).
-        log2_cols: (B, M) :math:`\log_2 b_j`.
-        exp2: the plan power :math:`p > 0`.
-        out: where to write (may be ``log2_kernel`` itself); a new tensor if None.
-
-    Returns:
-        (B, r, M) votes; zero where a scaling is zero (padding).
-    """
-    log2_rows, log2_cols = log2_rows.to(log2_kernel.device), log2_cols.to(log2_kernel.device)
-    out = torch.add(log2_kernel, log2_rows.unsqueeze(-1), out=out) if out is not None \
-        else log2_kernel + log2_rows.unsqueeze(-1)
-    out.add_(log2_cols.unsqueeze(-2))
-    if exp2 != 1.0:
-        out.mul_(exp2)
-    return out.exp2_()
-
-
 # --------------------------------------------------------------------------------------
 # The one loop
 class _Operator:
@@ -141,6 +115,10 @@ class _Operator:
     def error(self, a: torch.Tensor, b: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
         """(B,) how far each problem is from convergence, compared with a tolerance."""
         raise NotImplementedError(f"{type(self).__name__} runs a fixed number of iterations")
+
+    def logs(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The natural logs of the scalings."""
+        return a.log(), b.log()
 
 
 def _iterate(op: _Operator, batch: int, device: torch.device, num_iters: int,
@@ -356,9 +334,6 @@ class _DenseKernel(_Operator):
             return (b * _coldot(a, self.K) - self.nu).abs().sum(-1)
         return (a - a_prev).abs().amax(-1) / a.abs().amax(-1).clamp_min(1.0)  # unbalanced: marginals never hold
 
-    def logs(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return a.log(), b.log()
-
 
 class _LogKernel(_Operator):
     r"""Log-domain updates :math:`\beta \leftarrow f(\log\nu - \mathrm{LSE}_i(\alpha_i + \log K_{ij}))`
@@ -482,80 +457,3 @@ def eps_doublings(solve: Callable[[float, list[int]], list[bool]], eps: float, b
         e *= 2.0
     raise ScotError(f"Sinkhorn gave no finite plan even at eps {e / 2:g} after {max_doublings} doublings; use a larger "
                     "eps or sinkhorn_mode log", option="eps")
-
-
-@dataclass
-class VoteStats:
-    eps_used: list[float]
-    iterations: int
-
-
-def scot_votes(
-    cost: torch.Tensor,
-    mu: torch.Tensor,
-    nu: torch.Tensor,
-    eps: float = 0.05,
-    exp2: float = 1.0,
-    num_iters: int = 1,
-    tol: float | None = None,
-    method: str = "plain",
-    tau: float | None = None,
-    max_doublings: int = 10,
-) -> tuple[torch.Tensor, VoteStats]:
-    """SCOT's transport votes ``(N · P)^exp2`` of a batch (B, N, M) (or one (N, M)) of problems.
-
-    Any solver option (:func:`sinkhorn`); the plain method follows the ε policy
-    (:func:`eps_doublings`) per problem.  ``N`` is the number of source rows with mass (the
-    reference's ``len(src_feats)``).  The batch is solved together; whether each problem's
-    scalings are finite is read on the host once per attempt, and only the problems that
-    failed are solved again at the doubled ε.
-
-    Args:
-        cost: (B, N, M) or (N, M) cost.
-        mu: (B, N) or (N,) source marginal; nu: (B, M) or (M,) target marginal (both
-            moved to the cost's device).
-        eps, num_iters, tol, method, tau: as for :func:`sinkhorn`.
-        exp2: the plan power.
-        max_doublings: bound of the ε policy (the log method never doubles).
-
-    Returns:
-        (votes with the cost's shape, :class:`VoteStats`).
-    """
-    C = _batched(cost, 2)
-    mu_b = _batched(mu, 1).to(device=C.device, dtype=C.dtype)
-    nu_b = _batched(nu, 1).to(device=C.device, dtype=C.dtype)
-    log2_count = (mu_b > 0).sum(-1).to(C.dtype).clamp_min(1.0).log2().unsqueeze(-1)  # (B, 1)
-    votes = torch.empty_like(C)
-    batch = C.shape[0]
-    iterations = 0
-
-    def solve(e: float, pending: list[int]) -> list[bool]:
-        nonlocal iterations
-        pick = _picker(pending, batch, C.device)
-        c, m, n = pick(C), pick(mu_b), pick(nu_b)
-        res = sinkhorn(c, m, n, e, num_iters, tol, method=method, tau=tau)
-        assert res.log2_rows is not None and res.log2_cols is not None
-        finite = (torch.isfinite(res.log2_rows) | (m <= 0)).all(-1) & (torch.isfinite(res.log2_cols) | (n <= 0)).all(-1)
-        flags = _device.to_host(finite)[0].tolist()
-        good = [i for i, ok in enumerate(flags) if ok]
-        if good:
-            part = _picker(good, len(pending), C.device)
-            solved = [pending[i] for i in good]
-            whole = len(solved) == batch
-            out = log2_votes(part(c) * (-_LOG2E / e), part(res.log2_rows) + part(pick(log2_count)), part(res.log2_cols),
-                             exp2, out=votes if whole else None)
-            if not whole:
-                votes.index_copy_(0, torch.tensor(solved, device=C.device), out)
-            iterations = max(iterations, res.iterations)
-        return flags
-
-    eps_used = eps_doublings(solve, eps, batch, 0 if method == "log" else max_doublings)
-    return (votes[0] if cost.dim() == 2 else votes), VoteStats(eps_used, iterations)
-
-
-def _picker(rows: list[int], batch: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function selecting ``rows`` of a (batch, ...) tensor (no copy when all are selected)."""
-    if len(rows) == batch:
-        return lambda x: x
-    index = torch.tensor(rows, device=device)
-    return lambda x: x.index_select(0, index)

@@ -11,7 +11,7 @@ choices, in order:
   :data:`SAFE_INV_EPS`, on the stored log-kernel with the votes formed in place
   (:func:`scot.ot.kernel_sinkhorn`);
 * ``general``: everything else (a tolerance, the log domain, a small ε), through
-  :func:`scot.ot.scot_votes` with its ε policy.
+  :func:`scot.votes.scot_votes` with the ε policy of :mod:`scot.ot`.
 """
 
 from __future__ import annotations

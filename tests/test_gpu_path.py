@@ -283,7 +283,8 @@ def test_sinkhorn_tolerance_reads_the_gpu_every_few_iterations(monkeypatch):
 
 
 def test_a_converged_problem_is_frozen_while_the_batch_goes_on():
-    from scot.ot import scot_votes, sinkhorn
+    from scot.ot import sinkhorn
+    from scot.votes import scot_votes
 
     g = torch.Generator().manual_seed(1)
     costs = torch.stack([torch.rand(20, 30, generator=g) * 0.2, torch.rand(20, 30, generator=g)])

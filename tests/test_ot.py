@@ -7,7 +7,8 @@ import ot as pot
 import pytest
 import torch
 
-from scot.ot import scot_votes, sinkhorn
+from scot.ot import sinkhorn
+from scot.votes import scot_votes
 
 
 def random_problem(n: int, m: int, seed: int, dtype=torch.float64):
