@@ -11,7 +11,6 @@ import scot.device
 from conftest import PHOTO_CATEGORY, one_line_error
 from scot import SCOT, SCOTConfig, ScotError
 from scot.cli import app
-from scot.solver import SolverPlan
 
 LITE0 = dict(backbone="efficientnet-lite0", preset="pfwillow", image_side=96, cam_scales=(1.0,), feature_scales=(1.0,))
 
@@ -94,6 +93,8 @@ def test_memory_errors_name_the_options_responsible(folder, tmp_path, monkeypatc
 
 
 def test_config_and_matcher_ask_one_plan_whether_streaming_is_allowed(model, folder, monkeypatch):
+    from scot.solver import SolverPlan
+
     s, t = model.extract(folder / "photo.png"), model.extract(folder / "zoomed.png")
     for options, name in ((dict(sinkhorn_mode="log"), "sinkhorn_mode log"), (dict(sinkhorn_tol=1e-3), "sinkhorn_tol"),
                           (dict(mutual=True), "mutual"), (dict(ot=False), "ot off")):

@@ -389,6 +389,18 @@ def test_a_pair_that_does_not_fit_alone_suggests_low_memory(monkeypatch, lite0, 
     assert "--low-memory" in str(err.value) and "does not fit" in str(err.value)
 
 
+def test_a_pair_that_cannot_stream_names_the_options_instead(monkeypatch, lite0, described):
+    def fail(self, out, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(scot.matcher.Correlation, "fill", fail)
+    model = SCOT(_config(96, symmetric=False, subpixel=3), backbone=lite0, factorize="always")
+    with pytest.raises(ScotError) as err:
+        model.match_batch(_items(described["always", "small"], 1))
+    assert err.value.option == "image_side" and "\n" not in str(err.value)
+    assert "cannot stream subpixel" in str(err.value) and "--low-memory" not in str(err.value)
+
+
 def test_the_cache_keeps_gpu_images_below_a_share_of_the_gpu(monkeypatch):
     FakeMachine(monkeypatch, total=16 * GB)
     on_gpu = types.SimpleNamespace(device=torch.device("cuda", 0), size=2 * GB)
