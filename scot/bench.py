@@ -29,8 +29,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .features import Hyperpixels, synchronize
+from .features import Hyperpixels
 from .precision import fp32_precision
+from .timing import synchronize
 
 
 # --------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ScotError
+from .solver import SolverPlan
 
 BACKBONES = ("resnet101", "resnet50", "efficientnet-lite0", "efficientnet-lite2")
 TRANSFERS = ("mean", "weighted", "median")
@@ -218,10 +219,10 @@ class SCOTConfig:
         if self.low_memory and self.symmetric:
             raise ScotError("two-way matching needs the whole N x M matrix; it cannot be combined with low memory",
                             option="symmetric")
-        if self.low_memory and (not self.ot or self.sinkhorn_mode == "log" or self.sinkhorn_tol is not None
-                                or self.subpixel or self.mutual):
+        plan = SolverPlan.of(self)
+        if self.low_memory and not plan.can_stream:
             raise ScotError("low memory streams plain Sinkhorn with a fixed iteration count; it cannot be combined "
-                            "with ot off, sinkhorn_mode log, sinkhorn_tol, subpixel or mutual", option="low_memory")
+                            f"with {plan.blocker_text()}", option="low_memory")
 
     # ------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> "SCOTConfig":

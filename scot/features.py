@@ -44,42 +44,12 @@ from .cam import class_activation_map, foreground, marginal_weights
 from .cost import factorize_groups
 from .image import ImageLike, load_image
 from .precision import fp32_precision
+from .timing import Clock
 
 if TYPE_CHECKING:
     from .config import SCOTConfig
 
 _CHANNEL_CHUNK = 512  # channels upsampled at once when computing norms (bounds the temporary)
-
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for the queued work of ``device`` (a no-op on the CPU)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Clock:
-    """Accumulates stage durations into an optional dict.
-
-    The clock starts, and every :meth:`lap` ends, after the queued work of ``device`` (the
-    device the timed stages run on) has finished, so a GPU's asynchronous kernels are
-    counted in the stage that queued them.  Without a sink nothing is synchronised.
-    """
-
-    def __init__(self, sink: dict[str, float] | None, device: torch.device | str = "cpu") -> None:
-        self.sink = sink
-        self.device = torch.device(device)
-        if sink is not None:
-            synchronize(self.device)
-        self.t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        if self.sink is None:
-            return
-        synchronize(self.device)
-        now = time.perf_counter()
-        self.sink[name] = self.sink.get(name, 0.0) + now - self.t
-        self.t = now
 
 
 def bilinear_matrix(out_size: int, in_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -169,6 +139,9 @@ class Hyperpixels:
     layout: list[tuple[tuple[int, int], int, bool]] = field(default_factory=list)
     """(native shape, channels, factorized) of every layer group, grid resolution first."""
     dense_reversed: torch.Tensor | None = field(default=None, repr=False)
+    origin: str = ""
+    """The model that made them (:meth:`HyperpixelExtractor.origin`): only features of one
+    origin can be matched together."""
 
     @property
     def n(self) -> int:
@@ -467,13 +440,28 @@ class HyperpixelExtractor:
                            original_size=loaded.size, use_cam=cfg.cam, cam_scales=cfg.cam_scales,
                            feature_scales=cfg.feature_scales or (1.0,), name=loaded.name, timings=timings)
 
+    def origin(self, ids: Sequence[int] | None = None) -> str:
+        """What makes features of ``ids`` (default: the configuration's) what they are: the
+        backbone, its weights, the ids and every option that changes features or weights."""
+        cfg = self.config
+
+        def listed(values: Sequence[float]) -> str:
+            return ",".join(f"{v:g}" for v in values)
+
+        cam = f"{listed(cfg.cam_scales)} {cfg.cam_weighting}" if cfg.cam else "off"
+        return (f"{self.backbone.name} ({self.backbone.weights_source}), ids {listed(sorted(ids or self.ids))}, "
+                f"image_side {cfg.image_side}, feature_scales {listed(cfg.feature_scales or (1.0,))}, "
+                f"center_features {'on' if cfg.center_features else 'off'}, cam {cam}, factorize {self.factorize}")
+
     def describe(self, view: NetworkView, ids: Sequence[int] | None = None,
                  timings: dict[str, float] | None = None) -> Hyperpixels:
         """Fuse ``ids`` (default: the configuration's) of a view into hyperpixels (on the view's device)."""
         with fp32_precision(self.device, self.config.tf32):
-            return describe(view, self.backbone, self.ids if ids is None else ids,
-                            cam_weighting=self.config.cam_weighting, center=bool(self.config.center_features),
-                            factorize=self.factorize, timings=timings)
+            described = describe(view, self.backbone, self.ids if ids is None else ids,
+                                 cam_weighting=self.config.cam_weighting, center=bool(self.config.center_features),
+                                 factorize=self.factorize, timings=timings)
+        described.origin = self.origin(ids)
+        return described
 
     def __call__(self, image: ImageLike, *, name: str | None = None, flip: bool = False,
                  timings: dict[str, float] | None = None) -> Hyperpixels:

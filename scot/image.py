@@ -290,6 +290,10 @@ def load_image(source: ImageLike, name: str | None = None, max_side: int | None 
         return _load_path(path, name or str(path), max_side)
     if isinstance(source, Image.Image):
         label = name or "image"
+        try:
+            source.load()
+        except ValueError:  # Pillow's "Operation on closed image"
+            raise ScotError(f"{label}: the PIL image is closed; pass it before closing it, or pass its file") from None
         size = source.size
         _check_min_side(size, label)
         tensor, total = _decode(source, reduction_factor(*size, max_side))
@@ -374,6 +378,8 @@ def _array_to_tensor(arr: np.ndarray, label: str) -> torch.Tensor:
 
 
 def _tensor_to_rgb(t: torch.Tensor, label: str) -> torch.Tensor:
+    if t.device.type == "meta":
+        raise ScotError(f"{label}: the tensor is on the meta device, which holds no pixel values")
     if t.dim() == 4 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 3 or t.shape[0] not in (1, 3):
