@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from . import device as _device
 from .backbones import Backbone, Geometry
 from .cam import class_activation_map, foreground, marginal_weights
-from .cost import factorize_groups
 from .image import ImageLike, load_image
 from .precision import fp32_precision
 from .timing import Clock
@@ -314,6 +313,41 @@ def _squared_norms(group: LayerGroup) -> torch.Tensor:
     return total
 
 
+FACTORIZED_COLUMN_COST = 1.6
+"""Cost of one native column of a factorized group, in channels of the dense product.
+
+The last interpolation step is a batched matmul whose inner size is the group's native
+width ``w_g``; on the CPU it runs at about 1/1.6 of the large dense matmul's speed per
+multiply-add (``scot bench pairs`` prints both paths)."""
+
+
+def factorize_groups(channels: Sequence[int], shapes: Sequence[tuple[int, int]], mode: str = "auto") -> list[bool]:
+    """Which layer groups to correlate through their native Gram matrices.
+
+    Args:
+        channels: ``C_g`` of each group, the grid's own resolution first.
+        shapes: ``(h_g, w_g)`` of each group on a nominal square image.
+        mode: ``auto``, ``always`` or ``never``.
+
+    Returns:
+        One flag per group.  The first group (the grid's resolution) is never factorized.
+        With ``auto``, group g is factorized when its estimated cost per matrix entry,
+        ``FACTORIZED_COLUMN_COST * w_g + C_g * (h_g w_g)^2 / (h w)^2`` (the last
+        interpolation step and the Gram matrix), is below the dense product's ``C_g``.
+    """
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"factorize must be auto, always or never, got {mode!r}")
+    h, w = shapes[0]
+    flags = [False]
+    for c, (h_g, w_g) in zip(channels[1:], shapes[1:]):
+        if mode == "auto":
+            gram = c * (h_g * w_g) ** 2 / (h * w) ** 2
+            flags.append(FACTORIZED_COLUMN_COST * w_g + gram < c)
+        else:
+            flags.append(mode == "always")
+    return flags
+
+
 @torch.inference_mode()
 def describe(
     view: NetworkView,
@@ -335,7 +369,7 @@ def describe(
         center: subtract the image's mean hyperpixel (computed on the grid) before the
             cosine, so matches are scored on what distinguishes a location.
         factorize: ``auto`` (each group by the cost estimate of
-            :func:`scot.cost.factorize_groups`), ``always`` or ``never`` (the classic dense
+            :func:`factorize_groups`), ``always`` or ``never`` (the classic dense
             table; the result is the same up to float rounding).
     """
     ids = sorted(ids)

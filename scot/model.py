@@ -136,29 +136,11 @@ class MatchResult(Matched):
         return torch.cat((src_xy, trg_xy, conf[order].unsqueeze(1)), dim=1)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready record: image sizes, config, every match and the transferred keypoints."""
-        order = torch.argsort(self.best_confidence.float().cpu(), descending=True, stable=True)
-        fg = self.foreground()[order].tolist()
-        m = self.matches()
-        out: dict[str, Any] = {
-            "source": {"name": self.src.name, "width": self.src.original_size[0], "height": self.src.original_size[1],
-                       "resized": list(self.src.size), "hyperpixels": self.src.n},
-            "target": {"name": self.trg.name, "width": self.trg.original_size[0], "height": self.trg.original_size[1],
-                       "resized": list(self.trg.size), "hyperpixels": self.trg.n},
-            "config": self.config.to_dict() if self.config else None,
-            "matches": [
-                {"source": [round(r[0], 3), round(r[1], 3)], "target": [round(r[2], 3), round(r[3], 3)],
-                 "confidence": r[4], "foreground": f}
-                for r, f in zip(m.tolist(), fg)
-            ],
-            "keypoints": None,
-        }
-        if self.keypoints is not None and self.transferred is not None:
-            out["keypoints"] = [
-                {"index": k, "source": [round(s[0], 3), round(s[1], 3)], "target": [round(t[0], 3), round(t[1], 3)]}
-                for k, (s, t) in enumerate(zip(self.keypoints.tolist(), self.transferred.tolist()))
-            ]
-        return out
+        """The JSON record of this match, as ``scot match`` writes it without the model and
+        the paths (:func:`scot.record.match_record`; strict JSON, never NaN)."""
+        from .record import match_record
+
+        return match_record(self)
 
 
 

@@ -22,7 +22,6 @@ itself.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from .distributed.sharding import Sharding, images_per_shard
 from .errors import ScotError
 from .evaluation import score_pair
 from .features import NetworkView
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json
 from .model import SCOT
 from .pck import ALPHAS, HEADLINE_ALPHA, pair_pck
 
@@ -102,10 +101,9 @@ class LayerSearch:
         """The scores the resume file holds (``key -> {ids, pck, seconds}``), checked against the settings."""
         if self.resume_file is None or not self.resume_file.is_file():
             return {}
-        try:
-            data = json.loads(self.resume_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise ScotError(f"{self.resume_file} is not readable JSON ({exc})", option="resume_file") from None
+        data = read_json(self.resume_file, str(self.resume_file), option="resume_file")
+        if not isinstance(data, dict) or not isinstance(data.get("evaluated", {}), dict):
+            raise ScotError(f"{self.resume_file} is not a search's resume file", option="resume_file")
         if data.get("settings") != self.settings:
             raise ScotError(f"{self.resume_file} belongs to a search with other settings; use another file",
                             option="resume_file")

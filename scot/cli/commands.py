@@ -309,9 +309,37 @@ def config_cmd(
     cfg = build_config(config, preset_file)
     backbone = cfg.backbone if cfg.backbone != "auto" else None
     resolved = cfg.resolve(backbone) if backbone else cfg
+    unfit = _check_config_ids(backbone, resolved.hyperpixel_ids)
     typer.echo(json.dumps(resolved.to_dict(), indent=2))
     if backbone is None:
         _notice("note: with --backbone auto the preset's ids are filled once the backbone is known")
+    if unfit:
+        _notice(f"note: {unfit}; --backbone auto uses it when the resnet101 ImageNet weights are unavailable")
+
+
+def _check_config_ids(backbone: str | None, ids: tuple[int, ...] | None) -> str | None:
+    """Check the ids as :class:`~scot.SCOT` will, against the backbone's architecture (no weights read).
+
+    With ``auto`` (None) the ids must fit one of the backbones it may pick; returns why they
+    do not fit the other, if so.
+    """
+    from ..backbones import FALLBACK_BACKBONE, build_backbone
+    from ..errors import ScotError
+
+    if ids is None:
+        return None
+    if backbone is not None:
+        build_backbone(backbone, "random").check_ids(ids)
+        return None
+    problems = []
+    for name in ("resnet101", FALLBACK_BACKBONE):
+        try:
+            build_backbone(name, "random").check_ids(ids)
+        except ScotError as exc:
+            problems.append(exc)
+    if len(problems) == 2:
+        raise problems[0]
+    return problems[0].message if problems else None
 
 
 @app.command()
