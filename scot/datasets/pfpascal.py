@@ -207,7 +207,6 @@ def _read_pairs(reader: csv.DictReader, csv_path: Path, root: Path, split: str, 
             trg_kps = torch.tensor([xb, yb], dtype=torch.float32).t().reshape(-1, 2)
             if src_mat.is_file() and trg_mat.is_file():
                 src_bbox, trg_bbox = read_annotation(src_mat, src, sizes)[1], read_annotation(trg_mat, trg, sizes)[1]
-            check_keypoint_counts(src_kps, trg_kps, where)
             for image, kps, side in ((src, src_kps, "A"), (trg, trg_kps, "B")):
                 size = sizes(image, where)
                 if size is not None:
