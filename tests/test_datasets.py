@@ -306,7 +306,7 @@ def test_pfpascal_val_split_reads_the_real_mat_files(pfpascal_val, pascal_val_pa
     images = {p.src for p in ds.pairs} | {p.trg for p in ds.pairs}
     assert len(images) == 521 and {i.parent for i in images} == {pfpascal_val / "JPEGImages"}
     assert {p.category for p in ds.pairs} == set(CLASSES_PASCAL)
-    for pair, row in zip(ds.pairs, rows):
+    for pair, row in zip(ds.pairs, rows, strict=True):
         category = CLASSES_PASCAL[int(row["class"]) - 1]
         assert pair.category == category and not pair.flip
         assert (pair.src.name, pair.trg.name) == (Path(row["source_image"]).name, Path(row["target_image"]).name)
@@ -328,7 +328,7 @@ def test_pfpascal_val_list_in_the_ncnet_format_gives_the_same_pairs(pfpascal_val
     hpf = pascal_val_pairs
     ncnet = load_dataset("pfpascal", pfpascal_val.parent, split="val", pair_list=pfpascal_lists / "val_pairs_ncnet.csv")
     assert [p.pair_id for p in ncnet.pairs] == [p.pair_id for p in hpf.pairs]
-    assert all(torch.equal(a.trg_kps, b.trg_kps) for a, b in zip(hpf.pairs, ncnet.pairs))
+    assert all(torch.equal(a.trg_kps, b.trg_kps) for a, b in zip(hpf.pairs, ncnet.pairs, strict=True))
 
 
 SPAIR_SETS = {  # fixture: (split, pairs, images, longest image side)
