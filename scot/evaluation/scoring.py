@@ -24,7 +24,10 @@ def score_pair(pair: Pair, result: MatchResult, thres: str, alphas: Sequence[flo
     if thres == "bbox" and trg_bbox is None:
         raise ScotError(f"bbox: pair {pair.pair_id} has no target bounding box (annotation files missing?)",
                         option="thres")
-    thr = pck_threshold(thres, t.original_size, trg_bbox)
+    try:
+        thr = pck_threshold(thres, t.original_size, trg_bbox)
+    except ScotError as exc:
+        raise ScotError(f"pair {pair.pair_id} (target {pair.trg}): {exc.message}") from None
     gt_resized = trg_kps * t.ratio
     dist = normalised_distances(result.transferred_resized, gt_resized, thr * t.ratio).tolist()
     rec = {
