@@ -212,3 +212,33 @@ def test_images_are_checked_only_when_asked(photo_willow, tmp_path):
     assert data.pairs[0].trg == tmp_path / "elsewhere" / "zoomed.png"
     with Image.open(photo_willow / "duck(S)" / "zoomed.png") as im:
         assert im.size == (432, 600)  # the size the messages above quote
+
+
+def test_custom_pairs_under_torchrun_report_what_one_process_reports(photo_willow, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import REPO
+
+    pair_file = _write(tmp_path / "p.jsonl", _objects(load_dataset("pfwillow", photo_willow.parent)))
+    args = ["eval", "--dataset", "custom", "--pair-list", str(pair_file), "--backbone", "efficientnet-lite0",
+            "--threads", "1", "--limit", "6", "--batch-size", "3"]
+    before = torch.get_num_threads()
+    try:
+        one = runner.invoke(app, [*args, "-o", str(tmp_path / "one")])
+    finally:
+        torch.set_num_threads(before)
+    assert one.exit_code == 0, one.output
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "scot", *args, "-o", str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "one" / "per_pair.csv").read_bytes() == (tmp_path / "two" / "per_pair.csv").read_bytes()
+    a, b = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "two"))
+    assert a["pck"] == b["pck"] and b["world_size"] == 2 and a["protocol"] == b["protocol"]
+    assert two.stdout.count("protocol: custom p.jsonl, 6 of 20 pairs") == 1  # rank 0 prints it, once

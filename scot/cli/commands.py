@@ -222,9 +222,10 @@ def _ask(question: str) -> bool:
 @app.command()
 @cli_errors
 def compare(
-    run_a: Annotated[Path, typer.Argument(help="A run folder of scot eval (A, the reference).", show_default=False)],
-    run_b: Annotated[Path, typer.Argument(help="Another run folder of the same dataset and protocol (B).",
+    run_a: Annotated[Path, typer.Argument(help="A run folder of scot eval (A, the reference).", metavar="RUN_A",
                                           show_default=False)],
+    run_b: Annotated[Path, typer.Argument(help="Another run folder of the same dataset and protocol (B).",
+                                          metavar="RUN_B", show_default=False)],
     json_file: Annotated[Optional[Path], typer.Option(
         "--json", help="Also write the comparison to this JSON file (replaced if it exists).")] = None,
     resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (at least 2000).")] = 10_000,
