@@ -39,7 +39,7 @@ def main_options(
     """Training-free semantic correspondence (SCOT: optimal transport + regularized Hough matching)."""
 
 
-DATASET_PRESET = {"preset": "the dataset's (pfpascal for custom)"}
+DATASET_PRESET = {"preset": "the dataset's; pfpascal for custom"}
 
 @app.command()
 @cli_errors

@@ -147,7 +147,7 @@ def paired_bootstrap(diffs: np.ndarray, groups: np.ndarray, resamples: int = 10_
 
 
 def _points(value: float) -> str:
-    return f"{value:+.1f}".replace("-", "−")
+    return f"{round(value, 1) + 0.0:+.1f}".replace("-", "−")  # + 0.0: a rounded -0.0 reads +0.0
 
 
 def verdict(difference: float, interval: tuple[float, float], alpha: float, level: float = LEVEL) -> str:
@@ -207,6 +207,8 @@ def compare_runs(a: Run, b: Run, resamples: int = 10_000, seed: int = 0) -> dict
     interval = 100 * paired_bootstrap(pb - pa, cats, resamples, seed)
     overall["interval"] = {f"{x:.2f}": [float(lo), float(hi)] for x, (lo, hi) in zip(alphas, interval)}
     head = float(a.protocol.get("headline_alpha", 0.10))
+    if f"{head:.2f}" not in overall["difference"]:  # a run scored without the headline α: its middle one
+        head = alphas[len(alphas) // 2]
     key = f"{head:.2f}"
     notes = []
     if a.protocol.get("image_side") != b.protocol.get("image_side"):

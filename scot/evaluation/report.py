@@ -125,8 +125,9 @@ def write_charts(run_dir: Path, state: RunState, protocol: dict) -> None:
     bar_chart(labels, values, f"{label}: PCK@{HEADLINE_ALPHA:.2f} per class, {headline}\nthreshold {rule}", "PCK (%)",
               run_dir / "pck_per_class.png")
     alphas = [i / 100 for i in range(0, 21)]
-    line_chart(alphas, state.table.curve(alphas), f"{label}: PCK against α\nthreshold {rule}; "
-               f"{' and '.join(protocol['averaging']['reported'])}", "α", "PCK (%)", run_dir / "pck_curve.png")
+    others = [a for a in protocol["averaging"]["reported"] if a != headline]
+    line_chart(alphas, state.table.curve(alphas), f"{label}: PCK against α\nthreshold {rule}\n{headline} (headline)"
+               + "".join(f", {a}" for a in others), "α", "PCK (%)", run_dir / "pck_curve.png")
 
 
 def save_visualisations(model: SCOT, dataset: Dataset, state: RunState, run_dir: Path, n: int) -> list[Path]:
