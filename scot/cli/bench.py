@@ -59,7 +59,7 @@ def bench_pairs_cmd(
         raise ScotError(f"must be at least 1, got {repeats}", option="repeats")
     set_threads(threads)
     data = load_dataset(dataset, datapath).select(limit=pairs, option="pairs")
-    model = build_model(config, **dataset_preset(dataset))
+    model = build_model(config, None, **dataset_preset(dataset))
     res = bench_pairs(model, [(p.src, p.trg, p.src_kps) for p in data.pairs], repeats)
     typer.echo(format_pairs(res, dataset))
 

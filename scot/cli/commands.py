@@ -287,7 +287,7 @@ def search_layers_cmd(
         main = group is None or group.rank == 0
         with together(group, "setup"):
             data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
-            model = _model(config, **dataset_preset(dataset))
+            model = _model(config, None, **dataset_preset(dataset))
             plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)
         if main:
             typer.echo(plan.describe(data))
