@@ -17,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextCol
 from .. import __version__
 from .options import (CategoryOpt, DatapathOpt, DatasetOpt, LimitOpt, OneLineErrors, PairListOpt, PresetFileOpt,
                       SampleOpt, SplitOpt, ThreadsOpt, ThresOpt, cli_errors, progress, set_threads, with_config)
-from .options import build_model as _model, notice as _notice
+from .options import build_model as _model, dataset_preset, notice as _notice
 from .ranks import RankTimeoutOpt, bar as _bar, one_process, ranks as _ranks
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -39,7 +39,7 @@ def main_options(
     """Training-free semantic correspondence (SCOT: optimal transport + regularized Hough matching)."""
 
 
-DATASET_PRESET = {"preset": "the dataset's"}
+DATASET_PRESET = {"preset": "the dataset's; pfpascal for custom"}
 
 @app.command()
 @cli_errors
@@ -146,7 +146,7 @@ def eval_(
     threads: ThreadsOpt = None,
     rank_timeout: RankTimeoutOpt = 120.0,
 ) -> None:
-    """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it.
+    """Evaluate PCK on PF-WILLOW, PF-PASCAL, SPair-71k or your own pairs, scored as the paper scores it.
 
     Under torchrun (torchrun --nproc-per-node N -m scot eval ...) the ranks share the pairs.
     """
@@ -154,6 +154,7 @@ def eval_(
     from ..distributed.group import Stopped, in_turns
     from ..evaluation import EvalSettings, evaluate, format_table
     from ..evaluation.folder import check_resumable, shared_run_folder
+    from ..evaluation.protocol import check_threshold, protocol_line
     from ..io import check_folder
 
     # the folder that will hold the run, checked before the data and the model (nothing is created yet)
@@ -178,8 +179,9 @@ def eval_(
         data = in_turns(group, "open dataset", open_data)
         with group.step("model"):
             data = data.select(category, limit, sample)
-            model = _model(config, preset_file, preset=dataset)
+            model = _model(config, preset_file, **dataset_preset(dataset))
             settings = EvalSettings.create(thres or data.default_thres, batch_size, cache_gb, save_viz, model.device)
+            check_threshold(data, settings.thres)
         run_dir, resume = shared_run_folder(group, output_dir, results, dataset, model.backbone.name, resume)
         where.append(run_dir)
         if main:
@@ -202,6 +204,7 @@ def eval_(
                             f"--resume -o {run_dir}")
                 raise typer.Exit(130)
         if summary is not None:
+            typer.echo(protocol_line(summary["protocol"]))
             typer.echo(format_table(summary))
             sharding = summary.get("sharding")
             if sharding:
@@ -218,6 +221,32 @@ def _show_sharding(sharding: Any) -> None:
 
 def _ask(question: str) -> bool:
     return sys.stdin is not None and sys.stdin.isatty() and typer.confirm(question, default=False)
+
+
+@app.command()
+@cli_errors
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="A run folder of scot eval (A, the reference).", metavar="RUN_A",
+                                          show_default=False)],
+    run_b: Annotated[Path, typer.Argument(help="Another run folder of the same dataset and protocol (B).",
+                                          metavar="RUN_B", show_default=False)],
+    json_file: Annotated[Optional[Path], typer.Option(
+        "--json", help="Also write the comparison to this JSON file (replaced if it exists).")] = None,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (at least 2000).")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap's random generator.")] = 0,
+) -> None:
+    """Compare two scot eval runs on the pairs they share: per-class and overall PCK, B − A, and a
+    paired bootstrap 95 % interval of the overall difference."""
+    from ..evaluation.compare import compare_runs, format_comparison, read_run
+    from ..io import atomic_write_json, check_file
+
+    if json_file is not None:
+        check_file(json_file, option="json", overwrite=True)
+    result = compare_runs(read_run(run_a), read_run(run_b), resamples, seed)
+    typer.echo(format_comparison(result))
+    if json_file is not None:
+        atomic_write_json(json_file, result)
+        typer.echo(f"written: {json_file}")
 
 
 @app.command("search-layers")
@@ -261,7 +290,7 @@ def search_layers_cmd(
         main = group.rank == 0
         with group.step("setup"):
             data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
-            model = _model(config, preset=dataset)
+            model = _model(config, None, **dataset_preset(dataset))
             plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)
         if main:
             typer.echo(plan.describe(data))

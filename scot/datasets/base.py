@@ -93,6 +93,8 @@ class Pair:
         flags: SPair-71k difficulty flags (name -> int).
         flip: both images are used mirrored horizontally (PF-PASCAL training pairs); the
             annotations above are those of the stored images, see :meth:`oriented`.
+        hidden_kps: keypoints the pair's annotation lists but that are not visible in both
+            images, so not in ``src_kps``/``trg_kps`` and not scored (counted where a loader knows).
     """
 
     index: int
@@ -106,6 +108,7 @@ class Pair:
     trg_bbox: Box | None = None
     flags: dict[str, int] = field(default_factory=dict)
     flip: bool = False
+    hidden_kps: int = 0
 
     @property
     def src_key(self) -> tuple[str, bool]:
@@ -144,6 +147,7 @@ class Dataset:
     categories: list[str]
     default_thres: str  # "img" or "bbox"
     source_file: Path | None = None
+    listed: int | None = None  # pairs in the pair file, before :meth:`select` (None: ``len(pairs)``)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -172,7 +176,12 @@ class Dataset:
             if limit < 1:
                 raise ScotError(f"must be at least 1, got {limit}", option=option)
             pairs = pairs[:limit]
-        return dataclasses.replace(self, pairs=pairs)
+        return dataclasses.replace(self, pairs=pairs, listed=self.pairs_listed)
+
+    @property
+    def pairs_listed(self) -> int:
+        """How many pairs the dataset's pair file lists (the subset's pairs are among them)."""
+        return len(self.pairs) if self.listed is None else self.listed
 
     def image_keys(self) -> list[tuple[str, bool]]:
         seen: dict[tuple[str, bool], None] = {}
