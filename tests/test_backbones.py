@@ -34,8 +34,11 @@ def test_resnet101_ids_and_shapes(resnet101):
         assert out.features[hid].shape == (1, ch, g.height, g.width), hid
         assert g.jump == stride and resnet101.channels(hid) == ch
     assert out.last_map.shape == (1, 2048, 8, 10) and out.logits.shape == (1, 1000)
-    # logits equal torchvision's own forward
-    torch.testing.assert_close(out.logits, resnet101.net(x), rtol=1e-4, atol=1e-4)
+    # logits equal torchvision's own forward to float rounding (the passes run with the BatchNorms folded;
+    # random weights give logits of about 1e5, so the tolerance is relative to their scale)
+    with torch.no_grad():
+        ref = resnet101.net(x)
+    torch.testing.assert_close(out.logits, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
 
 
 def test_resnet_features_are_taken_before_the_block_relu(resnet101):
@@ -51,7 +54,9 @@ def test_resnet_features_are_taken_before_the_block_relu(resnet101):
     ours = resnet101.extract(x, [2, 22, 29], head=False)
     for i in (2, 22, 29):
         assert bool((ours.features[i] < 0).any()), "pre-ReLU features must keep negative values"
-        torch.testing.assert_close(torch.relu(ours.features[i]), captured[i])
+        expected = captured[i].detach()  # to float rounding: the passes run with the BatchNorms folded
+        torch.testing.assert_close(torch.relu(ours.features[i]), expected, rtol=1e-4,
+                                   atol=1e-5 * float(expected.abs().max()))
 
 
 def test_resnet_geometry_matches_reference_table(resnet101):
