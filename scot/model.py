@@ -281,6 +281,11 @@ class SCOT:
         """Load, resize (``flip``: mirror) and describe one image (features, boxes, CAM weights)."""
         return self.extractor(image, name=name, flip=flip, timings=timings)
 
+    def extract_many(self, images: Sequence[ImageLike], flips: Sequence[bool] | None = None) -> list[Hyperpixels]:
+        """:meth:`extract` of many images, in their order; images of one resized size share the
+        network passes (see :meth:`HyperpixelExtractor.views <scot.features.HyperpixelExtractor.views>`)."""
+        return self.extractor.extract_many(images, flips=flips)
+
     @torch.inference_mode()
     def match(
         self,

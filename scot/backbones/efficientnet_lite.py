@@ -145,14 +145,14 @@ class FoldedMBConv(nn.Module):
 
 
 class FoldedEfficientNetLite(nn.Module):
-    """The inference form of an :class:`EfficientNetLite`: BatchNorms folded, classifier shared."""
+    """The inference form of an :class:`EfficientNetLite`'s convolutions, BatchNorms folded (the
+    classifier stays the network's ``_fc``)."""
 
     def __init__(self, net: EfficientNetLite) -> None:
         super().__init__()
         self.stem = FoldedConv(net._conv_stem, net._bn0, "relu6", same=True)
         self.blocks = nn.ModuleList(FoldedMBConv(b) for b in net._blocks)
         self.head = FoldedConv(net._conv_head, net._bn1, "relu6", same=True)
-        self.fc = net._fc
 
 
 def embedded_weights_path(variant: str) -> str:
@@ -230,5 +230,5 @@ class EfficientNetLiteBackbone(Backbone):
         if not head:
             return BackboneOutput(feats)
         last = net.head(x)
-        logits = net.fc(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))
+        logits = self.net._fc(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))
         return BackboneOutput(feats, last_map=last, logits=logits)
