@@ -416,7 +416,8 @@ def bench_features(backbones: Sequence[str], weights: str | None = None, side: i
     time of one full pass (median over ``repeats`` after a warm-up), its FLOPs
     (:func:`pass_flops`) and the rate achieved; then the time to describe one image
     (:meth:`SCOT.extract`, the ``preset``'s configuration) for each CAM setting of
-    :data:`CAM_SETTINGS` (feature scales the preset's, limited to the CAM's).  The roofs: a
+    :data:`CAM_SETTINGS` (feature scales the preset's, limited to the CAM's; the settings take
+    turns, repeat by repeat).  The roofs: a
     2048^3 matmul (:func:`matmul_roof`) and a 64 MiB copy (:func:`copy_bandwidth`).
     ``weights=None`` takes each backbone's ImageNet weights, or seeded random ones where
     they are unavailable (the speed does not depend on them; ``notice`` says so).
@@ -450,14 +451,18 @@ def bench_features(backbones: Sequence[str], weights: str | None = None, side: i
             stat = Stat.of(times)
             flops = pass_flops(backbone, x)
             passes.append({"scale": scale, "size": (w, h), "time": stat, "flops": flops, "rate": flops / stat.median})
-        describe = []
+        models = []
         for cam_scales in CAM_SETTINGS:
             cfg = SCOTConfig(backbone=name, weights=used, preset=preset, device=device, cam_scales=cam_scales)
             fs = tuple(s for s in (cfg.resolve(name).feature_scales or (1.0,)) if s in cam_scales)
-            model = SCOT(cfg.replace(feature_scales=fs), backbone=backbone)
-            model.extract(image)
-            times = [_time(lambda: model.extract(image), dev) for _ in range(repeats)]
-            describe.append({"cam_scales": cam_scales, "feature_scales": fs, "time": Stat.of(times)})
+            models.append(SCOT(cfg.replace(feature_scales=fs), backbone=backbone))
+            models[-1].extract(image)
+        times: list[list[float]] = [[] for _ in models]
+        for _ in range(repeats):  # the settings take turns, so a change in the machine's load hits them alike
+            for k, model in enumerate(models):
+                times[k].append(_time(lambda: model.extract(image), dev))
+        describe = [{"cam_scales": m.config.cam_scales, "feature_scales": m.config.feature_scales, "time": Stat.of(t)}
+                    for m, t in zip(models, times)]
         out["backbones"][name] = {"weights": backbone.weights_source, "passes": passes, "describe": describe}
     return out
 
