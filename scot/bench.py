@@ -447,7 +447,7 @@ def bench_features(backbones: Sequence[str], weights: str | None = None, side: i
             x = torch.rand(1, 3, h, w, device=dev).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 backbone.extract(x, [0], head=True)
-                times = [_time(lambda: backbone.extract(x, [0], head=True), dev) for _ in range(repeats)]
+                times = [_time(lambda b=backbone, x=x: b.extract(x, [0], head=True), dev) for _ in range(repeats)]
             stat = Stat.of(times)
             flops = pass_flops(backbone, x)
             passes.append({"scale": scale, "size": (w, h), "time": stat, "flops": flops, "rate": flops / stat.median})
@@ -460,7 +460,7 @@ def bench_features(backbones: Sequence[str], weights: str | None = None, side: i
         times: list[list[float]] = [[] for _ in models]
         for _ in range(repeats):  # the settings take turns, so a change in the machine's load hits them alike
             for k, model in enumerate(models):
-                times[k].append(_time(lambda: model.extract(image), dev))
+                times[k].append(_time(lambda m=model: m.extract(image), dev))
         describe = [{"cam_scales": m.config.cam_scales, "feature_scales": m.config.feature_scales, "time": Stat.of(t)}
                     for m, t in zip(models, times)]
         out["backbones"][name] = {"weights": backbone.weights_source, "passes": passes, "describe": describe}
@@ -470,10 +470,10 @@ def bench_features(backbones: Sequence[str], weights: str | None = None, side: i
 def format_features(res: dict, preset: str) -> str:
     """The report of :func:`bench_features`."""
     roof, copy = res["matmul_flops"], res["copy_bandwidth"]
-    lines = [f"network passes on a {res['side']}x{res['side'] * 3 // 4} image and its enlargements | "
-             f"{res['threads']} threads, {res['device']} | median [min-max] of {res['repeats']}",
-             f"  compute roof: 2048^3 float32 matmul {roof / 1e9:.1f} GFLOP/s; memory roof: 64 MiB copy "
-             f"{copy / 1e9:.1f} GB/s"]
+    lines = [(f"network passes on a {res['side']}x{res['side'] * 3 // 4} image and its enlargements | "
+              f"{res['threads']} threads, {res['device']} | median [min-max] of {res['repeats']}"),
+             (f"  compute roof: 2048^3 float32 matmul {roof / 1e9:.1f} GFLOP/s; memory roof: 64 MiB copy "
+              f"{copy / 1e9:.1f} GB/s")]
     for name, r in res["backbones"].items():
         lines.append(f"{name} ({r['weights']})")
         for p in r["passes"]:
