@@ -221,6 +221,11 @@ class SCOT:
         """Load, resize (``flip``: mirror) and describe one image (features, boxes, CAM weights)."""
         return self.extractor(image, name=name, flip=flip, timings=timings)
 
+    def extract_many(self, images: Sequence[ImageLike], flips: Sequence[bool] | None = None) -> list[Hyperpixels]:
+        """:meth:`extract` of many images, in their order; images of one resized size share the
+        network passes (see :meth:`HyperpixelExtractor.views <scot.features.HyperpixelExtractor.views>`)."""
+        return self.extractor.extract_many(images, flips=flips)
+
     def match(self, src: Hyperpixels, trg: Hyperpixels, keypoints: Any = None, keep_plan: bool = True,
               check_bounds: bool = True, topk: int = 0) -> MatchResult:
         """Match two extracted images (:meth:`extract`); arguments and result as for :meth:`__call__`.

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .datasets import Pair
 
 Key = tuple[int, ...]
+PREPARE_AHEAD = 16  # images loaded at once by prepare (those of one resized size share their network passes)
 
 
 def _key(ids: Sequence[int]) -> str:
@@ -143,7 +144,11 @@ class LayerSearch:
         pair_keys = [(p.src_key, p.trg_key) for p in self.dataset.pairs]
         total = sum(images_per_shard(pair_keys, self.split().shards))
         for i, (path, flip) in enumerate(keys, start=1):
-            self.view(Path(path), flip)
+            if (path, flip) not in self.views:  # the next images of one size share the network passes
+                ahead = [k for k in keys[i - 1 : i - 1 + PREPARE_AHEAD] if k not in self.views]
+                for k, v in zip(ahead, self.model.extractor.views([Path(p) for p, _ in ahead], self.candidate_ids,
+                                                                  flips=[f for _, f in ahead])):
+                    self.views[k] = v.to("cpu")  # host memory
             self.group.set_progress(i)
             self.group.check()
             if on_image:

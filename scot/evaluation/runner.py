@@ -65,16 +65,19 @@ def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSett
     advance.  Yields each batch's journal records; the caller journals and absorbs them.
     """
 
-    def describe(path: Path, flip: bool) -> Hyperpixels:
-        state.images_extracted += 1
-        return model.extract(path, flip=flip)
-
     for batch in batches:
         t0 = time.perf_counter()
+        wanted = {k: (path, p.flip) for p in batch for k, path in ((p.src_key, p.src), (p.trg_key, p.trg))}
+        found = {k: cache.get(k) for k in wanted}
+        missing = [k for k, h in found.items() if h is None]  # described together (shared network passes)
+        for k, h in zip(missing, model.extract_many([wanted[k][0] for k in missing], [wanted[k][1] for k in missing])):
+            cache.put(k, h)
+            found[k] = h
+        state.images_extracted += len(missing)
         items = []
         for pair in batch:
-            s = cache.get_or_compute(pair.src_key, lambda: describe(pair.src, pair.flip))
-            t = cache.get_or_compute(pair.trg_key, lambda: describe(pair.trg, pair.flip))
+            s, t = found[pair.src_key], found[pair.trg_key]
+            assert s is not None and t is not None
             items.append((s, t, pair.oriented(s.original_size[0], t.original_size[0])[0]))
         t1 = time.perf_counter()
         results = model.match_batch(items, keep_plan=False, check_bounds=False)
