@@ -35,6 +35,7 @@ from .presets import (
     preset_names,
     read_preset_file,
 )
+from .solver import SolverPlan
 
 __all__ = ["BACKBONES", "DEFAULT_PRESET", "PAPER_OPTIONS", "PRESETS", "PRESET_OPTIONS", "Preset", "SCOTConfig", "Spec",
            "TRANSFERS", "build_config", "check_option", "kind", "load_preset_file", "option", "options_table",
@@ -231,10 +232,10 @@ class SCOTConfig:
         if self.low_memory and self.symmetric:
             raise ScotError("two-way matching needs the whole N x M matrix; it cannot be combined with low memory",
                             option="symmetric")
-        if self.low_memory and (not self.ot or self.sinkhorn_mode == "log" or self.sinkhorn_tol is not None
-                                or self.subpixel or self.mutual):
+        plan = SolverPlan.of(self)
+        if self.low_memory and not plan.can_stream:
             raise ScotError("low memory streams plain Sinkhorn with a fixed iteration count; it cannot be combined "
-                            "with ot off, sinkhorn_mode log, sinkhorn_tol, subpixel or mutual", option="low_memory")
+                            f"with {plan.blocker_text()}", option="low_memory")
 
     # ------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> "SCOTConfig":

@@ -78,7 +78,7 @@ def test_help_keeps_literal_brackets_and_shows_flags_without_a_metavar():
 
 def test_eval_help_says_the_preset_is_the_datasets():
     text = " ".join(runner.invoke(app, ["eval", "--help"], terminal_width=400).stdout.split())
-    assert "--preset <str>" in text and "[default: (the dataset's)]" in text
+    assert "--preset <str>" in text and "[default: (the dataset's; pfpascal for custom)]" in text
 
 
 def test_version():
