@@ -34,8 +34,9 @@ import torch
 
 from . import device as _device
 from .errors import ScotError
-from .features import Hyperpixels, synchronize
+from .features import Hyperpixels
 from .precision import fp32_precision
+from .timing import synchronize
 
 
 # --------------------------------------------------------------------------------------

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from . import device as _device
 from .backbones import Backbone, Geometry
 from .cam import class_activation_map, foreground, marginal_weights
-from .cost import factorize_groups
 from .image import ImageLike, load_image
 from .precision import fp32_precision
+from .timing import Clock
 
 if TYPE_CHECKING:
     from .config import SCOTConfig
@@ -51,37 +51,6 @@ if TYPE_CHECKING:
 _CHANNEL_CHUNK = 512  # channels upsampled at once when computing norms (bounds the temporary)
 BATCH_BYTES = 1 << 30
 """Default memory budget of one batched network pass (:meth:`HyperpixelExtractor.views`)."""
-
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for the queued work of ``device`` (a no-op on the CPU)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Clock:
-    """Accumulates stage durations into an optional dict.
-
-    The clock starts, and every :meth:`lap` ends, after the queued work of ``device`` (the
-    device the timed stages run on) has finished, so a GPU's asynchronous kernels are
-    counted in the stage that queued them.  Without a sink nothing is synchronised.
-    """
-
-    def __init__(self, sink: dict[str, float] | None, device: torch.device | str = "cpu") -> None:
-        self.sink = sink
-        self.device = torch.device(device)
-        if sink is not None:
-            synchronize(self.device)
-        self.t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        if self.sink is None:
-            return
-        synchronize(self.device)
-        now = time.perf_counter()
-        self.sink[name] = self.sink.get(name, 0.0) + now - self.t
-        self.t = now
 
 
 def bilinear_matrix(out_size: int, in_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -171,6 +140,9 @@ class Hyperpixels:
     layout: list[tuple[tuple[int, int], int, bool]] = field(default_factory=list)
     """(native shape, channels, factorized) of every layer group, grid resolution first."""
     dense_reversed: torch.Tensor | None = field(default=None, repr=False)
+    origin: str = ""
+    """The model that made them (:meth:`HyperpixelExtractor.origin`): only features of one
+    origin can be matched together."""
 
     @property
     def n(self) -> int:
@@ -386,6 +358,41 @@ def _squared_norms(group: LayerGroup) -> torch.Tensor:
     return total
 
 
+FACTORIZED_COLUMN_COST = 1.6
+"""Cost of one native column of a factorized group, in channels of the dense product.
+
+The last interpolation step is a batched matmul whose inner size is the group's native
+width ``w_g``; on the CPU it runs at about 1/1.6 of the large dense matmul's speed per
+multiply-add (``scot bench pairs`` prints both paths)."""
+
+
+def factorize_groups(channels: Sequence[int], shapes: Sequence[tuple[int, int]], mode: str = "auto") -> list[bool]:
+    """Which layer groups to correlate through their native Gram matrices.
+
+    Args:
+        channels: ``C_g`` of each group, the grid's own resolution first.
+        shapes: ``(h_g, w_g)`` of each group on a nominal square image.
+        mode: ``auto``, ``always`` or ``never``.
+
+    Returns:
+        One flag per group.  The first group (the grid's resolution) is never factorized.
+        With ``auto``, group g is factorized when its estimated cost per matrix entry,
+        ``FACTORIZED_COLUMN_COST * w_g + C_g * (h_g w_g)^2 / (h w)^2`` (the last
+        interpolation step and the Gram matrix), is below the dense product's ``C_g``.
+    """
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"factorize must be auto, always or never, got {mode!r}")
+    h, w = shapes[0]
+    flags = [False]
+    for c, (h_g, w_g) in zip(channels[1:], shapes[1:]):
+        if mode == "auto":
+            gram = c * (h_g * w_g) ** 2 / (h * w) ** 2
+            flags.append(FACTORIZED_COLUMN_COST * w_g + gram < c)
+        else:
+            flags.append(mode == "always")
+    return flags
+
+
 @torch.inference_mode()
 def describe(
     view: NetworkView,
@@ -407,7 +414,7 @@ def describe(
         center: subtract the image's mean hyperpixel (computed on the grid) before the
             cosine, so matches are scored on what distinguishes a location.
         factorize: ``auto`` (each group by the cost estimate of
-            :func:`scot.cost.factorize_groups`), ``always`` or ``never`` (the classic dense
+            :func:`factorize_groups`), ``always`` or ``never`` (the classic dense
             table; the result is the same up to float rounding).
     """
     ids = sorted(ids)
@@ -512,6 +519,19 @@ class HyperpixelExtractor:
                            original_size=loaded.size, use_cam=cfg.cam, cam_scales=cfg.cam_scales,
                            feature_scales=cfg.feature_scales or (1.0,), name=loaded.name, timings=timings)
 
+    def origin(self, ids: Sequence[int] | None = None) -> str:
+        """What makes features of ``ids`` (default: the configuration's) what they are: the
+        backbone, its weights, the ids and every option that changes features or weights."""
+        cfg = self.config
+
+        def listed(values: Sequence[float]) -> str:
+            return ",".join(f"{v:g}" for v in values)
+
+        cam = f"{listed(cfg.cam_scales)} {cfg.cam_weighting}" if cfg.cam else "off"
+        return (f"{self.backbone.name} ({self.backbone.weights_source}), ids {listed(sorted(ids or self.ids))}, "
+                f"image_side {cfg.image_side}, feature_scales {listed(cfg.feature_scales or (1.0,))}, "
+                f"center_features {'on' if cfg.center_features else 'off'}, cam {cam}, factorize {self.factorize}")
+
     def views(self, images: Sequence[ImageLike], ids: Sequence[int] | None = None, *,
               flips: Sequence[bool] | None = None, batch_bytes: int = BATCH_BYTES,
               timings: dict[str, float] | None = None) -> list[NetworkView]:
@@ -564,9 +584,11 @@ class HyperpixelExtractor:
                  timings: dict[str, float] | None = None) -> Hyperpixels:
         """Fuse ``ids`` (default: the configuration's) of a view into hyperpixels (on the view's device)."""
         with fp32_precision(self.device, self.config.tf32):
-            return describe(view, self.backbone, self.ids if ids is None else ids,
-                            cam_weighting=self.config.cam_weighting, center=bool(self.config.center_features),
-                            factorize=self.factorize, timings=timings)
+            described = describe(view, self.backbone, self.ids if ids is None else ids,
+                                 cam_weighting=self.config.cam_weighting, center=bool(self.config.center_features),
+                                 factorize=self.factorize, timings=timings)
+        described.origin = self.origin(ids)
+        return described
 
     def __call__(self, image: ImageLike, *, name: str | None = None, flip: bool = False,
                  timings: dict[str, float] | None = None) -> Hyperpixels:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from .options import DatapathOpt, OneLineErrors, ThreadsOpt, build_model, cli_errors, set_threads, with_config
+from .options import (DatapathOpt, OneLineErrors, ThreadsOpt, build_model, cli_errors, dataset_preset, set_threads,
+                      with_config)
 
 
 bench_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, rich_markup_mode=None,
@@ -58,7 +59,7 @@ def bench_pairs_cmd(
         raise ScotError(f"must be at least 1, got {repeats}", option="repeats")
     set_threads(threads)
     data = load_dataset(dataset, datapath).select(limit=pairs, option="pairs")
-    model = build_model(config, preset=dataset)
+    model = build_model(config, None, **dataset_preset(dataset))
     res = bench_pairs(model, [(p.src, p.trg, p.src_kps) for p in data.pairs], repeats)
     typer.echo(format_pairs(res, dataset))
 

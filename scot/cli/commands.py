@@ -17,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextCol
 from .. import __version__
 from .options import (CategoryOpt, DatapathOpt, DatasetOpt, LimitOpt, OneLineErrors, PairListOpt, PresetFileOpt,
                       SampleOpt, SplitOpt, ThreadsOpt, ThresOpt, cli_errors, progress, set_threads, with_config)
-from .options import build_model as _model, notice as _notice
+from .options import build_model as _model, dataset_preset, notice as _notice
 from .ranks import RankTimeoutOpt, bar as _bar, one_process, ranks as _ranks
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -39,7 +39,7 @@ def main_options(
     """Training-free semantic correspondence (SCOT: optimal transport + regularized Hough matching)."""
 
 
-DATASET_PRESET = {"preset": "the dataset's"}
+DATASET_PRESET = {"preset": "the dataset's; pfpascal for custom"}
 
 @app.command()
 @cli_errors
@@ -146,26 +146,29 @@ def eval_(
     threads: ThreadsOpt = None,
     rank_timeout: RankTimeoutOpt = 120.0,
 ) -> None:
-    """Evaluate PCK on PF-WILLOW, PF-PASCAL or SPair-71k, scored as the paper scores it.
+    """Evaluate PCK on PF-WILLOW, PF-PASCAL, SPair-71k or your own pairs, scored as the paper scores it.
 
     Under torchrun (torchrun --nproc-per-node N -m scot eval ...) the ranks share the pairs.
     """
     from ..datasets import open_dataset
-    from ..distributed import Stopped, in_turns, restarted, together
-    from ..evaluation import EvalSettings, evaluate, format_table, resolve_run_folder
-    from ..evaluation.sharded import shared_run_folder
+    from ..distributed.group import Stopped, in_turns
+    from ..evaluation import EvalSettings, evaluate, format_table
+    from ..evaluation.folder import check_resumable, shared_run_folder
+    from ..evaluation.protocol import check_threshold, protocol_line
     from ..io import check_folder
 
     # the folder that will hold the run, checked before the data and the model (nothing is created yet)
     if output_dir is not None:
         check_folder(output_dir, "output_dir", create=False)
+        if resume:
+            check_resumable(output_dir)
     else:
         check_folder(results, "results", create=False)
     set_threads(threads)
     where: list[Path] = []
     with _ranks(config, rank_timeout, lambda: f"; scored pairs are kept in {where[0]}: finish with the same command "
                 f"plus --resume -o {where[0]}" if where else "") as group:
-        main = group is None or group.rank == 0
+        main = group.rank == 0
 
         def open_data() -> Any:
             with _bar(main, TextColumn(f"downloading {dataset}"), BarColumn(), DownloadColumn(), transient=True) as bar:
@@ -174,15 +177,12 @@ def eval_(
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
 
         data = in_turns(group, "open dataset", open_data)
-        with together(group, "model"):
+        with group.step("model"):
             data = data.select(category, limit, sample)
-            model = _model(config, preset_file, preset=dataset)
+            model = _model(config, preset_file, **dataset_preset(dataset))
             settings = EvalSettings.create(thres or data.default_thres, batch_size, cache_gb, save_viz, model.device)
-        if group is None:
-            resume = resume or restarted()
-            run_dir = resolve_run_folder(output_dir, results, dataset, model.backbone.name, resume)
-        else:
-            run_dir, resume = shared_run_folder(group, output_dir, results, dataset, model.backbone.name, resume)
+            check_threshold(data, settings.thres)
+        run_dir, resume = shared_run_folder(group, output_dir, results, dataset, model.backbone.name, resume)
         where.append(run_dir)
         if main:
             typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
@@ -195,7 +195,7 @@ def eval_(
                                                                       "pairs": len(data)}, resume=resume,
                                    on_progress=lambda done, total, rate, pck: bar.update(
                                        task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"), group=group,
-                                   on_sharding=lambda sharding: typer.echo(sharding.describe()))
+                                   on_sharding=_show_sharding, notice=_notice)
             except Stopped:
                 raise  # torchrun stopped this rank: _ranks says why
             except KeyboardInterrupt:
@@ -204,6 +204,7 @@ def eval_(
                             f"--resume -o {run_dir}")
                 raise typer.Exit(130)
         if summary is not None:
+            typer.echo(protocol_line(summary["protocol"]))
             typer.echo(format_table(summary))
             sharding = summary.get("sharding")
             if sharding:
@@ -212,8 +213,40 @@ def eval_(
             typer.echo(f"results: {run_dir}")
 
 
+def _show_sharding(sharding: Any) -> None:
+    """Rank 0 prints how the pairs are split when several processes share them."""
+    if sharding.world_size > 1:
+        typer.echo(sharding.describe())
+
+
 def _ask(question: str) -> bool:
     return sys.stdin is not None and sys.stdin.isatty() and typer.confirm(question, default=False)
+
+
+@app.command()
+@cli_errors
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="A run folder of scot eval (A, the reference).", metavar="RUN_A",
+                                          show_default=False)],
+    run_b: Annotated[Path, typer.Argument(help="Another run folder of the same dataset and protocol (B).",
+                                          metavar="RUN_B", show_default=False)],
+    json_file: Annotated[Optional[Path], typer.Option(
+        "--json", help="Also write the comparison to this JSON file (replaced if it exists).")] = None,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (at least 2000).")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap's random generator.")] = 0,
+) -> None:
+    """Compare two scot eval runs on the pairs they share: per-class and overall PCK, B − A, and a
+    paired bootstrap 95 % interval of the overall difference."""
+    from ..evaluation.compare import compare_runs, format_comparison, read_run
+    from ..io import atomic_write_json, check_file
+
+    if json_file is not None:
+        check_file(json_file, option="json", overwrite=True)
+    result = compare_runs(read_run(run_a), read_run(run_b), resamples, seed)
+    typer.echo(format_comparison(result))
+    if json_file is not None:
+        atomic_write_json(json_file, result)
+        typer.echo(f"written: {json_file}")
 
 
 @app.command("search-layers")
@@ -245,7 +278,6 @@ def search_layers_cmd(
     Under torchrun (torchrun --nproc-per-node N -m scot search-layers ...) the ranks share the pairs.
     """
     from ..datasets import load_dataset
-    from ..distributed import together
     from ..io import check_file
     from ..search import check_beam, format_results, plan_search, search_layers, write_preset
 
@@ -255,10 +287,10 @@ def search_layers_cmd(
         check_file(resume_file, option="resume_file", overwrite=True)
     set_threads(threads)
     with _ranks(config, rank_timeout) as group:
-        main = group is None or group.rank == 0
-        with together(group, "setup"):
+        main = group.rank == 0
+        with group.step("setup"):
             data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
-            model = _model(config, preset=dataset)
+            model = _model(config, None, **dataset_preset(dataset))
             plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)
         if main:
             typer.echo(plan.describe(data))
@@ -271,7 +303,7 @@ def search_layers_cmd(
                                     on_image=lambda i, n: bar.update(images, completed=i, total=n),
                                     on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
                                     on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"),
-                                    group=group, on_sharding=lambda sharding: typer.echo(sharding.describe()))
+                                    group=group, on_sharding=_show_sharding)
         if main:
             command = "scot search-layers " + " ".join(sys.argv[2:])
             write_preset(output, results, model, data, plan.thres, command)
@@ -306,9 +338,37 @@ def config_cmd(
     cfg = build_config(config, preset_file)
     backbone = cfg.backbone if cfg.backbone != "auto" else None
     resolved = cfg.resolve(backbone) if backbone else cfg
+    unfit = _check_config_ids(backbone, resolved.hyperpixel_ids)
     typer.echo(json.dumps(resolved.to_dict(), indent=2))
     if backbone is None:
         _notice("note: with --backbone auto the preset's ids are filled once the backbone is known")
+    if unfit:
+        _notice(f"note: {unfit}; --backbone auto uses it when the resnet101 ImageNet weights are unavailable")
+
+
+def _check_config_ids(backbone: str | None, ids: tuple[int, ...] | None) -> str | None:
+    """Check the ids as :class:`~scot.SCOT` will, against the backbone's architecture (no weights read).
+
+    With ``auto`` (None) the ids must fit one of the backbones it may pick; returns why they
+    do not fit the other, if so.
+    """
+    from ..backbones import FALLBACK_BACKBONE, build_backbone
+    from ..errors import ScotError
+
+    if ids is None:
+        return None
+    if backbone is not None:
+        build_backbone(backbone, "random").check_ids(ids)
+        return None
+    problems = []
+    for name in ("resnet101", FALLBACK_BACKBONE):
+        try:
+            build_backbone(name, "random").check_ids(ids)
+        except ScotError as exc:
+            problems.append(exc)
+    if len(problems) == 2:
+        raise problems[0]
+    return problems[0].message if problems else None
 
 
 @app.command()

@@ -19,16 +19,23 @@ import typer
 from typer.core import TyperGroup
 
 from ..config import SCOTConfig, Spec, kind, specs
+from ..presets import PRESET_OPTIONS
 
 CONFIG_SPECS: dict[str, Spec] = specs()
 
 # Options that several commands share (not algorithm options: those come from SCOTConfig).
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per core")]
-PresetFileOpt = Annotated[Optional[Path], typer.Option("--preset-file", help="A JSON written by 'scot search-layers': its ids and options apply unless given explicitly.")]
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="spair, pfpascal or pfwillow.")]
+PresetFileOpt = Annotated[Optional[Path], typer.Option("--preset-file", help=(
+    "A JSON written by 'scot search-layers': its hyperpixel_ids, exp2 and options "
+    f"({', '.join(PRESET_OPTIONS)}) apply unless given explicitly."))]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d",
+                                         help="spair, pfpascal, pfwillow, or custom (your own pairs: --pair-list FILE).")]
 DatapathOpt = Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="test, val or trn (PF-PASCAL, SPair-71k).")]
-PairListOpt = Annotated[Optional[Path], typer.Option("--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet PF-PASCAL csv).")]
+PairListOpt = Annotated[Optional[Path], typer.Option(
+    "--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet PF-PASCAL csv); with --dataset "
+    "custom, your pairs: a JSON list or JSON Lines of {source, target, source_keypoints, target_keypoints[, "
+    "target_bbox, category]}, image paths relative to the file.")]
 ThresOpt = Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox.", show_default="the dataset's, as in the paper")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs (after --category and --sample).")]
 CategoryOpt = Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")]
@@ -176,6 +183,14 @@ def with_config(exclude: tuple[str, ...] = (), unset: dict[str, str] | None = No
 def notice(message: str) -> None:
     """A notice for the user, on stderr."""
     typer.echo(message, err=True)
+
+
+def dataset_preset(dataset: str) -> dict[str, str]:
+    """The preset a dataset's command defaults to: the one named after it (none for ``custom``:
+    the configuration's default preset applies)."""
+    from ..config import PRESETS
+
+    return {"preset": dataset} if dataset in PRESETS else {}
 
 
 def build_model(config: dict[str, Any], preset_file: Optional[Path] = None, **defaults: Any) -> Any:

@@ -1,8 +1,10 @@
-"""Benchmark loaders (PF-WILLOW, PF-PASCAL, SPair-71k) and their download.
+"""Benchmark loaders (PF-WILLOW, PF-PASCAL, SPair-71k), their download, and your own pairs.
 
 ``load_dataset(name, datapath)`` reads the HPF/SCOT archive layout under ``datapath``
 (which holds ``PF-WILLOW/``, ``PF-PASCAL/`` and ``SPair-71k/``) and returns a
-:class:`Dataset` of :class:`Pair` records with keypoints in original pixels.
+:class:`Dataset` of :class:`Pair` records with keypoints in original pixels;
+``load_dataset("custom", pair_list=FILE)`` reads a JSON or JSON Lines file of annotated
+pairs (:mod:`.custom`) into the same records.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from typing import Callable
 
 from ..errors import ScotError
 from .base import Dataset, DatasetMissingError, Pair
+from .custom import load_custom
 from .download import SOURCES, download_dataset
 from .pfpascal import load_pfpascal
 from .pfwillow import load_pfwillow
 from .spair import load_spair
 
-LOADERS = {"pfwillow": load_pfwillow, "pfpascal": load_pfpascal, "spair": load_spair}
+LOADERS = {"pfwillow": load_pfwillow, "pfpascal": load_pfpascal, "spair": load_spair, "custom": load_custom}
 DATASET_NAMES = tuple(LOADERS)
 
 __all__ = ["Dataset", "DatasetMissingError", "Pair", "load_dataset", "open_dataset", "download_dataset", "SOURCES",
@@ -34,10 +37,12 @@ def load_dataset(
     """Load a benchmark's pairs, validating every annotation file it reads.
 
     Args:
-        name: ``pfwillow``, ``pfpascal`` or ``spair``.
-        datapath: the folder holding ``PF-WILLOW/``, ``PF-PASCAL/`` and ``SPair-71k/``.
+        name: ``pfwillow``, ``pfpascal``, ``spair`` or ``custom``.
+        datapath: the folder holding ``PF-WILLOW/``, ``PF-PASCAL/`` and ``SPair-71k/`` (not
+            used by ``custom``).
         split: the benchmark's split (``test``; PF-PASCAL and SPair-71k also ``val``, ``trn``).
-        pair_list: a file replacing the split's pair file (e.g. an NCNet-style PF-PASCAL list).
+        pair_list: a file replacing the split's pair file (e.g. an NCNet-style PF-PASCAL list);
+            for ``custom``, the pair file itself (:mod:`.custom`).
         check_images: require every referenced image to exist.
 
     Returns:

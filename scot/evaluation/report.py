@@ -15,11 +15,12 @@ from ..datasets import Dataset
 from ..io import atomic_write_json, atomic_write_text
 from ..pck import ALPHAS, HEADLINE_ALPHA
 from .journal import RunState
+from .protocol import build_protocol, threshold_label
 
 if TYPE_CHECKING:
     from ..cache import LRUCache
     from ..model import SCOT
-    from .runner import EvalSettings
+    from .settings import EvalSettings
 
 
 def versions() -> dict[str, str]:
@@ -88,8 +89,11 @@ def build_summary(model: SCOT, dataset: Dataset, identity: dict, state: RunState
     }
     if cache is not None:
         timing["cache_hits"], timing["cache_misses"] = cache.hits, cache.misses
+    protocol = build_protocol(dataset, state.records, settings.thres, settings.alphas, model.config.image_side,
+                              identity["selection"], status)
     summary = {
         "status": status,
+        "protocol": protocol,
         "pairs_scored": n,
         "pairs_total": total_pairs,
         "world_size": world_size,
@@ -107,17 +111,23 @@ def build_summary(model: SCOT, dataset: Dataset, identity: dict, state: RunState
     return summary
 
 
-def write_charts(run_dir: Path, state: RunState, dataset_label: str) -> None:
+def write_charts(run_dir: Path, state: RunState, protocol: dict) -> None:
+    """``pck_per_class.png`` and ``pck_curve.png``, titled with the run's threshold rule and averaging."""
     from ..viz2d import bar_chart, line_chart
 
+    label = f"{protocol['dataset']} ({protocol['split']})"
+    rule, headline = threshold_label(protocol), protocol["averaging"]["headline"]
     cats = state.table.by_category()
     labels = list(cats)
     values = [state.table.mean_over_pairs(HEADLINE_ALPHA, recs) for recs in cats.values()]
     labels.append("mean")
     values.append(state.table.mean_over_pairs(HEADLINE_ALPHA))
-    bar_chart(labels, values, f"{dataset_label}: PCK@0.1 per class (mean over pairs)", "PCK (%)", run_dir / "pck_per_class.png")
+    bar_chart(labels, values, f"{label}: PCK@{HEADLINE_ALPHA:.2f} per class, {headline}\nthreshold {rule}", "PCK (%)",
+              run_dir / "pck_per_class.png")
     alphas = [i / 100 for i in range(0, 21)]
-    line_chart(alphas, state.table.curve(alphas), f"{dataset_label}: PCK against alpha", "alpha", "PCK (%)", run_dir / "pck_curve.png")
+    others = [a for a in protocol["averaging"]["reported"] if a != headline]
+    line_chart(alphas, state.table.curve(alphas), f"{label}: PCK against α\nthreshold {rule}\n{headline} (headline)"
+               + "".join(f", {a}" for a in others), "α", "PCK (%)", run_dir / "pck_curve.png")
 
 
 def save_visualisations(model: SCOT, dataset: Dataset, state: RunState, run_dir: Path, n: int) -> list[Path]:
@@ -166,7 +176,7 @@ def write_figures(model: SCOT, dataset: Dataset, state: RunState, run_dir: Path,
     """
     if not state.records:
         return summary
-    write_charts(run_dir, state, f"{dataset.name} ({dataset.split})")
+    write_charts(run_dir, state, summary["protocol"])
     if n_viz > 0:
         summary["visualisations"] = [str(p) for p in save_visualisations(model, dataset, state, run_dir, n_viz)]
         atomic_write_json(run_dir / "summary.json", summary)
