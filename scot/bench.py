@@ -211,7 +211,7 @@ def bench_synthetic(
                             symmetric=two_way, center_features=False, feature_scales=(1.0,), transfer="mean"))
     cells = rows * cols
     # the pair, the dense tables of both images and their product: all of it exists at once
-    need = model.pair_bytes(cells, cells) + 4 * cells * cells + 2 * 4 * cells * (fine_dim + coarse_dim)
+    need = model.matcher.pair_bytes(cells, cells) + 4 * cells * cells + 2 * 4 * cells * (fine_dim + coarse_dim)
     available = _device.available_memory(dev) if dev.type == "cpu" else _device.free_memory(dev)
     if available is not None and need > 0.8 * available:
         raise ScotError(f"{cells} x {cells} hyperpixels need about {_device.format_gb(need)} for this benchmark but "
