@@ -7,6 +7,9 @@ Three measurements:
   against a plain copy of the N x M matrix (the memory floor of any pass over it);
 * :func:`bench_pairs`: every stage on real image pairs, for each correlation path
   (factorized, dense, and the one the cost estimate chose) with the reason for the choice;
+* :func:`bench_features`: each backbone's network pass per input scale (time, FLOPs, the
+  rate achieved) and the description of an image per CAM setting, against the machine's
+  roofs: a large dense matmul (compute) and a large copy (memory);
 * :func:`bench_memory_run`: resident memory sampled along a long synthetic evaluation, to
   show that it stays flat however many pairs are scored.
 
@@ -29,8 +32,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from .features import Hyperpixels, synchronize
+from . import device as _device
+from .errors import ScotError
+from .features import Hyperpixels
 from .precision import fp32_precision
+from .timing import synchronize
 
 
 # --------------------------------------------------------------------------------------
@@ -201,10 +207,17 @@ def bench_synthetic(
 
     dev = torch.device(device)
     rows, cols = grid_shape(n)
-    src = _synthetic_hyperpixels((rows, cols), fine_dim, coarse_dim, coarse_stride, 0, dev)
-    trg = _synthetic_hyperpixels((rows, cols), fine_dim, coarse_dim, coarse_stride, 1, dev)
     model = SCOT(SCOTConfig(backbone="efficientnet-lite0", weights="random", preset="pfwillow", device=device,
                             symmetric=two_way, center_features=False, feature_scales=(1.0,), transfer="mean"))
+    cells = rows * cols
+    # the pair, the dense tables of both images and their product: all of it exists at once
+    need = model.matcher.pair_bytes(cells, cells) + 4 * cells * cells + 2 * 4 * cells * (fine_dim + coarse_dim)
+    available = _device.available_memory(dev) if dev.type == "cpu" else _device.free_memory(dev)
+    if available is not None and need > 0.8 * available:
+        raise ScotError(f"{cells} x {cells} hyperpixels need about {_device.format_gb(need)} for this benchmark but "
+                        f"{_device.format_gb(available)} is available on {dev}; use a smaller --n", option="n")
+    src = _synthetic_hyperpixels((rows, cols), fine_dim, coarse_dim, coarse_stride, 0, dev)
+    trg = _synthetic_hyperpixels((rows, cols), fine_dim, coarse_dim, coarse_stride, 1, dev)
     keypoints = src.boxes[:: max(1, src.n // 10), :2] + 13.0
     dense_src, dense_trg = src.fused(), trg.fused().flip(0)
     memory = PeakMemory(dev)
@@ -362,6 +375,117 @@ def bench_memory_run(n_pairs: int = 2000, n_images: int = 400, side: int = 96, c
     return {"pairs": n_pairs, "images": n_images, "side": side, "cache_gb": cache_gb, "seconds": wall,
             "samples": samples, "rss_first": steady[0] if steady else None, "rss_last": steady[-1] if steady else None,
             "rss_max": max(steady) if steady else None, "rss_min": min(steady) if steady else None, "workdir": str(tmp)}
+
+
+# --------------------------------------------------------------------------------------
+FEATURE_SCALES = (1.0, 1.5, 2.0)
+CAM_SETTINGS = ((1.0,), (1.0, 1.5), (1.0, 1.5, 2.0))
+
+
+def pass_flops(backbone, x: torch.Tensor) -> int:
+    """Floating-point operations of one full network pass (to the classifier) on ``x``, as
+    :class:`torch.utils.flop_counter.FlopCounterMode` counts them (2 per multiply-add of the
+    convolutions and matrix products; element-wise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        backbone.extract(x, [0], head=True)
+    return int(counter.get_total_flops())
+
+
+def matmul_roof(n: int = 2048, device: torch.device | str = "cpu", repeats: int = 5) -> float:
+    """FLOP/s of an n x n by n x n float32 matrix product: the compute roof."""
+    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
+    torch.mm(a, b)
+    return 2 * n**3 / min(_time(lambda: torch.mm(a, b), device) for _ in range(repeats))
+
+
+def _image_tensor(side: int, seed: int = 0) -> torch.Tensor:
+    """A (3, side * 3/4, side) smooth random image in [0, 1] (the network's cost does not depend on content)."""
+    gen = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, 12, 16, generator=gen)
+    return torch.nn.functional.interpolate(low, (side * 3 // 4, side), mode="bilinear", align_corners=True)[0]
+
+
+def bench_features(backbones: Sequence[str], weights: str | None = None, side: int = 300,
+                   scales: Sequence[float] = FEATURE_SCALES, repeats: int = 5, device: str = "cpu",
+                   preset: str = "pfpascal", notice: Callable[[str], None] | None = None) -> dict:
+    """Each backbone's network pass per input scale against the machine's roofs.
+
+    For a ``side`` x ``3/4 side`` image (the 300-px resize of a 4:3 photo) and each scale: the
+    time of one full pass (median over ``repeats`` after a warm-up), its FLOPs
+    (:func:`pass_flops`) and the rate achieved; then the time to describe one image
+    (:meth:`SCOT.extract`, the ``preset``'s configuration) for each CAM setting of
+    :data:`CAM_SETTINGS` (feature scales the preset's, limited to the CAM's; the settings take
+    turns, repeat by repeat).  The roofs: a
+    2048^3 matmul (:func:`matmul_roof`) and a 64 MiB copy (:func:`copy_bandwidth`).
+    ``weights=None`` takes each backbone's ImageNet weights, or seeded random ones where
+    they are unavailable (the speed does not depend on them; ``notice`` says so).
+    """
+    from . import SCOT, SCOTConfig
+    from .backbones import build_backbone
+    from .errors import WeightsUnavailableError
+
+    dev = torch.device(device)
+    out: dict = {"threads": torch.get_num_threads(), "device": str(dev), "side": side, "repeats": repeats,
+                 "matmul_flops": matmul_roof(2048, dev), "copy_bandwidth": copy_bandwidth(4096, 4096, dev),
+                 "backbones": {}}
+    image = _image_tensor(side)
+    for name in backbones:
+        used = weights
+        try:
+            backbone = build_backbone(name, used)
+        except WeightsUnavailableError as exc:
+            used = "random"
+            if notice is not None:
+                notice(f"notice: {name} ImageNet weights are unavailable ({exc.short}); timing seeded random weights")
+            backbone = build_backbone(name, used)
+        backbone = backbone.to(dev, memory_format=torch.channels_last)
+        passes = []
+        for scale in scales:
+            h, w = int(scale * image.shape[1]), int(scale * image.shape[2])
+            x = torch.rand(1, 3, h, w, device=dev).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                backbone.extract(x, [0], head=True)
+                times = [_time(lambda b=backbone, x=x: b.extract(x, [0], head=True), dev) for _ in range(repeats)]
+            stat = Stat.of(times)
+            flops = pass_flops(backbone, x)
+            passes.append({"scale": scale, "size": (w, h), "time": stat, "flops": flops, "rate": flops / stat.median})
+        models = []
+        for cam_scales in CAM_SETTINGS:
+            cfg = SCOTConfig(backbone=name, weights=used, preset=preset, device=device, cam_scales=cam_scales)
+            fs = tuple(s for s in (cfg.resolve(name).feature_scales or (1.0,)) if s in cam_scales)
+            models.append(SCOT(cfg.replace(feature_scales=fs), backbone=backbone))
+            models[-1].extract(image)
+        times: list[list[float]] = [[] for _ in models]
+        for _ in range(repeats):  # the settings take turns, so a change in the machine's load hits them alike
+            for k, model in enumerate(models):
+                times[k].append(_time(lambda m=model: m.extract(image), dev))
+        describe = [{"cam_scales": m.config.cam_scales, "feature_scales": m.config.feature_scales, "time": Stat.of(t)}
+                    for m, t in zip(models, times)]
+        out["backbones"][name] = {"weights": backbone.weights_source, "passes": passes, "describe": describe}
+    return out
+
+
+def format_features(res: dict, preset: str) -> str:
+    """The report of :func:`bench_features`."""
+    roof, copy = res["matmul_flops"], res["copy_bandwidth"]
+    lines = [(f"network passes on a {res['side']}x{res['side'] * 3 // 4} image and its enlargements | "
+              f"{res['threads']} threads, {res['device']} | median [min-max] of {res['repeats']}"),
+             (f"  compute roof: 2048^3 float32 matmul {roof / 1e9:.1f} GFLOP/s; memory roof: 64 MiB copy "
+              f"{copy / 1e9:.1f} GB/s")]
+    for name, r in res["backbones"].items():
+        lines.append(f"{name} ({r['weights']})")
+        for p in r["passes"]:
+            w, h = p["size"]
+            lines.append(f"  pass x{p['scale']:<4g}{w:>4}x{h:<4}{p['time'].ms()}  {p['flops'] / 1e9:6.2f} GFLOP  "
+                         f"{p['rate'] / 1e9:6.1f} GFLOP/s ({100 * p['rate'] / roof:.0f} % of the matmul)")
+        for d in r["describe"]:
+            cam = ",".join(f"{s:g}" for s in d["cam_scales"])
+            feats = ",".join(f"{s:g}" for s in d["feature_scales"])
+            lines.append(f"  describe an image ({preset} preset), CAM scales {cam:<8} features {feats:<8}{d['time'].ms()}")
+    return "\n".join(lines)
 
 
 def format_bytes(n: int | None) -> str:

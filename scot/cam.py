@@ -36,16 +36,25 @@ FOREGROUND = WEIGHT_LEVELS[0][0]  # CAM above this: the hyperpixel is on the obj
 def _single_scale_cam(
     classifier: torch.Tensor, last_map: torch.Tensor, logits: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max over the top-2 classes of the normalised CAMs of one scale, at ``size`` (H, W), and
-    the (2,) classes on the maps' device."""
-    labels = torch.topk(F.softmax(logits, dim=1), k=TOP_K, dim=1).indices[0]
-    _, c, h, w = last_map.shape
-    maps = (classifier[labels] @ last_map.reshape(c, h * w)).view(1, TOP_K, h, w)
-    maps = F.interpolate(maps, size, mode="bilinear", align_corners=True)[0]
-    flat = maps.flatten(1)
-    lo = flat.amin(1).view(-1, 1, 1)
-    hi = flat.amax(1).view(-1, 1, 1)
-    return ((maps - lo) / hi).amax(0), labels
+    """Per image, the max over its top-2 classes of the normalised CAMs of one scale.
+
+    Args:
+        classifier: (K, C) weight of the final linear layer.
+        last_map: (B, C, h, w) last activation map.
+        logits: (B, K) class scores.
+        size: (H, W) of the output.
+
+    Returns:
+        The (B, H, W) maps and the (B, 2) classes, on the maps' device.
+    """
+    labels = torch.topk(F.softmax(logits, dim=1), k=TOP_K, dim=1).indices
+    b, c, h, w = last_map.shape
+    maps = torch.bmm(classifier[labels], last_map.reshape(b, c, h * w)).view(b, TOP_K, h, w)
+    maps = F.interpolate(maps, size, mode="bilinear", align_corners=True)
+    flat = maps.flatten(2)
+    lo = flat.amin(2).view(b, TOP_K, 1, 1)
+    hi = flat.amax(2).view(b, TOP_K, 1, 1)
+    return ((maps - lo) / hi).amax(1), labels
 
 
 def class_activation_map(
@@ -54,14 +63,15 @@ def class_activation_map(
     first: BackboneOutput,
     scales: Sequence[float] = (1.0, 1.5, 2.0),
     feature_ids: Sequence[int] = (),
-) -> tuple[torch.Tensor, list[int], dict[float, dict[int, torch.Tensor]]]:
-    """Multi-scale CAM of a normalised image ``x`` (1, 3, H, W).
+) -> tuple[torch.Tensor, list[list[int]], dict[float, dict[int, torch.Tensor]]]:
+    """Multi-scale CAMs of a batch of normalised images ``x`` (B, 3, H, W) of one size.
 
     ``first`` is the backbone output at scale 1 (with ``last_map`` and ``logits``), which is
-    reused instead of running the network twice.  Returns the (H, W) map in [0, 1), the
-    top-2 ImageNet classes at scale 1 and, for every other scale, the maps of
-    ``feature_ids`` captured during that scale's pass (for multi-scale features, at no extra
-    network cost).
+    reused instead of running the network twice.  Returns the (B, H, W) maps in [0, 1), each
+    image's top-2 ImageNet classes at scale 1 and, for every other scale, the (B, C, h, w)
+    maps of ``feature_ids`` captured during that scale's pass (for multi-scale features, at
+    no extra network cost).  Every image's map is what it would be alone: the batch only
+    shares the network passes.
     """
     size = (int(x.shape[2]), int(x.shape[3]))
     classifier = backbone.classifier_weight()
@@ -76,6 +86,7 @@ def class_activation_map(
         else:
             scaled = F.interpolate(scaled, (int(scale * size[0]), int(scale * size[1])), mode="bilinear", align_corners=True)
             out = backbone.extract(scaled, feature_ids, head=True)
+            assert out.last_map is not None and out.logits is not None
             last_map, logits = out.last_map, out.logits
             if feature_ids:
                 extra[scale] = out.features
@@ -84,8 +95,9 @@ def class_activation_map(
             top_classes = labels
         total = cam if total is None else total + cam
     assert total is not None
-    classes = [] if top_classes is None else _device.to_host(top_classes)[0].tolist()  # the one read of the CAM
-    return total / (total.max() + 1e-5), classes, extra
+    classes = [[] for _ in range(x.shape[0])] if top_classes is None else _device.to_host(top_classes)[0].tolist()
+    peak = total.flatten(1).amax(1).view(-1, 1, 1)
+    return total / (peak + 1e-5), classes, extra
 
 
 def cam_at(cam: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

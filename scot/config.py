@@ -1,22 +1,21 @@
-"""One typed configuration for the whole pipeline, and the named presets.
+"""One typed configuration for the whole pipeline.
 
 :class:`SCOTConfig` declares every algorithm option once: its type, default, help text,
 valid range and command-line flag live in one field (:func:`option`).  The command line
 generates its options from these fields, and :meth:`SCOTConfig.validate` checks them from
 the same declaration, so help, defaults and checks cannot drift apart.
 
-Options left as ``None`` are filled from the *preset* (``pfpascal``, ``pfwillow`` or
-``spair``) for the chosen backbone; :meth:`SCOTConfig.resolve` returns the concrete
-configuration that every output records.  The ResNet presets are those of the SCOT
-paper's code (Liu et al., CVPR 2020); ResNet-50 on PF-PASCAL/PF-WILLOW, for which SCOT
-gives none, uses Hyperpixel Flow's set.
+Options left as ``None`` are filled from the *preset* (:mod:`scot.presets`) for the chosen
+backbone; :meth:`SCOTConfig.resolve` returns the concrete configuration that every output
+records.  :func:`load_preset_file` reads a user's preset file, each value checked by its
+option's declaration.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import operator
 import re
 import typing
 from dataclasses import dataclass, field
@@ -24,34 +23,25 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ScotError
+from .presets import (
+    BACKBONES,
+    DEFAULT_PRESET,
+    PAPER_OPTIONS,
+    PRESET_OPTIONS,
+    PRESETS,
+    Preset,
+    preset_default,
+    preset_help,
+    preset_names,
+    read_preset_file,
+)
+from .solver import SolverPlan
 
-BACKBONES = ("resnet101", "resnet50", "efficientnet-lite0", "efficientnet-lite2")
+__all__ = ["BACKBONES", "DEFAULT_PRESET", "PAPER_OPTIONS", "PRESETS", "PRESET_OPTIONS", "Preset", "SCOTConfig", "Spec",
+           "TRANSFERS", "build_config", "check_option", "kind", "load_preset_file", "option", "options_table",
+           "parse_hyperpixel_ids", "specs"]
+
 TRANSFERS = ("mean", "weighted", "median")
-DEFAULT_PRESET = "pfpascal"
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Per-benchmark defaults: hyperpixel ids per backbone, the plan exponent and the PCK rule."""
-
-    name: str
-    exp2: float
-    hyperpixel_ids: dict[str, tuple[int, ...]]
-    pck_threshold: str  # "img" or "bbox"
-    description: str = ""
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-backbone defaults of other options (e.g. ``feature_scales``), filled where the
-    configuration leaves them ``None``."""
-
-
-PRESET_DIR = Path(__file__).with_name("presets")
-"""Preset files shipped with the package, as written by ``scot search-layers``."""
-
-PRESET_OPTIONS = ("feature_scales", "center_features", "symmetric", "transfer")
-"""Options besides the ids and ``exp2`` that a preset file may set."""
-
-PAPER_OPTIONS: dict[str, Any] = {"feature_scales": (1.0,), "center_features": False, "symmetric": False, "transfer": "mean"}
-"""What the preset options resolve to when neither the configuration nor the preset sets them."""
 
 
 # --------------------------------------------------------------------------------------
@@ -86,6 +76,26 @@ def _floats(text: str) -> tuple[float, ...]:
         raise ScotError(f"'{text}' is not a list of numbers, e.g. '1,1.5,2'") from None
 
 
+def _is_integer(value: Any) -> bool:
+    """An int-like value (int, NumPy or 0-d integer tensor), not a float that happens to be whole."""
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _shown_item(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else repr(value)
+
+
+def _shown_list(values: list[Any]) -> str:
+    text = "[" + ", ".join(_shown_item(v) for v in values) + "]"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def parse_hyperpixel_ids(value: str | Iterable[int] | None, option: str = "hyperpixel_ids") -> tuple[int, ...] | None:
     """Parse ``"(2,22,24)"``, ``"2 22 24"`` or an iterable of ints into a tuple of ids
     (errors name ``option``)."""
@@ -100,9 +110,14 @@ def parse_hyperpixel_ids(value: str | Iterable[int] | None, option: str = "hyper
         ids = tuple(int(tok) for tok in re.findall(r"\d+", text))
     else:
         try:
-            ids = tuple(int(v) for v in value)
-        except (TypeError, ValueError):
-            raise ScotError(f"{value!r} are not integers", option=option) from None
+            items = list(value)
+        except TypeError:
+            raise ScotError(f"{value!r} is not a list of non-negative integers", option=option) from None
+        wrong = [v for v in items if isinstance(v, bool) or not _is_integer(v)]
+        if wrong:  # no coercion: 3.5 or true is not an id, as '(3.5,11)' is not on the command line
+            raise ScotError(f"must be a list of non-negative integers, got {_shown_list(items)} "
+                            f"({_shown_item(wrong[0])} is not an integer)", option=option)
+        ids = tuple(operator.index(v) for v in items)
     if not ids:
         raise ScotError("the id list is empty", option=option)
     if len(set(ids)) != len(ids):
@@ -125,8 +140,7 @@ class SCOTConfig:
         None, "A state-dict file for the backbone (torchvision or lukemelas key names), or random[:SEED].",
         "--weights", unset="the backbone's ImageNet weights")
     preset: str = option(
-        DEFAULT_PRESET, "Named settings: pfpascal, pfwillow or spair (hyperpixel ids per backbone, exp2, PCK rule).",
-        "--preset", choices=("pfpascal", "pfwillow", "spair"))
+        DEFAULT_PRESET, preset_help(), "--preset", choices=preset_names())
     hyperpixel_ids: tuple[int, ...] | None = option(
         None, "Hyperpixel ids, e.g. '(2,22,24,25,27,28,29)'; 'scot layers' lists them.", "--hyperpixel",
         parse=parse_hyperpixel_ids, unset="the preset's")
@@ -145,10 +159,10 @@ class SCOTConfig:
     feature_scales: tuple[float, ...] | None = option(
         None, "Average hyperpixel features over these input scales, e.g. '1,1.5,2' (scales shared with the CAM "
         "cost no extra network pass); must include 1.", "--feature-scales", parse=_floats, above=0,
-        unset="the preset's: 1,1.5,2 for EfficientNet-Lite on pfwillow/pfpascal, else 1")
+        unset=preset_default("feature_scales"))
     center_features: bool | None = option(
         None, "Subtract each image's mean hyperpixel before the cosine.", "--center-features/--no-center-features",
-        unset="the preset's: on for EfficientNet-Lite on pfwillow/pfpascal, else off")
+        unset=preset_default("center_features"))
 
     # --- cost -----------------------------------------------------------------------------
     tf32: bool = option(
@@ -172,7 +186,7 @@ class SCOTConfig:
         10, "How many times eps may be doubled when the plain plan is not finite.", "--max-eps-doublings", low=0)
     exp2: float | None = option(
         None, "Exponent of the rescaled plan (N P)^exp2.", "--exp2", above=0,
-        unset="the preset's: 0.5 on pfpascal/pfwillow, 1 on spair")
+        unset=preset_default("exp2"))
 
     # --- regularized Hough matching -------------------------------------------------------
     rhm: bool = option(True, "Regularized Hough matching.", "--rhm/--no-rhm")
@@ -182,11 +196,11 @@ class SCOTConfig:
     # --- matching and transfer ------------------------------------------------------------
     symmetric: bool | None = option(
         None, "Also match target to source and add the two RHM confidences, each scaled to a maximum of 1.",
-        "--symmetric/--one-way", unset="the preset's: on for EfficientNet-Lite on pfwillow/pfpascal, else off")
+        "--symmetric/--one-way", unset=preset_default("symmetric"))
     transfer: str | None = option(
         None, "How a keypoint combines the moves of the boxes that contain it: mean, weighted (by match "
         "confidence) or median.", "--transfer", choices=TRANSFERS,
-        unset="the preset's: weighted for EfficientNet-Lite on pfwillow/pfpascal, else mean")
+        unset=preset_default("transfer"))
     subpixel: int = option(
         0, "Sub-pixel transfer: soft-argmax of the confidence over an NxN target window (odd N; 0: off).",
         "--subpixel", low=0)
@@ -218,10 +232,10 @@ class SCOTConfig:
         if self.low_memory and self.symmetric:
             raise ScotError("two-way matching needs the whole N x M matrix; it cannot be combined with low memory",
                             option="symmetric")
-        if self.low_memory and (not self.ot or self.sinkhorn_mode == "log" or self.sinkhorn_tol is not None
-                                or self.subpixel or self.mutual):
+        plan = SolverPlan.of(self)
+        if self.low_memory and not plan.can_stream:
             raise ScotError("low memory streams plain Sinkhorn with a fixed iteration count; it cannot be combined "
-                            "with ot off, sinkhorn_mode log, sinkhorn_tol, subpixel or mutual", option="low_memory")
+                            f"with {plan.blocker_text()}", option="low_memory")
 
     # ------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> "SCOTConfig":
@@ -301,7 +315,9 @@ def _checked(name: str, value: Any, spec: Spec, default: Any) -> Any:
         except ScotError as exc:
             raise ScotError(exc.message, option=name) from None
     if kind == "ids":
-        return parse_hyperpixel_ids(value if not isinstance(value, (str, bytes)) else [value])
+        if isinstance(value, (str, bytes)):  # text was parsed above; bytes are not ids
+            raise ScotError(f"must be a list of non-negative integers, got {value!r}", option=name)
+        return parse_hyperpixel_ids(value)
     if kind == "floats":
         if not isinstance(value, (list, tuple)) or not value:
             raise ScotError(f"must be a non-empty list of numbers, got {value!r}", option=name)
@@ -343,120 +359,47 @@ def _bounds(name: str, value: float, spec: Spec) -> None:
         raise ScotError(f"must be > {spec.above:g}, got {value:g}", option=name)
 
 
-# --------------------------------------------------------------------------------------
-# Presets
-def _shipped(name: str) -> dict[str, Any]:
-    """The shipped preset file ``scot/presets/<name>.json``: its ids and its ``options``."""
-    path = PRESET_DIR / f"{name}.json"
+def check_option(name: str, value: Any) -> Any:
+    """``value`` as option ``name`` holds it, checked by the option's declaration
+    (:class:`ScotError` without the option's name otherwise): the ``check`` of
+    :func:`scot.presets.read_preset_file`."""
+    f = _FIELDS[name]
     try:
-        doc = json.loads(path.read_text())
-        ids = tuple(int(i) for i in doc["hyperpixel_ids"])
-    except (OSError, KeyError, TypeError, ValueError) as exc:  # a broken installation, not a user error
-        raise RuntimeError(f"scot installation: shipped preset {path} is missing or unreadable ({exc})") from exc
-    return {"hyperpixel_ids": ids, "options": _preset_options(doc.get("options", {}), path)}
-
-
-def _preset_options(options: Any, path: Path) -> dict[str, Any]:
-    """The ``options`` object of a preset file, each value checked as its field is."""
-    if not isinstance(options, dict) or set(options) - set(PRESET_OPTIONS):
-        raise ScotError(f"{path}: 'options' must be an object with keys among {', '.join(PRESET_OPTIONS)}",
-                        option="preset_file")
-    fields = {f.name: f for f in dataclasses.fields(SCOTConfig)}
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        try:
-            out[key] = _checked(key, value, fields[key].metadata["spec"], fields[key].default)
-        except ScotError as exc:
-            raise ScotError(f"{path}: '{key}' {exc.message}", option="preset_file") from None
-    return out
-
-
-_KINDS.update({f.name: _kind(f.name) for f in dataclasses.fields(SCOTConfig)})
-
-_LITE = {b: _shipped(f"pfwillow-{b}") for b in ("efficientnet-lite0", "efficientnet-lite2")}
-
-_PF_IDS = {
-    "resnet101": (2, 22, 24, 25, 27, 28, 29),
-    "resnet50": (2, 7, 11, 12, 13),
-    # Found by `scot search-layers` on the shared PF-WILLOW development pairs; each file
-    # records the command, the PCK of the best sets and their check on all 200 pairs.
-    **{b: shipped["hyperpixel_ids"] for b, shipped in _LITE.items()},
-}
-_PF_OPTIONS = {b: shipped["options"] for b, shipped in _LITE.items()}
-
-PRESETS: dict[str, Preset] = {
-    "pfpascal": Preset("pfpascal", 0.5, dict(_PF_IDS), "img", "PF-PASCAL (SCOT paper settings)", dict(_PF_OPTIONS)),
-    "pfwillow": Preset("pfwillow", 0.5, dict(_PF_IDS), "bbox", "PF-WILLOW (SCOT paper settings)", dict(_PF_OPTIONS)),
-    "spair": Preset(
-        "spair",
-        1.0,
-        {
-            "resnet101": (0, 19, 27, 28, 29, 30),
-            "resnet50": (0, 11, 12, 13),
-            "efficientnet-lite0": (1, 9, 11, 13, 14, 15),
-            "efficientnet-lite2": (1, 13, 15, 17, 18, 19, 20),
-        },
-        "bbox",
-        "SPair-71k (SCOT paper settings)",
-    ),
-}
+        return _checked(name, value, f.metadata["spec"], f.default)
+    except ScotError as exc:
+        raise ScotError(exc.message) from None
 
 
 def load_preset_file(path: str | Path, backbone: str | None = None) -> dict[str, Any]:
-    """Read a preset JSON written by ``scot search-layers``.
-
-    The file's top-level ``hyperpixel_ids`` are authoritative: they are what the file says
-    to use.  When it also holds a ``results`` list (ranked best first), its first entry must
-    carry the same ids, so an edit of one without the other is an error rather than a
-    silent choice.
+    """Read a preset JSON written by ``scot search-layers`` (:func:`scot.presets.read_preset_file`),
+    every value checked as its option is, with one-line errors naming the file and field.
 
     Returns:
         The options it sets: ``hyperpixel_ids``, and ``exp2``, ``backbone`` and the
         ``options`` object's fields when present.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ScotError(f"{p} does not exist or is not a file", option="preset_file")
-    try:
-        data = json.loads(p.read_text(), parse_constant=_reject_constant)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ScotError(f"{p} is not valid JSON ({exc})", option="preset_file") from None
-    if not isinstance(data, dict):
-        raise ScotError(f"{p} must hold a JSON object", option="preset_file")
-    file_backbone = data.get("backbone")
-    if file_backbone is not None and file_backbone not in BACKBONES:
-        raise ScotError(f"{p}: unknown backbone {file_backbone!r}", option="preset_file")
-    if backbone is not None and file_backbone is not None and backbone not in (file_backbone, "auto"):
-        raise ScotError(f"{p} was searched for backbone '{file_backbone}', not '{backbone}'", option="preset_file")
-    if "hyperpixel_ids" not in data:
-        raise ScotError(f"{p} has no top-level 'hyperpixel_ids'", option="preset_file")
-    try:
-        ids = parse_hyperpixel_ids(data["hyperpixel_ids"])
-    except ScotError as exc:
-        raise ScotError(f"{p}: 'hyperpixel_ids' {exc.message}", option="preset_file") from None
-    results = data.get("results")
-    if results is not None:
-        if not isinstance(results, list) or not results or not isinstance(results[0], dict):
-            raise ScotError(f"{p}: 'results' must be a non-empty list of objects", option="preset_file")
-        best = results[0].get("hyperpixel_ids")
-        if best is None or sorted(best) != sorted(ids or ()):
-            raise ScotError(f"{p}: top-level 'hyperpixel_ids' {list(ids or ())} differ from the best result's "
-                            f"{best}; edit both or remove 'results'", option="preset_file")
-    out: dict[str, Any] = {"hyperpixel_ids": ids}
-    if "exp2" in data and data["exp2"] is not None:
-        spec = specs()["exp2"]
+    return read_preset_file(path, check_option, backbone)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SCOTConfig)}
+_KINDS.update({name: _kind(name) for name in _FIELDS})
+
+
+def _check_shipped(presets: Mapping[str, Preset]) -> None:
+    """The shipped presets pass the options' own checks (else the installation is broken)."""
+    for preset in presets.values():
         try:
-            out["exp2"] = _checked("exp2", data["exp2"], spec, 1.0)
+            check_option("exp2", preset.exp2)
+            for ids in preset.hyperpixel_ids.values():
+                check_option("hyperpixel_ids", ids)
+            for options in preset.options.values():
+                for name, value in options.items():
+                    check_option(name, value)
         except ScotError as exc:
-            raise ScotError(f"{p}: 'exp2' {exc.message}", option="preset_file") from None
-    out.update(_preset_options(data.get("options", {}), p))
-    if file_backbone is not None:
-        out["backbone"] = file_backbone
-    return out
+            raise RuntimeError(f"scot installation: preset {preset.name} is invalid ({exc})") from None
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
+_check_shipped(PRESETS)
 
 
 def build_config(options: Mapping[str, Any], preset_file: str | Path | None = None) -> SCOTConfig:

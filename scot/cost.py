@@ -15,8 +15,8 @@ the small native-resolution Gram matrix of each group, interpolated along the ta
 axes and then along the source axes.  For ResNet-101's PF-PASCAL/PF-WILLOW ids, 6,144 of
 the 6,400 channels sit at stride 16 (about 19 x 14 cells instead of 75 x 56), so the
 product of those channels shrinks from an N x M x 6,144 matmul to a 266 x 266 x 6,144
-Gram plus interpolation.  :func:`factorize_groups` decides per group, from a cost
-estimate, whether the Gram route or plain upsampling into the dense operand is cheaper;
+Gram plus interpolation.  :func:`scot.features.factorize_groups` decides per group, from a
+cost estimate, whether the Gram route or plain upsampling into the dense operand is cheaper;
 both give the same numbers up to float rounding.
 
 The cosine divides by the norms of the fused features (:attr:`Hyperpixels.inv_norms`;
@@ -37,47 +37,12 @@ windows (:mod:`scot.rhm`).  :class:`Correlation` produces this layout directly.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
     from .features import Hyperpixels
-
-FACTORIZED_COLUMN_COST = 1.6
-"""Cost of one native column of a factorized group, in channels of the dense product.
-
-The last interpolation step is a batched matmul whose inner size is the group's native
-width ``w_g``; on the CPU it runs at about 1/1.6 of the large dense matmul's speed per
-multiply-add (``scot bench pairs`` prints both paths)."""
-
-
-def factorize_groups(channels: Sequence[int], shapes: Sequence[tuple[int, int]], mode: str = "auto") -> list[bool]:
-    """Which layer groups to correlate through their native Gram matrices.
-
-    Args:
-        channels: ``C_g`` of each group, the grid's own resolution first.
-        shapes: ``(h_g, w_g)`` of each group on a nominal square image.
-        mode: ``auto``, ``always`` or ``never``.
-
-    Returns:
-        One flag per group.  The first group (the grid's resolution) is never factorized.
-        With ``auto``, group g is factorized when its estimated cost per matrix entry,
-        ``FACTORIZED_COLUMN_COST * w_g + C_g * (h_g w_g)^2 / (h w)^2`` (the last
-        interpolation step and the Gram matrix), is below the dense product's ``C_g``.
-    """
-    if mode not in ("auto", "always", "never"):
-        raise ValueError(f"factorize must be auto, always or never, got {mode!r}")
-    h, w = shapes[0]
-    flags = [False]
-    for c, (h_g, w_g) in zip(channels[1:], shapes[1:]):
-        if mode == "auto":
-            gram = c * (h_g * w_g) ** 2 / (h * w) ** 2
-            flags.append(FACTORIZED_COLUMN_COST * w_g + gram < c)
-        else:
-            flags.append(mode == "always")
-    return flags
-
 
 def correlation_flops(src: "Hyperpixels", trg: "Hyperpixels") -> dict[str, float]:
     """Multiply-adds of one pair's correlation: as planned, and with every group upsampled.

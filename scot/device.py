@@ -18,6 +18,35 @@ import math
 
 import torch
 
+from .errors import ScotError
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` names, checked: ``cpu``, ``cuda`` or ``cuda:INDEX`` of a present GPU.
+
+    ``cuda`` is the current GPU with its index filled in, so that the model's device
+    compares equal to its tensors' devices.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ScotError(f"'{name}' is not a device (use cpu, cuda or cuda:INDEX)", option="device") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ScotError(f"'{name}' is not supported (use cpu, cuda or cuda:INDEX)", option="device")
+    if device.type == "cpu":
+        return torch.device("cpu")  # one host device: an index (cpu:0) would only defeat device comparisons
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ScotError("CUDA was requested but no CUDA GPU is available; use cpu", option="device")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ScotError(f"'{name}' does not exist: this machine has {count} CUDA GPU{'s' if count != 1 else ''} "
+                            f"(cuda:0{f'..cuda:{count - 1}' if count > 1 else ''})", option="device")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 _EXACT = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.bool, torch.uint8, torch.int8,
           torch.int16, torch.int32, torch.int64)
 

@@ -41,45 +41,16 @@ import torch.nn.functional as F
 from . import device as _device
 from .backbones import Backbone, Geometry
 from .cam import class_activation_map, foreground, marginal_weights
-from .cost import factorize_groups
 from .image import ImageLike, load_image
 from .precision import fp32_precision
+from .timing import Clock
 
 if TYPE_CHECKING:
     from .config import SCOTConfig
 
 _CHANNEL_CHUNK = 512  # channels upsampled at once when computing norms (bounds the temporary)
-
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for the queued work of ``device`` (a no-op on the CPU)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Clock:
-    """Accumulates stage durations into an optional dict.
-
-    The clock starts, and every :meth:`lap` ends, after the queued work of ``device`` (the
-    device the timed stages run on) has finished, so a GPU's asynchronous kernels are
-    counted in the stage that queued them.  Without a sink nothing is synchronised.
-    """
-
-    def __init__(self, sink: dict[str, float] | None, device: torch.device | str = "cpu") -> None:
-        self.sink = sink
-        self.device = torch.device(device)
-        if sink is not None:
-            synchronize(self.device)
-        self.t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        if self.sink is None:
-            return
-        synchronize(self.device)
-        now = time.perf_counter()
-        self.sink[name] = self.sink.get(name, 0.0) + now - self.t
-        self.t = now
+BATCH_BYTES = 1 << 30
+"""Default memory budget of one batched network pass (:meth:`HyperpixelExtractor.views`)."""
 
 
 def bilinear_matrix(out_size: int, in_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -169,6 +140,9 @@ class Hyperpixels:
     layout: list[tuple[tuple[int, int], int, bool]] = field(default_factory=list)
     """(native shape, channels, factorized) of every layer group, grid resolution first."""
     dense_reversed: torch.Tensor | None = field(default=None, repr=False)
+    origin: str = ""
+    """The model that made them (:meth:`HyperpixelExtractor.origin`): only features of one
+    origin can be matched together."""
 
     @property
     def n(self) -> int:
@@ -293,17 +267,48 @@ def observe(
     With ``feature_scales`` beyond 1, each id's map is the mean of its maps at those input
     scales, resampled to the scale-1 grid; scales that the CAM also uses share its passes.
     """
+    return observe_batch(backbone, [image01], ids, ratios=[ratio], original_sizes=[original_size],
+                         names=[name], use_cam=use_cam, cam_scales=cam_scales, feature_scales=feature_scales,
+                         timings=timings)[0]
+
+
+@torch.inference_mode()
+def observe_batch(
+    backbone: Backbone,
+    images01: Sequence[torch.Tensor],
+    ids: Sequence[int],
+    *,
+    ratios: Sequence[float],
+    original_sizes: Sequence[tuple[int, int]],
+    names: Sequence[str],
+    use_cam: bool = True,
+    cam_scales: Sequence[float] = (1.0, 1.5, 2.0),
+    feature_scales: Sequence[float] = (1.0,),
+    timings: dict[str, float] | None = None,
+) -> list[NetworkView]:
+    """:func:`observe` for B resized images (3, H, W) of one size, through the network together.
+
+    Every network pass (scale 1, and each CAM and feature scale) runs once on the (B, 3, H, W)
+    batch; each returned view holds its image's slices and equals what :func:`observe` gives
+    for the image alone, to float rounding.
+    """
+    sizes = {tuple(im.shape) for im in images01}
+    if len(sizes) != 1:
+        raise ValueError(f"a batch must share one image size, got {sorted(sizes)}")
     device = next(backbone.parameters()).device
     clock = Clock(timings, device)
     ids = sorted(ids)
-    x = backbone.normalize(image01.unsqueeze(0).to(device)).contiguous(memory_format=torch.channels_last)
+    batch = torch.stack([im.to(device) for im in images01])
+    x = backbone.normalize(batch).contiguous(memory_format=torch.channels_last)
     out = backbone.extract(x, ids, head=use_cam)
     clock.lap("backbone")
     extra_scales = [s for s in feature_scales if s != 1.0]
-    cam, top_classes, extra = None, [], {}
+    cams: torch.Tensor | None = None
+    top_classes: list[list[int]] = [[] for _ in images01]
+    extra: dict[float, dict[int, torch.Tensor]] = {}
     if use_cam:
         shared = ids if any(s in cam_scales for s in extra_scales) else ()
-        cam, top_classes, extra = class_activation_map(backbone, x, out, cam_scales, shared)
+        cams, top_classes, extra = class_activation_map(backbone, x, out, cam_scales, shared)
         clock.lap("cam")
     maps = out.features
     if extra_scales:
@@ -318,8 +323,20 @@ def observe(
             for i in ids
         }
         clock.lap("backbone")
-    H, W = int(image01.shape[1]), int(image01.shape[2])
-    return NetworkView(maps, cam, top_classes, (W, H), ratio, original_size, name)
+    H, W = int(x.shape[2]), int(x.shape[3])
+    return [NetworkView({i: m[b : b + 1] for i, m in maps.items()}, None if cams is None else cams[b],
+                        top_classes[b], (W, H), ratios[b], original_sizes[b], names[b])
+            for b in range(len(images01))]
+
+
+def pass_bytes(backbone: Backbone, height: int, width: int) -> int:
+    """Bytes of every hyperpixel id's float32 map for one (height, width) input: an upper
+    bound of what one image's network pass holds at once (a pass keeps only a few of them)."""
+    total = 0
+    for hid in range(backbone.num_ids):
+        g = backbone.geometry(hid, height, width)
+        total += 4 * backbone.channels(hid) * g.height * g.width
+    return total
 
 
 def _group_maps(maps: Sequence[torch.Tensor]) -> list[tuple[tuple[int, int], torch.Tensor]]:
@@ -339,6 +356,41 @@ def _squared_norms(group: LayerGroup) -> torch.Tensor:
         total = part if total is None else total.add_(part)
     assert total is not None
     return total
+
+
+FACTORIZED_COLUMN_COST = 1.6
+"""Cost of one native column of a factorized group, in channels of the dense product.
+
+The last interpolation step is a batched matmul whose inner size is the group's native
+width ``w_g``; on the CPU it runs at about 1/1.6 of the large dense matmul's speed per
+multiply-add (``scot bench pairs`` prints both paths)."""
+
+
+def factorize_groups(channels: Sequence[int], shapes: Sequence[tuple[int, int]], mode: str = "auto") -> list[bool]:
+    """Which layer groups to correlate through their native Gram matrices.
+
+    Args:
+        channels: ``C_g`` of each group, the grid's own resolution first.
+        shapes: ``(h_g, w_g)`` of each group on a nominal square image.
+        mode: ``auto``, ``always`` or ``never``.
+
+    Returns:
+        One flag per group.  The first group (the grid's resolution) is never factorized.
+        With ``auto``, group g is factorized when its estimated cost per matrix entry,
+        ``FACTORIZED_COLUMN_COST * w_g + C_g * (h_g w_g)^2 / (h w)^2`` (the last
+        interpolation step and the Gram matrix), is below the dense product's ``C_g``.
+    """
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"factorize must be auto, always or never, got {mode!r}")
+    h, w = shapes[0]
+    flags = [False]
+    for c, (h_g, w_g) in zip(channels[1:], shapes[1:]):
+        if mode == "auto":
+            gram = c * (h_g * w_g) ** 2 / (h * w) ** 2
+            flags.append(FACTORIZED_COLUMN_COST * w_g + gram < c)
+        else:
+            flags.append(mode == "always")
+    return flags
 
 
 @torch.inference_mode()
@@ -362,7 +414,7 @@ def describe(
         center: subtract the image's mean hyperpixel (computed on the grid) before the
             cosine, so matches are scored on what distinguishes a location.
         factorize: ``auto`` (each group by the cost estimate of
-            :func:`scot.cost.factorize_groups`), ``always`` or ``never`` (the classic dense
+            :func:`factorize_groups`), ``always`` or ``never`` (the classic dense
             table; the result is the same up to float rounding).
     """
     ids = sorted(ids)
@@ -467,13 +519,76 @@ class HyperpixelExtractor:
                            original_size=loaded.size, use_cam=cfg.cam, cam_scales=cfg.cam_scales,
                            feature_scales=cfg.feature_scales or (1.0,), name=loaded.name, timings=timings)
 
+    def origin(self, ids: Sequence[int] | None = None) -> str:
+        """What makes features of ``ids`` (default: the configuration's) what they are: the
+        backbone, its weights, the ids and every option that changes features or weights."""
+        cfg = self.config
+
+        def listed(values: Sequence[float]) -> str:
+            return ",".join(f"{v:g}" for v in values)
+
+        cam = f"{listed(cfg.cam_scales)} {cfg.cam_weighting}" if cfg.cam else "off"
+        return (f"{self.backbone.name} ({self.backbone.weights_source}), ids {listed(sorted(ids or self.ids))}, "
+                f"image_side {cfg.image_side}, feature_scales {listed(cfg.feature_scales or (1.0,))}, "
+                f"center_features {'on' if cfg.center_features else 'off'}, cam {cam}, factorize {self.factorize}")
+
+    def views(self, images: Sequence[ImageLike], ids: Sequence[int] | None = None, *,
+              flips: Sequence[bool] | None = None, batch_bytes: int = BATCH_BYTES,
+              timings: dict[str, float] | None = None) -> list[NetworkView]:
+        """:meth:`view` of many images, in their order: images whose resized sizes are equal go
+        through the network together (:func:`observe_batch`), as many at once as keep the
+        estimated memory of their largest pass (:func:`pass_bytes`) within ``batch_bytes``."""
+        cfg = self.config
+        flips = [False] * len(images) if flips is None else list(flips)
+        if len(flips) != len(images):
+            raise ValueError(f"{len(images)} images but {len(flips)} flips")
+        t0 = time.perf_counter()
+        resized: list[tuple[torch.Tensor, float, tuple[int, int], str]] = []
+        for image, flip in zip(images, flips):
+            loaded = load_image(image, None, max_side=cfg.image_side)
+            if flip:
+                loaded = dataclasses.replace(loaded, tensor=loaded.tensor.flip(-1))
+            tensor, ratio = loaded.resized(cfg.image_side)
+            resized.append((tensor, ratio, loaded.size, loaded.name))
+        if timings is not None:
+            timings["load+resize"] = timings.get("load+resize", 0.0) + time.perf_counter() - t0
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for k, (tensor, _, _, _) in enumerate(resized):
+            by_size.setdefault((int(tensor.shape[1]), int(tensor.shape[2])), []).append(k)
+        scale = max((*cfg.cam_scales, *(cfg.feature_scales or (1.0,))) if cfg.cam else (cfg.feature_scales or (1.0,)))
+        out: list[NetworkView | None] = [None] * len(images)
+        with fp32_precision(self.device, cfg.tf32):
+            for (h, w), members in by_size.items():
+                per_image = pass_bytes(self.backbone, int(scale * h), int(scale * w))
+                step = max(1, batch_bytes // max(per_image, 1))
+                for i in range(0, len(members), step):
+                    chunk = members[i : i + step]
+                    views = observe_batch(
+                        self.backbone, [resized[k][0] for k in chunk], self.ids if ids is None else ids,
+                        ratios=[resized[k][1] for k in chunk], original_sizes=[resized[k][2] for k in chunk],
+                        names=[resized[k][3] for k in chunk], use_cam=cfg.cam, cam_scales=cfg.cam_scales,
+                        feature_scales=cfg.feature_scales or (1.0,), timings=timings)
+                    for k, v in zip(chunk, views):
+                        out[k] = v
+        return [v for v in out if v is not None]
+
+    def extract_many(self, images: Sequence[ImageLike], *, flips: Sequence[bool] | None = None,
+                     batch_bytes: int = BATCH_BYTES, timings: dict[str, float] | None = None) -> list[Hyperpixels]:
+        """:meth:`__call__` of many images, in their order, with the network passes batched
+        (see :meth:`views`)."""
+        with torch.inference_mode():
+            return [self.describe(v, timings=timings)
+                    for v in self.views(images, flips=flips, batch_bytes=batch_bytes, timings=timings)]
+
     def describe(self, view: NetworkView, ids: Sequence[int] | None = None,
                  timings: dict[str, float] | None = None) -> Hyperpixels:
         """Fuse ``ids`` (default: the configuration's) of a view into hyperpixels (on the view's device)."""
         with fp32_precision(self.device, self.config.tf32):
-            return describe(view, self.backbone, self.ids if ids is None else ids,
-                            cam_weighting=self.config.cam_weighting, center=bool(self.config.center_features),
-                            factorize=self.factorize, timings=timings)
+            described = describe(view, self.backbone, self.ids if ids is None else ids,
+                                 cam_weighting=self.config.cam_weighting, center=bool(self.config.center_features),
+                                 factorize=self.factorize, timings=timings)
+        described.origin = self.origin(ids)
+        return described
 
     def __call__(self, image: ImageLike, *, name: str | None = None, flip: bool = False,
                  timings: dict[str, float] | None = None) -> Hyperpixels:

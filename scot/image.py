@@ -5,6 +5,13 @@
 alpha, 16-bit) and rejecting unreadable, non-regular, too-small or absurdly large files
 with a one-line error.
 
+Pixel values: 8-bit images are divided by 255 and 16-bit ones by 65535.  Float pixels
+(float TIFFs, PIL mode ``F``, float arrays, tensors) and 32-bit integer ones (PIL mode
+``I``) carry no range of their own, so the image's largest value decides it: the smallest
+of [0, 1] (kept as it is), [0, 255] and [0, 65535] that holds every value (integer images:
+[0, 255] or [0, 65535]).  A NaN or infinite value, a negative one, or one above 65535
+fits no range and is an error naming the image, never clipped or passed on.
+
 Large images: the pipeline shrinks every image to ``image_side`` (300 px) on its longest
 side, so decoding a 108-megapixel photo at full size wastes gigabytes.  With ``max_side``
 :func:`load_image` decodes such an image already reduced by an integer factor (JPEG DCT
@@ -51,6 +58,8 @@ _TRANSPOSE = {
 }
 _SWAPS_AXES = (5, 6, 7, 8)
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+FLOAT_RANGES = (1.0, 255.0, 65535.0)  # the ranges float pixels may come in, smallest first
+INTEGER_RANGES = (255.0, 65535.0)  # the same for 32-bit integer pixels (PIL mode I)
 
 
 @dataclass
@@ -148,22 +157,57 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and value in _TRANSPOSE else 1
 
 
-def _canonical(img: Image.Image) -> tuple[Image.Image, float]:
+def value_divisor(values: np.ndarray | torch.Tensor, label: str, ranges: tuple[float, ...] = FLOAT_RANGES) -> float:
+    """The divisor that maps an image's pixel values into [0, 1]: the smallest range holding them.
+
+    Args:
+        values: the image's pixel values, any shape (float or integer).
+        label: how the error names the image.
+        ranges: the candidate ranges [0, r], smallest first (:data:`FLOAT_RANGES` or
+            :data:`INTEGER_RANGES`); the last one is the most any image may use.
+
+    Returns:
+        r, the smallest of ``ranges`` with every value in [0, r].
+
+    Raises:
+        ScotError: naming the image, for a NaN or infinite value, a negative one, or one
+            above the last range.
+    """
+    if isinstance(values, torch.Tensor):
+        finite, low, high = bool(torch.isfinite(values).all()), float(values.min()), float(values.max())
+    else:
+        finite, low, high = bool(np.isfinite(values).all()), float(values.min()), float(values.max())
+    if not finite:
+        raise ScotError(f"{label}: the image holds NaN or infinite values")
+    if low < 0:
+        raise ScotError(f"{label}: pixel values go down to {low:g}; an image holds no negative values "
+                        f"(scale it to [0, 1], [0, 255] or [0, {ranges[-1]:.0f}])")
+    if high > ranges[-1]:
+        raise ScotError(f"{label}: pixel values reach {high:g}, beyond {ranges[-1]:.0f} (the 16-bit range); "
+                        f"scale the image to [0, 1], [0, 255] or [0, {ranges[-1]:.0f}]")
+    return next(r for r in ranges if high <= r)
+
+
+def _canonical(img: Image.Image, label: str) -> tuple[Image.Image, float]:
     """The image in a mode that ``reduce`` and the float conversion handle, and its divisor.
+
+    Args:
+        img: the loaded, upright PIL image.
+        label: how errors name the image.
 
     Returns:
         (image, divisor): an ``RGB`` image (divisor 255), or one high-depth gray channel
-        in mode ``I`` or ``F`` with the value that maps it to [0, 1].  Alpha is
-        composited over white (transparent pixels carry arbitrary colour values).
+        in mode ``I`` or ``F`` with the value that maps it to [0, 1] (see
+        :func:`value_divisor`; its values are checked here, at full resolution).  Alpha
+        is composited over white (transparent pixels carry arbitrary colour values).
     """
     mode = img.mode
     if mode.startswith("I;16"):
         return img.convert("I"), 65535.0
     if mode == "F":
-        high = img.getextrema()[1]
-        return img, 1.0 if high <= 1.0 else (255.0 if high <= 255.0 else 65535.0)
+        return img, value_divisor(np.asarray(img), label)
     if mode == "I":  # 32-bit integers: 16-bit PNGs load like this in some Pillow versions
-        return img, 255.0 if img.getextrema()[1] <= 255 else 65535.0
+        return img, value_divisor(np.asarray(img), label, INTEGER_RANGES)
     if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -205,13 +249,13 @@ def _unit_float(pixels: np.ndarray, divisor: float) -> torch.Tensor:
     return torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
-def _decode(img: Image.Image, factor: int) -> tuple[torch.Tensor, int]:
+def _decode(img: Image.Image, factor: int, label: str) -> tuple[torch.Tensor, int]:
     """Float RGB tensor (3, h, w) of a loaded PIL image, reduced by ``factor`` when >= 2.
 
     Returns:
         (tensor, total reduction applied).
     """
-    img, divisor = _canonical(img)
+    img, divisor = _canonical(img, label)
     img, total = _reduce(img, factor, 1)
     return _unit_float(_pixels(img), divisor), total
 
@@ -241,7 +285,7 @@ def _load_path(path: Path, label: str, max_side: int | None) -> LoadedImage:
     try:
         if orientation in _TRANSPOSE:
             img = img.transpose(_TRANSPOSE[orientation])
-        img, divisor = _canonical(img)
+        img, divisor = _canonical(img, label)
         img, total = _reduce(img, factor, drafted)
         pixels = _pixels(img)
         del img  # this frame held the only reference: the 8-bit image is freed before the float copy
@@ -264,7 +308,9 @@ def load_image(source: ImageLike, name: str | None = None, max_side: int | None 
     """Load an image as RGB float in [0, 1].
 
     EXIF orientation is applied to files, alpha is composited over white, grayscale and
-    palette images become RGB, 16-bit images are scaled to [0, 1].  Only regular files
+    palette images become RGB, 16-bit images are scaled to [0, 1], and float (or 32-bit
+    integer) pixels by the smallest of [0, 1], [0, 255], [0, 65535] that holds them (a
+    NaN, infinite, negative or larger value is an error; see the module's docstring).  Only regular files
     are opened (a named pipe, device or directory is refused without blocking); files
     declaring more than ``MAX_PIXELS`` pixels, or more than Pillow's decompression-bomb
     limit (``PIL.Image.MAX_IMAGE_PIXELS`` x 2, 179 MP by default), are refused before
@@ -290,9 +336,13 @@ def load_image(source: ImageLike, name: str | None = None, max_side: int | None 
         return _load_path(path, name or str(path), max_side)
     if isinstance(source, Image.Image):
         label = name or "image"
+        try:
+            source.load()
+        except ValueError:  # Pillow's "Operation on closed image"
+            raise ScotError(f"{label}: the PIL image is closed; pass it before closing it, or pass its file") from None
         size = source.size
         _check_min_side(size, label)
-        tensor, total = _decode(source, reduction_factor(*size, max_side))
+        tensor, total = _decode(source, reduction_factor(*size, max_side), label)
         return LoadedImage(tensor, label, size, 1.0 / total)
     if isinstance(source, np.ndarray):
         label = name or "array"
@@ -363,28 +413,26 @@ def _array_to_tensor(arr: np.ndarray, label: str) -> torch.Tensor:
     elif arr.dtype == np.uint16:
         out = arr.astype(np.float32) / 65535.0
     elif np.issubdtype(arr.dtype, np.floating):
-        out = arr.astype(np.float32)
-        if not np.isfinite(out).all():
-            raise ScotError(f"{label}: the image holds NaN or infinite values")
-        if out.max(initial=0.0) > 1.0:
-            out = out / 255.0
+        out = (arr / value_divisor(arr, label)).astype(np.float32)
     else:
         raise ScotError(f"{label}: unsupported array dtype {arr.dtype}")
     return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).contiguous()
 
 
 def _tensor_to_rgb(t: torch.Tensor, label: str) -> torch.Tensor:
+    if t.device.type == "meta":
+        raise ScotError(f"{label}: the tensor is on the meta device, which holds no pixel values")
     if t.dim() == 4 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 3 or t.shape[0] not in (1, 3):
         raise ScotError(f"{label}: expected a (3, H, W) tensor, got shape {tuple(t.shape)}")
-    t = t.detach().to("cpu", torch.float32)
-    if not bool(torch.isfinite(t).all()):
-        raise ScotError(f"{label}: the image holds NaN or infinite values")
+    t = t.detach().to("cpu")
+    if t.dtype == torch.bool or t.is_complex():
+        raise ScotError(f"{label}: unsupported tensor dtype {t.dtype}")
+    divisor = value_divisor(t if t.is_floating_point() else t.double(), label)
+    t = t.to(torch.float32) / divisor if divisor != 1.0 else t.to(torch.float32)
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
-    if t.max() > 1.0:
-        t = t / 255.0
     return t.contiguous()
 
 

@@ -4,6 +4,7 @@
 accepts only regular files (a named pipe would block forever, a device can stream without
 end) and names the file in a one-line :class:`~scot.errors.ScotError` otherwise.
 
+:func:`read_json` parses a JSON file a person may have edited (strict, one-line errors),
 :func:`read_keypoints` reads a user's (K, 2) keypoint file and
 :func:`check_keypoint_bounds` tells which keypoint lies outside an image, so both kinds of
 mistake are reported before any feature is extracted.
@@ -126,6 +127,40 @@ def coordinate(value: Any, subject: str, what: str) -> float:
     if abs(number) > MAX_COORDINATE:
         raise ScotError(f"{subject}: {what} has coordinate {number:g}, beyond any image (|value| > {MAX_COORDINATE:.0f})")
     return number
+
+
+def read_json(path: str | Path, subject: str, option: str | None = None) -> Any:
+    """Parse a JSON file that a person may have edited, or a one-line error.
+
+    Strict JSON: ``NaN``, ``Infinity`` and ``-Infinity`` are refused, and so is nesting
+    deeper than the parser can follow (a ``RecursionError`` otherwise).  The file must
+    be a non-empty regular file (:func:`open_regular_file`) of UTF-8 text.
+
+    Args:
+        path: the file.
+        subject: how errors name it, e.g. the path itself.
+        option: the parameter that named the file, for the error.
+
+    Returns:
+        The parsed value.
+    """
+    try:
+        with open_regular_file(path, subject) as fh:
+            raw = fh.read()
+    except ScotError as exc:
+        raise ScotError(exc.message, option=option) from None
+    try:
+        return json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise ScotError(f"{subject} is not UTF-8 text (byte {exc.start} cannot be decoded)", option=option) from None
+    except ValueError as exc:
+        raise ScotError(f"{subject} is not valid JSON ({exc})", option=option) from None
+    except RecursionError:
+        raise ScotError(f"{subject} is not valid JSON (nested too deeply)", option=option) from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _json_point(item: Any, index: int, subject: str) -> tuple[float, float]:

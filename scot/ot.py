@@ -13,25 +13,32 @@ with scalings found by alternating projections from :math:`a = \mathbb{1}/N`:
 
 where :math:`f = \tau / (\tau + \varepsilon)` is the :func:`dampening` of unbalanced OT
 (marginals relaxed to KL penalties of weight :math:`\tau`, Chizat et al. 2018; :math:`f = 1`
-when balanced).  SCOT's reference runs **one** iteration.  Its votes are the rescaled plan
-:math:`(N P)^{p}` with :math:`N` the rows with mass and :math:`p` = ``exp2``
-(:func:`log2_votes`).
+when balanced).  SCOT's reference runs **one** iteration; its votes, the rescaled plan
+:math:`(N P)^{p}`, are :mod:`scot.votes`.
 
-Two solvers share these formulas:
+**One loop, one operator per variant** (as in geomloss): :func:`_iterate` alternates the
+two updates above, and with a tolerance freezes converged problems; each variant supplies
+only how the updates read the kernel:
 
-* :func:`kernel_sinkhorn`, the pipeline's: plain iterations on :math:`\log_2 K` read one
-  block of rows at a time (stored, or recomputed by the low-memory path), optionally
-  solving the transposed problem alongside for two-way matching;
-* :func:`sinkhorn`, for any cost and option: to a marginal tolerance, and in the log
-  domain (:math:`\alpha = \log a`, :math:`\beta = \log b` updated with log-sum-exp, so
-  :math:`K` never underflows and :math:`\varepsilon = 10^{-3}` works).
+* ``kernel`` (:func:`kernel_sinkhorn`, the pipeline's): plain updates on :math:`\log_2 K`
+  read one block of rows at a time (a stored matrix, or recomputed block by block by the
+  low-memory path), optionally solving the transposed problem alongside for two-way
+  matching; a fixed number of iterations;
+* ``plain`` (:func:`sinkhorn`, ``method="plain"``): the same updates on a dense
+  :math:`K`, to a marginal tolerance;
+* ``log`` (:func:`sinkhorn`, ``method="log"``): :math:`\alpha = \log a`,
+  :math:`\beta = \log b` updated with log-sum-exp, so :math:`K` never underflows and
+  :math:`\varepsilon = 10^{-3}` works.
 
+Unbalanced OT is not a variant but the dampening :math:`f < 1` every operator applies.
 Rows/columns with zero mass (padding in a batch of pairs of different sizes) get zero
 scalings and so zero plan entries.
 
-**ε policy** (one, for every path): when the plain iteration gives a non-finite scaling
-(:math:`K` underflowed), ε is doubled, at most ``max_doublings`` times, as the reference
-code does; past that the solve fails with a message suggesting the log domain.
+**ε policy** (one, :func:`eps_doublings`, for every path that can fail): when the plain
+iteration gives a non-finite scaling (:math:`K` underflowed), ε is doubled, at most
+``max_doublings`` times, as the reference code does; past that the solve fails with a
+message suggesting the log domain.  The pipeline's in-memory kernel path never needs it:
+it is only chosen where :math:`K` cannot underflow (:mod:`scot.solver`).
 
 References:
     Cuturi, "Sinkhorn Distances", NeurIPS 2013.
@@ -88,33 +95,94 @@ def _coldot(v: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v.unsqueeze(1), block).squeeze(1)
 
 
-def log2_votes(
-    log2_kernel: torch.Tensor, log2_rows: torch.Tensor, log2_cols: torch.Tensor, exp2: float,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    r"""SCOT's votes :math:`(n\, a_i K_{ij} b_j)^{p} = 2^{\,p\,(\log_2 K_{ij} + \log_2(n a_i) + \log_2 b_j)}`.
+# --------------------------------------------------------------------------------------
+# The one loop
+class _Operator:
+    r"""How one variant applies the updates to its kernel: :meth:`start` (:math:`a = \mathbb{1}/n`
+    over the rows with mass, :math:`b = 0`), :meth:`cols` (:math:`b \leftarrow (\nu / K^\top a)^f`)
+    and :meth:`rows` (:math:`a \leftarrow (\mu / K b)^f`; ``last``: the final one).  Scalings
+    are (B, N) and (B, M), in the operator's representation (:math:`a, b` or their logs)."""
 
-    Args:
-        log2_kernel: (B, r, M) :math:`\log_2 K` of a block of rows.
-        log2_rows: (B, r) :math:`\log_2 (n a_i)` of those rows (``-inf`` for zero scalings).
-        log2_cols: (B, M) :math:`\log_2 b_j`.
-        exp2: the plan power :math:`p > 0`.
-        out: where to write (may be ``log2_kernel`` itself); a new tensor if None.
+    def start(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def cols(self, a: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rows(self, b: torch.Tensor, last: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def error(self, a: torch.Tensor, b: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
+        """(B,) how far each problem is from convergence, compared with a tolerance."""
+        raise NotImplementedError(f"{type(self).__name__} runs a fixed number of iterations")
+
+    def logs(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The natural logs of the scalings."""
+        return a.log(), b.log()
+
+
+def _iterate(op: _Operator, batch: int, device: torch.device, num_iters: int,
+             tol: float | None = None) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+    """Alternate ``b = op.cols(a)`` and ``a = op.rows(b)`` ``num_iters`` times; with ``tol``,
+    stop each problem at the first iteration whose :meth:`_Operator.error` is below it.
 
     Returns:
-        (B, r, M) votes; zero where a scaling is zero (padding).
+        (a (B, N), b (B, M), the most iterations any problem ran, the (B,) errors or None).
     """
-    log2_rows, log2_cols = log2_rows.to(log2_kernel.device), log2_cols.to(log2_kernel.device)
-    out = torch.add(log2_kernel, log2_rows.unsqueeze(-1), out=out) if out is not None \
-        else log2_kernel + log2_rows.unsqueeze(-1)
-    out.add_(log2_cols.unsqueeze(-2))
-    if exp2 != 1.0:
-        out.mul_(exp2)
-    return out.exp2_()
+    a, b = op.start()
+    conv = _Convergence(batch, device, tol, num_iters) if tol is not None else None
+    it = 0
+    for it in range(1, num_iters + 1):
+        a_prev, b_prev = a, b
+        b = op.cols(a)
+        a = op.rows(b, last=it == num_iters)
+        if conv is not None:
+            a, b = conv.keep(a_prev, a), conv.keep(b_prev, b)
+            if conv.update(it, op.error(a, b, a_prev)):
+                break
+    return (a, b, it, None) if conv is None else (a, b, conv.most, conv.error)
+
+
+class _Convergence:
+    """Per-problem stopping for a tolerance: which problems converged, after how many
+    iterations, and when to read that on the host (see :data:`CHECK_EVERY`)."""
+
+    def __init__(self, batch: int, device: torch.device, tol: float, num_iters: int) -> None:
+        self.tol, self.num_iters = tol, num_iters
+        self.every = CHECK_EVERY if _device.is_accelerator(device) else 1
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.runs = torch.zeros(batch, dtype=torch.long, device=device)
+        self.error: torch.Tensor | None = None
+        self.most = 0
+
+    def keep(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``new`` for the problems still running, ``old`` for the converged ones."""
+        return torch.where(self.done.unsqueeze(-1), old, new)
+
+    def update(self, it: int, error: torch.Tensor) -> bool:
+        """Record iteration ``it``'s (B,) errors; True when every problem has converged.
+
+        The flags (and the iteration counts) are read on the host only at check points,
+        the last iteration being one.
+        """
+        self.error = error if self.error is None else torch.where(self.done, self.error, error)
+        self.runs += (~self.done).long()
+        self.done |= error < self.tol
+        if it % self.every and it != self.num_iters:
+            return False
+        finished, most = _device.to_host(self.done.all(), self.runs.max())
+        self.most = int(most)  # the most iterations any problem ran
+        return bool(finished)
+
+
+CHECK_EVERY = 8
+"""With a tolerance on an accelerator, how many iterations run between two reads of the
+convergence flags (each read waits for the device).  Problems that converged in between
+are frozen, so results do not depend on it; on the CPU the flags are read every iteration."""
 
 
 # --------------------------------------------------------------------------------------
-# The pipeline's solver: plain Sinkhorn on a log2-kernel, one block of rows at a time
+# Operator ``kernel``: plain updates on a log2-kernel, one block of rows at a time
 @dataclass
 class Scalings:
     """Plain-Sinkhorn scalings of a batch of problems (and of the transposed problems).
@@ -150,6 +218,59 @@ class Scalings:
         return self.b.log2()
 
 
+class _KernelBlocks(_Operator):
+    r"""Plain updates on :math:`K = 2^{L}`, reading :math:`L` one block of rows at a time.
+
+    :meth:`cols` sweeps the rows accumulating :math:`K^\top a`; with ``two_way`` the
+    transposed problem's :math:`b' \leftarrow (\mu / K a')^f` is row-local in the same
+    sweep, where :math:`K^\top b'` also accumulates (:math:`a' \leftarrow (\nu / K^\top b')^f`).
+    :meth:`rows` is row-local and hands every block of the final sweep to ``on_final_block``.
+    """
+
+    def __init__(self, log2_kernel: Callable[[int, int], torch.Tensor], mu: torch.Tensor, nu: torch.Tensor,
+                 fi: float, two_way: bool, block_rows: int,
+                 on_final_block: Callable[[int, int, torch.Tensor, "Scalings"], None] | None) -> None:
+        self.block, self.mu, self.nu, self.fi = log2_kernel, mu, nu, fi
+        self.two_way, self.block_rows, self.on_final_block = two_way, block_rows, on_final_block
+        self.scalings = Scalings(_initial_a(mu), torch.zeros_like(nu), _initial_a(nu) if two_way else None,
+                                 torch.zeros_like(mu) if two_way else None, (mu > 0).sum(-1).to(mu.dtype),
+                                 (nu > 0).sum(-1).to(nu.dtype))
+
+    def _blocks(self) -> range:
+        return range(0, self.mu.shape[-1], self.block_rows)
+
+    def start(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scalings.a, self.scalings.b
+
+    def cols(self, a: torch.Tensor) -> torch.Tensor:
+        sc, mu, fi = self.scalings, self.mu, self.fi
+        kta = torch.zeros_like(self.nu)
+        ktb_rev = torch.zeros_like(self.nu) if self.two_way else None
+        for r0 in self._blocks():
+            r1 = min(r0 + self.block_rows, mu.shape[-1])
+            K = torch.exp2(self.block(r0, r1))
+            kta += _coldot(a[:, r0:r1], K)
+            if ktb_rev is not None:
+                assert sc.b_rev is not None and sc.a_rev is not None
+                sc.b_rev[:, r0:r1] = _damp(_safe_div(mu[:, r0:r1], _rowdot(K, sc.a_rev)), fi)
+                ktb_rev += _coldot(sc.b_rev[:, r0:r1], K)
+        sc.b = _damp(_safe_div(self.nu, kta), fi)
+        if ktb_rev is not None:
+            sc.a_rev = _damp(_safe_div(self.nu, ktb_rev), fi)
+        return sc.b
+
+    def rows(self, b: torch.Tensor, last: bool) -> torch.Tensor:
+        sc, mu = self.scalings, self.mu
+        a = sc.a = torch.empty_like(sc.a)
+        for r0 in self._blocks():
+            r1 = min(r0 + self.block_rows, mu.shape[-1])
+            block = self.block(r0, r1)
+            a[:, r0:r1] = _damp(_safe_div(mu[:, r0:r1], _rowdot(torch.exp2(block), b)), self.fi)
+            if last and self.on_final_block is not None:
+                self.on_final_block(r0, r1, block, sc)
+        return a
+
+
 def kernel_sinkhorn(
     log2_kernel: Callable[[int, int], torch.Tensor],
     mu: torch.Tensor,
@@ -163,13 +284,10 @@ def kernel_sinkhorn(
 ) -> Scalings:
     r"""Plain Sinkhorn on :math:`K = 2^{L}`, reading :math:`L` one block of rows at a time.
 
-    Each iteration makes two sweeps over the rows.  The first accumulates
-    :math:`K^\top a` (then :math:`b`); the second is row-local (:math:`a`).  With
-    ``two_way`` the transposed problem (cost :math:`C^\top`, marginals :math:`\nu, \mu`) is
-    iterated alongside from the same blocks: :math:`b' \leftarrow (\mu / K a')^f` is
-    row-local in the first sweep, where :math:`K^\top b'` also accumulates
-    (:math:`a' \leftarrow (\nu / K^\top b')^f`).  :math:`K` exists only one
-    (block x M) slab at a time, in cache.
+    Each iteration makes two sweeps over the rows (:class:`_KernelBlocks`); :math:`K`
+    exists only one (block x M) slab at a time, in cache.  With ``two_way`` the transposed
+    problem (cost :math:`C^\top`, marginals :math:`\nu, \mu`) is iterated alongside from
+    the same blocks.
 
     Args:
         log2_kernel: ``log2_kernel(r0, r1)`` returns (B, r1 - r0, M) :math:`\log_2 K` of rows
@@ -188,58 +306,70 @@ def kernel_sinkhorn(
     Returns:
         The :class:`Scalings`.
     """
-    N = mu.shape[-1]
-    a = _initial_a(mu)
-    a_rev = _initial_a(nu) if two_way else None
-    b_rev = torch.zeros_like(mu) if two_way else None
-    out = Scalings(a, torch.zeros_like(nu), a_rev, b_rev, (mu > 0).sum(-1).to(mu.dtype), (nu > 0).sum(-1).to(nu.dtype))
-    for it in range(num_iters):
-        kta = torch.zeros_like(nu)
-        ktb_rev = torch.zeros_like(nu) if two_way else None
-        for r0 in range(0, N, block_rows):
-            r1 = min(r0 + block_rows, N)
-            K = torch.exp2(log2_kernel(r0, r1))
-            kta += _coldot(out.a[:, r0:r1], K)
-            if two_way:
-                assert out.b_rev is not None and out.a_rev is not None and ktb_rev is not None
-                out.b_rev[:, r0:r1] = _damp(_safe_div(mu[:, r0:r1], _rowdot(K, out.a_rev)), fi)
-                ktb_rev += _coldot(out.b_rev[:, r0:r1], K)
-        out.b = _damp(_safe_div(nu, kta), fi)
-        if two_way:
-            out.a_rev = _damp(_safe_div(nu, ktb_rev), fi)
-        last = it == num_iters - 1
-        out.a = torch.empty_like(out.a) if not last else out.a
-        for r0 in range(0, N, block_rows):
-            r1 = min(r0 + block_rows, N)
-            block = log2_kernel(r0, r1)
-            out.a[:, r0:r1] = _damp(_safe_div(mu[:, r0:r1], _rowdot(torch.exp2(block), out.b)), fi)
-            if last and on_final_block is not None:
-                on_final_block(r0, r1, block, out)
-    return out
-
-
-def with_eps_doublings(solve: Callable[[float], "torch.Tensor | None"], eps: float, max_doublings: int):
-    """The ε policy: ``solve(eps)`` returns a result, or None when its scalings are not
-    finite; ε is doubled until it succeeds, at most ``max_doublings`` times.
-
-    Returns:
-        (result, the ε that worked).
-
-    Raises:
-        ScotError: still not finite after the last doubling.
-    """
-    e = float(eps)
-    for _ in range(max_doublings + 1):
-        result = solve(e)
-        if result is not None:
-            return result, e
-        e *= 2.0
-    raise ScotError(f"Sinkhorn gave no finite plan even at eps {e / 2:g} after {max_doublings} doublings; use a larger "
-                    "eps or sinkhorn_mode log", option="eps")
+    op = _KernelBlocks(log2_kernel, mu, nu, fi, two_way, block_rows, on_final_block)
+    _iterate(op, mu.shape[0], mu.device, num_iters)
+    return op.scalings
 
 
 # --------------------------------------------------------------------------------------
-# Any cost, any option: to a tolerance, in the log domain
+# Operators ``plain`` and ``log``: any cost, to a tolerance
+class _DenseKernel(_Operator):
+    """Plain updates on a dense kernel :math:`K = e^{\\log K}`; error: the L1 column-marginal
+    violation (balanced) or the relative change of ``a`` (unbalanced)."""
+
+    def __init__(self, log_k: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, fi: float) -> None:
+        self.K, self.mu, self.nu, self.fi = log_k.exp(), mu, nu, fi
+
+    def start(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _initial_a(self.mu), torch.zeros_like(self.nu)
+
+    def cols(self, a: torch.Tensor) -> torch.Tensor:
+        return _damp(_safe_div(self.nu, _coldot(a, self.K)), self.fi)
+
+    def rows(self, b: torch.Tensor, last: bool) -> torch.Tensor:
+        return _damp(_safe_div(self.mu, _rowdot(self.K, b)), self.fi)
+
+    def error(self, a: torch.Tensor, b: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
+        if self.fi == 1.0:  # balanced: rows hold exactly after the a-update; measure the columns
+            return (b * _coldot(a, self.K) - self.nu).abs().sum(-1)
+        return (a - a_prev).abs().amax(-1) / a.abs().amax(-1).clamp_min(1.0)  # unbalanced: marginals never hold
+
+
+class _LogKernel(_Operator):
+    r"""Log-domain updates :math:`\beta \leftarrow f(\log\nu - \mathrm{LSE}_i(\alpha_i + \log K_{ij}))`
+    and :math:`\alpha \leftarrow f(\log\mu - \mathrm{LSE}_j(\beta_j + \log K_{ij}))` (an all
+    :math:`-\infty` slice gives :math:`-\infty`); scalings are :math:`\alpha, \beta`."""
+
+    def __init__(self, log_k: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, fi: float) -> None:
+        self.log_k, self.mu, self.nu, self.fi = log_k, mu, nu, fi
+        self.log_mu, self.log_nu = mu.log(), nu.log()  # log 0 = -inf: zero-mass rows/columns
+
+    def start(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _initial_a(self.mu).log(), torch.zeros_like(self.nu)
+
+    def cols(self, a: torch.Tensor) -> torch.Tensor:
+        beta = self.fi * (self.log_nu - torch.logsumexp(a.unsqueeze(-1) + self.log_k, dim=-2))
+        return torch.where(self.nu > 0, beta, torch.full_like(beta, -torch.inf))
+
+    def rows(self, b: torch.Tensor, last: bool) -> torch.Tensor:
+        alpha = self.fi * (self.log_mu - torch.logsumexp(b.unsqueeze(-2) + self.log_k, dim=-1))
+        return torch.where(self.mu > 0, alpha, torch.full_like(alpha, -torch.inf))
+
+    def error(self, a: torch.Tensor, b: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
+        if self.fi == 1.0:
+            col = torch.exp(a.unsqueeze(-1) + self.log_k + b.unsqueeze(-2)).sum(-2)
+            return (col - self.nu).abs().sum(-1)
+        change = (a - a_prev).abs()
+        return torch.where(torch.isfinite(change), change, torch.zeros_like(change)).amax(-1)
+
+    def logs(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a, b
+
+
+METHODS = {"plain": _DenseKernel, "log": _LogKernel}
+"""The ``method`` of :func:`sinkhorn`: ``plain`` (scalings :math:`a, b`) or ``log`` (log-sum-exp)."""
+
+
 @dataclass
 class SinkhornResult:
     plan: torch.Tensor  # (B, N, M)
@@ -249,12 +379,6 @@ class SinkhornResult:
     log2_cols: torch.Tensor | None = None  # (B, M) log2 b
 
 
-CHECK_EVERY = 8
-"""With a tolerance on an accelerator, how many iterations run between two reads of the
-convergence flags (each read waits for the device).  Problems that converged in between
-are frozen, so results do not depend on it; on the CPU the flags are read every iteration."""
-
-
 def sinkhorn(
     cost: torch.Tensor,
     mu: torch.Tensor,
@@ -262,10 +386,10 @@ def sinkhorn(
     eps: float,
     num_iters: int = 1,
     tol: float | None = None,
-    log_domain: bool = False,
+    method: str = "plain",
     tau: float | None = None,
 ) -> SinkhornResult:
-    """Entropic OT plan for a batch of problems.
+    r"""Entropic OT plan :math:`P = \operatorname{diag}(a) K \operatorname{diag}(b)` for a batch of problems.
 
     Args:
         cost: (B, N, M) or (N, M) cost matrix.
@@ -277,7 +401,7 @@ def sinkhorn(
             error (balanced) or the relative change of its scalings (unbalanced) is below
             ``tol``; its scalings are then frozen while the others go on, so a problem's
             result does not depend on the rest of the batch.
-        log_domain: iterate in the log domain (stable for small ε).
+        method: ``plain`` or ``log`` (log-domain iterations, stable for small ε); see :data:`METHODS`.
         tau: KL weight of the relaxed marginals (unbalanced OT); None for balanced OT.
 
     Returns:
@@ -285,14 +409,16 @@ def sinkhorn(
     """
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     unbatched = cost.dim() == 2
     C = _batched(cost, 2)
     mu = _batched(mu, 1).to(device=C.device, dtype=C.dtype)
     nu = _batched(nu, 1).to(device=C.device, dtype=C.dtype)
-    fi = dampening(eps, tau)
     log_k = C * (-1.0 / eps)
-    solve = _log_scalings if log_domain else _plain_scalings
-    alpha, beta, it, err = solve(log_k, mu, nu, num_iters, tol, fi)
+    op = METHODS[method](log_k, mu, nu, dampening(eps, tau))
+    a, b, it, err = _iterate(op, mu.shape[0], mu.device, num_iters, tol)
+    alpha, beta = op.logs(a, b)
     plan = torch.exp(log_k.add_(alpha.unsqueeze(-1)).add_(beta.unsqueeze(-2)))
     result = SinkhornResult(plan, it, err, alpha * _LOG2E, beta * _LOG2E)
     if unbatched:
@@ -302,163 +428,32 @@ def sinkhorn(
     return result
 
 
-class _Convergence:
-    """Per-problem stopping for a tolerance: which problems converged, after how many
-    iterations, and when to read that on the host (see :data:`CHECK_EVERY`)."""
+# --------------------------------------------------------------------------------------
+# The ε policy, and SCOT's votes
+def eps_doublings(solve: Callable[[float, list[int]], list[bool]], eps: float, batch: int,
+                  max_doublings: int) -> list[float]:
+    """The ε policy: ``solve(e, pending)`` solves the problems ``pending`` (indices into the
+    batch) at ``e``, keeps the results of those whose scalings are finite and returns one
+    flag per pending problem; the others are solved again at ``2 e``, at most
+    ``max_doublings`` times.
 
-    def __init__(self, batch: int, device: torch.device, tol: float | None, num_iters: int) -> None:
-        self.tol, self.num_iters = tol, num_iters
-        self.every = CHECK_EVERY if _device.is_accelerator(device) else 1
-        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
-        self.runs = torch.zeros(batch, dtype=torch.long, device=device)
-        self.error: torch.Tensor | None = None
-        self.most = 0
+    Returns:
+        The ε that worked, per problem.
 
-    def keep(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        """``new`` for the problems still running, ``old`` for the converged ones."""
-        return torch.where(self.done.unsqueeze(-1), old, new)
-
-    def update(self, it: int, error: torch.Tensor) -> bool:
-        """Record iteration ``it``'s (B,) errors; True when every problem has converged.
-
-        The flags (and the iteration counts) are read on the host only at check points,
-        the last iteration being one.
-        """
-        assert self.tol is not None
-        self.error = error if self.error is None else torch.where(self.done, self.error, error)
-        self.runs += (~self.done).long()
-        self.done |= error < self.tol
-        if it % self.every and it != self.num_iters:
-            return False
-        finished, most = _device.to_host(self.done.all(), self.runs.max())
-        self.most = int(most)
-        return bool(finished)
-
-    def iterations(self, it: int) -> int:
-        """The most iterations any problem ran (``it`` without a tolerance)."""
-        return it if self.tol is None else self.most
-
-
-def _plain_scalings(log_k, mu, nu, num_iters, tol, fi):
-    """Natural-log scalings (log a, log b) of plain Sinkhorn; with the iteration count and error."""
-    K = log_k.exp()
-    a, b, it = _initial_a(mu), torch.zeros_like(nu), 0
-    conv = _Convergence(mu.shape[0], mu.device, tol, num_iters)
-    for it in range(1, num_iters + 1):
-        a_prev, b_prev = a, b
-        b = _damp(_safe_div(nu, _coldot(a, K)), fi)
-        a = _damp(_safe_div(mu, _rowdot(K, b)), fi)
-        if tol is not None:
-            a, b = conv.keep(a_prev, a), conv.keep(b_prev, b)
-            if fi == 1.0:  # balanced: rows hold exactly after the a-update; measure the columns
-                err = (b * _coldot(a, K) - nu).abs().sum(-1)
-            else:  # unbalanced: marginals never hold; measure the change of the scalings
-                err = (a - a_prev).abs().amax(-1) / a.abs().amax(-1).clamp_min(1.0)
-            if conv.update(it, err):
-                break
-    return a.log(), b.log(), conv.iterations(it), conv.error
-
-
-def _log_scalings(log_k, mu, nu, num_iters, tol, fi):
-    """Log-domain Sinkhorn: log-scalings by log-sum-exp (an all -inf slice gives -inf)."""
-    log_mu, log_nu = mu.log(), nu.log()  # log 0 = -inf: zero-mass rows/columns
-    alpha = _initial_a(mu).log()
-    beta = torch.zeros_like(nu)
-    it = 0
-    conv = _Convergence(mu.shape[0], mu.device, tol, num_iters)
-    for it in range(1, num_iters + 1):
-        alpha_prev, beta_prev = alpha, beta
-        beta = fi * (log_nu - torch.logsumexp(alpha.unsqueeze(-1) + log_k, dim=-2))
-        beta = torch.where(nu > 0, beta, torch.full_like(beta, -torch.inf))
-        alpha = fi * (log_mu - torch.logsumexp(beta.unsqueeze(-2) + log_k, dim=-1))
-        alpha = torch.where(mu > 0, alpha, torch.full_like(alpha, -torch.inf))
-        if tol is not None:
-            alpha, beta = conv.keep(alpha_prev, alpha), conv.keep(beta_prev, beta)
-            if fi == 1.0:
-                col = torch.exp(alpha.unsqueeze(-1) + log_k + beta.unsqueeze(-2)).sum(-2)
-                err = (col - nu).abs().sum(-1)
-            else:
-                change = (alpha - alpha_prev).abs()
-                err = torch.where(torch.isfinite(change), change, torch.zeros_like(change)).amax(-1)
-            if conv.update(it, err):
-                break
-    return alpha, beta, conv.iterations(it), conv.error
-
-
-@dataclass
-class VoteStats:
-    eps_used: list[float]
-    iterations: int
-
-
-def scot_votes(
-    cost: torch.Tensor,
-    mu: torch.Tensor,
-    nu: torch.Tensor,
-    eps: float = 0.05,
-    exp2: float = 1.0,
-    num_iters: int = 1,
-    tol: float | None = None,
-    log_domain: bool = False,
-    tau: float | None = None,
-    max_doublings: int = 10,
-) -> tuple[torch.Tensor, VoteStats]:
-    """SCOT's transport votes ``(N · P)^exp2`` of a batch (B, N, M) (or one (N, M)) of problems.
-
-    Any solver option (:func:`sinkhorn`); the plain iteration follows the ε policy of the
-    module docstring per problem.  ``N`` is the number of source rows with mass (the
-    reference's ``len(src_feats)``).  The batch is solved together; whether each problem's
-    scalings are finite is read on the host once per attempt, and only the problems that
-    failed are solved again at the doubled ε.
-
-    Args:
-        cost: (B, N, M) or (N, M) cost.
-        mu: (B, N) or (N,) source marginal; nu: (B, M) or (M,) target marginal (both
-            moved to the cost's device).
-        eps, num_iters, tol, log_domain, tau: as for :func:`sinkhorn`.
-        exp2: the plan power.
-        max_doublings: bound of the ε policy.
+    Raises:
+        ScotError: a problem is still not finite after the last doubling.
     """
-    C = _batched(cost, 2)
-    mu_b = _batched(mu, 1).to(device=C.device, dtype=C.dtype)
-    nu_b = _batched(nu, 1).to(device=C.device, dtype=C.dtype)
-    log2_count = (mu_b > 0).sum(-1).to(C.dtype).clamp_min(1.0).log2().unsqueeze(-1)  # (B, 1)
-    votes = torch.empty_like(C)
-    batch = C.shape[0]
-    eps_used: list[float] = [float(eps)] * batch
-    pending = list(range(batch))  # problems without a finite plan yet
-    iterations = 0
+    used = [float(eps)] * batch
+    pending = list(range(batch))
     e = float(eps)
-    for _ in range((0 if log_domain else max_doublings) + 1):
-        pick = _picker(pending, batch, C.device)
-        c, m, n = pick(C), pick(mu_b), pick(nu_b)
-        res = sinkhorn(c, m, n, e, num_iters, tol, log_domain=log_domain, tau=tau)
-        assert res.log2_rows is not None and res.log2_cols is not None
-        finite = (torch.isfinite(res.log2_rows) | (m <= 0)).all(-1) & (torch.isfinite(res.log2_cols) | (n <= 0)).all(-1)
-        flags = _device.to_host(finite)[0].tolist()
-        good = [i for i, ok in enumerate(flags) if ok]
-        if good:
-            part = _picker(good, len(pending), C.device)
-            solved = [pending[i] for i in good]
-            whole = len(solved) == batch
-            out = log2_votes(part(c) * (-_LOG2E / e), part(res.log2_rows) + part(pick(log2_count)), part(res.log2_cols),
-                             exp2, out=votes if whole else None)
-            if not whole:
-                votes.index_copy_(0, torch.tensor(solved, device=C.device), out)
-            for i in solved:
-                eps_used[i] = e
-            iterations = max(iterations, res.iterations)
+    for _ in range(max_doublings + 1):
+        flags = solve(e, pending)
+        for i, ok in zip(pending, flags):
+            if ok:
+                used[i] = e
         pending = [p for p, ok in zip(pending, flags) if not ok]
         if not pending:
-            return (votes[0] if cost.dim() == 2 else votes), VoteStats(eps_used, iterations)
+            return used
         e *= 2.0
-    raise ScotError(f"Sinkhorn gave no finite plan even at eps {e / 2:g} after {0 if log_domain else max_doublings} "
-                    "doublings; use a larger eps or sinkhorn_mode log", option="eps")
-
-
-def _picker(rows: list[int], batch: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function selecting ``rows`` of a (batch, ...) tensor (no copy when all are selected)."""
-    if len(rows) == batch:
-        return lambda x: x
-    index = torch.tensor(rows, device=device)
-    return lambda x: x.index_select(0, index)
+    raise ScotError(f"Sinkhorn gave no finite plan even at eps {e / 2:g} after {max_doublings} doublings; use a larger "
+                    "eps or sinkhorn_mode log", option="eps")

@@ -16,11 +16,14 @@ average over all keypoints is reported beside it and labelled as such.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
+
+from .errors import ScotError
 
 ALPHAS = (0.05, 0.10, 0.15)
 HEADLINE_ALPHA = 0.10
@@ -39,15 +42,25 @@ def pck_threshold(rule: str, trg_size: tuple[int, int], trg_bbox: Sequence[float
         rule: ``img`` or ``bbox``.
         trg_size: (W, H) of the original target image.
         trg_bbox: (x1, y1, x2, y2) target box, for ``bbox``.
+
+    Raises:
+        ScotError: the threshold is not a positive finite number of pixels (a box without
+            extent): every distance divided by it would be infinite or NaN.
     """
     if rule == "img":
-        return float(max(trg_size))
-    if rule == "bbox":
+        thr = float(max(trg_size))
+    elif rule == "bbox":
         if trg_bbox is None:
             raise ValueError("the 'bbox' PCK threshold needs a target bounding box")
         x1, y1, x2, y2 = (float(v) for v in trg_bbox)
-        return max(x2 - x1, y2 - y1)
-    raise ValueError(f"unknown PCK threshold rule {rule!r}")
+        thr = max(x2 - x1, y2 - y1)
+    else:
+        raise ValueError(f"unknown PCK threshold rule {rule!r}")
+    if not (math.isfinite(thr) and thr > 0):
+        shown = f"box {tuple(trg_bbox or ())}" if rule == "bbox" else f"image size {tuple(trg_size)}"
+        raise ScotError(f"the PCK threshold is {thr:g} px (the '{rule}' rule on the target's {shown}); "
+                        f"PCK needs a positive threshold")
+    return thr
 
 
 def normalised_distances(pred: torch.Tensor, gt: torch.Tensor, thr: float) -> torch.Tensor:

@@ -11,16 +11,17 @@ candidate id (and its CAM) are kept, and each candidate set is fused from them. 
 are saved after every evaluation to a resume file, so an interrupted search continues
 where it stopped.
 
-Under torchrun (a :class:`~scot.distributed.Group`) every rank describes and scores only
-its shard of the pairs (pairs grouped by image); each set's per-pair PCKs are summed over
-the ranks (every pair's row comes from exactly one rank, the others add zeros) and then
-averaged in pair order on every rank, so the scores, and the chosen set, are bit for bit
-those of one process.  Rank 0 reads and writes the resume file.
+Under torchrun (a :class:`~scot.distributed.group.Group`) every rank describes and scores
+only its shard of the pairs (pairs grouped by image); each set's per-pair PCKs are summed
+over the ranks (every pair's row comes from exactly one rank, the others add zeros) and
+then averaged in pair order on every rank, so the scores, and the chosen set, are bit for
+bit those of one process.  Rank 0 reads and writes the resume file.  A process alone is a
+:class:`~scot.distributed.group.WorldOfOne` and runs the same code: one shard, sums over
+itself.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,20 +30,22 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from .backbones import Backbone
-from .datasets import Dataset
 from .config import PRESET_OPTIONS
+from .datasets import Dataset
+from .distributed.group import World, WorldOfOne
+from .distributed.sharding import Sharding, images_per_shard
 from .errors import ScotError
 from .evaluation import score_pair
 from .features import NetworkView
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json
 from .model import SCOT
 from .pck import ALPHAS, HEADLINE_ALPHA, pair_pck
 
 if TYPE_CHECKING:
     from .datasets import Pair
-    from .distributed import Group
 
 Key = tuple[int, ...]
+PREPARE_AHEAD = 16  # images loaded at once by prepare (those of one resized size share their network passes)
 
 
 def _key(ids: Sequence[int]) -> str:
@@ -72,38 +75,49 @@ class LayerSearch:
     settings: dict = field(default_factory=dict)
     views: dict = field(default_factory=dict)
     done: dict[str, Evaluated] = field(default_factory=dict)
-    group: Group | None = None
-    shard: list[int] | None = None
-    """Positions in ``dataset.pairs`` this process scores (None: all of them)."""
-    sharding: Any = None
-    """Under torchrun, the split of the pairs (a :class:`~scot.evaluation.sharded.Sharding`)."""
+    group: World = field(default_factory=WorldOfOne)
+    """The processes sharing the search (a process alone by default)."""
+    sharding: Sharding | None = None
+    """The split of the pairs over the processes (:meth:`split`)."""
+
+    def split(self) -> Sharding:
+        """The split of the pairs over the processes by image and estimated work, one pair
+        per unit (:meth:`Sharding.agree`, made on the first call, at the same point on
+        every process); a process alone keeps them all, in list order."""
+        if self.sharding is None:
+            self.sharding = Sharding.agree(self.group, self.dataset, 1)
+        return self.sharding
+
+    @property
+    def shard(self) -> list[int]:
+        """Positions in ``dataset.pairs`` this process scores (all of them, in order, for a process alone)."""
+        return self.split().shards[self.group.rank]
 
     @property
     def own_pairs(self) -> list[Pair]:
         """The pairs this process describes and scores."""
-        pairs = self.dataset.pairs
-        return pairs if self.shard is None else [pairs[i] for i in self.shard]
+        return [self.dataset.pairs[i] for i in self.shard]
 
     def read_resume(self) -> dict[str, Any]:
         """The scores the resume file holds (``key -> {ids, pck, seconds}``), checked against the settings."""
         if self.resume_file is None or not self.resume_file.is_file():
             return {}
-        try:
-            data = json.loads(self.resume_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise ScotError(f"{self.resume_file} is not readable JSON ({exc})", option="resume_file") from None
+        data = read_json(self.resume_file, str(self.resume_file), option="resume_file")
+        if not isinstance(data, dict) or not isinstance(data.get("evaluated", {}), dict):
+            raise ScotError(f"{self.resume_file} is not a search's resume file", option="resume_file")
         if data.get("settings") != self.settings:
-            raise ScotError(f"{self.resume_file} belongs to a search with other settings; use another file", option="resume_file")
+            raise ScotError(f"{self.resume_file} belongs to a search with other settings; use another file",
+                            option="resume_file")
         return data.get("evaluated", {})
 
     def load_resume(self) -> None:
         """Take the resume file's scores (under torchrun rank 0 reads it and every rank gets them)."""
-        evaluated = self.read_resume() if self.group is None else self.group.decide("resume file", self.read_resume)
+        evaluated = self.group.decide("resume file", self.read_resume)
         for key, rec in evaluated.items():
             self.done[key] = Evaluated(tuple(rec["ids"]), rec["pck"], rec["seconds"])
 
     def save_resume(self) -> None:
-        if self.resume_file is None or (self.group is not None and self.group.rank != 0):
+        if self.resume_file is None or self.group.rank != 0:
             return
         atomic_write_json(self.resume_file, {
             "settings": self.settings,
@@ -127,31 +141,18 @@ class LayerSearch:
             seen.setdefault(p.src_key)
             seen.setdefault(p.trg_key)
         keys = list(seen)
-        total = len(keys)
-        if self.group is not None:
-            from .distributed import images_per_shard
-
-            pair_keys = [(p.src_key, p.trg_key) for p in self.dataset.pairs]
-            total = sum(images_per_shard(pair_keys, self.sharding.shards))
+        pair_keys = [(p.src_key, p.trg_key) for p in self.dataset.pairs]
+        total = sum(images_per_shard(pair_keys, self.split().shards))
         for i, (path, flip) in enumerate(keys, start=1):
-            self.view(Path(path), flip)
-            done = i
-            if self.group is not None:
-                self.group.set_progress(i)
-                self.group.check()
-                done = self.group.progress()[0]
+            if (path, flip) not in self.views:  # the next images of one size share the network passes
+                ahead = [k for k in keys[i - 1 : i - 1 + PREPARE_AHEAD] if k not in self.views]
+                for k, v in zip(ahead, self.model.extractor.views([Path(p) for p, _ in ahead], self.candidate_ids,
+                                                                  flips=[f for _, f in ahead])):
+                    self.views[k] = v.to("cpu")  # host memory
+            self.group.set_progress(i)
+            self.group.check()
             if on_image:
-                on_image(done, total)
-
-    def split(self) -> None:
-        """Under torchrun: split the pairs by image and estimated work (rank 0 reads the
-        images' sizes); this rank keeps its shard."""
-        from .evaluation.sharded import Sharding, pair_costs
-
-        assert self.group is not None
-        costs = self.group.decide("pair costs", lambda: pair_costs(self.dataset))
-        self.sharding = Sharding.plan(self.dataset, self.group.world_size, 1, costs)
-        self.shard = self.sharding.shards[self.group.rank]
+                on_image(self.group.progress()[0], total)
 
     def evaluate(self, ids: Sequence[int]) -> Evaluated:
         """PCK of one id set on the search pairs (cached across calls and runs)."""
@@ -160,9 +161,8 @@ class LayerSearch:
             return self.done[key]
         t0 = time.perf_counter()
         hyper = {}
-        positions = range(len(self.dataset.pairs)) if self.shard is None else self.shard
         rows: list[list[float]] = []
-        for i in positions:
+        for i in self.shard:
             pair = self.dataset.pairs[i]
             for k in (pair.src_key, pair.trg_key):
                 if k not in hyper:
@@ -172,8 +172,7 @@ class LayerSearch:
             result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
             rec = score_pair(pair, result, self.thres)
             rows.append([pair_pck(rec["dist"], a) for a in ALPHAS])
-        if self.group is not None:
-            rows = self._all_rows(key, rows)
+        rows = self._all_rows(key, rows)
         per_alpha = {f"{a:.2f}": [row[j] for row in rows] for j, a in enumerate(ALPHAS)}
         pck = {a: 100.0 * sum(v) / len(v) for a, v in per_alpha.items()}
         ev = Evaluated(tuple(sorted(ids)), pck, time.perf_counter() - t0)
@@ -187,7 +186,6 @@ class LayerSearch:
         Each rank writes its rows into a zero table of all pairs and the tables are summed
         (all_reduce): a row comes from one rank and gains only exact zeros from the others.
         """
-        assert self.group is not None and self.shard is not None
         table = torch.zeros(len(self.dataset.pairs), len(ALPHAS), dtype=torch.float64)
         if self.shard:
             table[torch.tensor(self.shard)] = torch.tensor(rows, dtype=torch.float64)
@@ -223,14 +221,15 @@ def search_layers(
     on_image: Callable[[int, int], None] | None = None,
     on_depth: Callable[[int, int], None] | None = None,
     on_eval: Callable[[Evaluated, Evaluated], None] | None = None,
-    group: Group | None = None,
-    on_sharding: Callable[[Any], None] | None = None,
+    group: World | None = None,
+    on_sharding: Callable[[Sharding], None] | None = None,
 ) -> list[Evaluated]:
     """Beam search; returns every evaluated set, best first.
 
     ``on_eval(evaluated, best_so_far)`` follows every scored set.  Under torchrun every
     rank of ``group`` calls this with the same arguments and gets the same result (see
-    the module's docstring); ``on_sharding(sharding)`` tells rank 0 how the pairs are split.
+    the module's docstring); ``on_sharding(sharding)`` tells rank 0 how the pairs are
+    split over the processes.  ``group`` None: this process alone.
 
     Depth 1 scores each base id alone; depth k extends each of the ``beam`` best sets of
     depth k-1 by one candidate id deeper than its base, up to ``max_size`` ids.
@@ -244,12 +243,11 @@ def search_layers(
         "pairs": [p.pair_id for p in dataset.pairs], "thres": thres,
         "config": {k: v for k, v in model.config.to_dict().items() if k not in ("hyperpixel_ids", "device")},
     }
-    distributed = group is not None and group.world_size > 1
-    search = LayerSearch(model, dataset, thres, all_ids, resume_file, settings, group=group if distributed else None)
-    if search.group is not None:
-        search.split()
-        if on_sharding is not None and search.group.rank == 0:
-            on_sharding(search.sharding)
+    world: World = group if group is not None else WorldOfOne()
+    search = LayerSearch(model, dataset, thres, all_ids, resume_file, settings, group=world)
+    sharding = search.split()
+    if on_sharding is not None and world.rank == 0:
+        on_sharding(sharding)
     search.load_resume()
     search.prepare(on_image)
 
@@ -305,7 +303,8 @@ def plan_search(model: SCOT, dataset: Dataset, thres: str | None, grid_stride: i
         raise ScotError(f"must be img or bbox, got '{thres}'", option="thres")
     bb = model.backbone
     side = model.config.image_side
-    bases = list(parse_hyperpixel_ids(base_ids, option="base_ids") or ()) if base_ids else ids_of_stride(bb, grid_stride, side)
+    bases = (list(parse_hyperpixel_ids(base_ids, option="base_ids") or ()) if base_ids
+             else ids_of_stride(bb, grid_stride, side))
     cands = list(parse_hyperpixel_ids(candidates, option="candidates") or ()) if candidates else list(range(bb.num_ids))
     bb.check_ids(bases, option="base_ids")
     bb.check_ids(cands, option="candidates")
@@ -336,7 +335,8 @@ def write_preset(path: Path, results: Sequence[Evaluated], model: SCOT, dataset:
         "metric": f"PCK@{HEADLINE_ALPHA:.2f}, mean over pairs (%)",
         "dataset": {"name": dataset.name, "split": dataset.split, "pairs": len(dataset), "thres": thres},
         "found_with": command,
-        "results": [{"hyperpixel_ids": list(e.ids), "pck": e.pck, "seconds": round(e.seconds, 2)} for e in results[:top]],
+        "results": [{"hyperpixel_ids": list(e.ids), "pck": e.pck, "seconds": round(e.seconds, 2)}
+                    for e in results[:top]],
         "evaluated_sets": len(results),
     }
     atomic_write_json(path, doc)

@@ -5,7 +5,7 @@ This mode never holds more than a ``block x M`` slab, at the price of recomputin
 correlation (:class:`~scot.cost.Correlation`, block by block) once per sweep:
 
 * each Sinkhorn iteration makes the two sweeps of :func:`~scot.ot.kernel_sinkhorn`, the
-  same solver core the in-memory path uses, reading :math:`\log_2 K` computed on the fly;
+  same operator the in-memory path uses, reading :math:`\log_2 K` computed on the fly;
 * the last sweep also forms each block's votes :math:`(N a K b)^{exp2}` and adds them to
   the Hough sums (votes are additive);
 * a final sweep recomputes the votes, re-weights them by the smoothed histogram and keeps
@@ -15,21 +15,22 @@ One Sinkhorn iteration (the paper's setting) therefore computes the correlation 
 times instead of once; results equal the in-memory path's up to float rounding.  Blocks
 are whole rows of the source grid, which the Hough windows need.
 
-ε follows the one policy of :mod:`scot.ot`: doubled while a scaling is not finite, at most
-``max_doublings`` times.
+ε follows the one policy of :mod:`scot.ot` (:func:`~scot.ot.eps_doublings`): doubled while
+a scaling is not finite, at most ``max_doublings`` times.
 """
 
 from __future__ import annotations
 
-import torch
-
 from typing import Callable
+
+import torch
 
 from . import device as _device
 from .cost import Correlation, kernel_scale, log2_kernel_
 from .features import Hyperpixels
-from .ot import Scalings, dampening, kernel_sinkhorn, log2_votes, with_eps_doublings
+from .ot import Scalings, dampening, eps_doublings, kernel_sinkhorn
 from .rhm import HoughWindows, grid_view, smooth_histogram
+from .votes import log2_votes
 
 
 def streamed_best_matches(
@@ -71,7 +72,9 @@ def streamed_best_matches(
     best = torch.empty(n, dtype=torch.long, device=mu.device)
     best_conf = torch.empty(n, device=mu.device)
 
-    def attempt(eps_now: float) -> tuple[Callable[[int, int], torch.Tensor], Scalings, torch.Tensor | None] | None:
+    solved: list[tuple[Callable[[int, int], torch.Tensor], Scalings, torch.Tensor | None]] = []  # the ε that worked
+
+    def attempt(eps_now: float, pending: list[int]) -> list[bool]:
         alpha = kernel_scale(eps_now)
         corr = Correlation(src, trg, alpha)
 
@@ -90,9 +93,12 @@ def streamed_best_matches(
         scalings = kernel_sinkhorn(block, mu_b, nu_b, num_iters=num_iters, fi=dampening(eps_now, tau),
                                    block_rows=step, on_final_block=vote)
         (finite,) = _device.to_host(scalings.finite())
-        return (block, scalings, sums) if bool(finite) else None
+        if bool(finite):
+            solved.append((block, scalings, sums))
+        return [bool(finite)]
 
-    (block, scalings, sums), eps_used = with_eps_doublings(attempt, eps, max_doublings)
+    (eps_used,) = eps_doublings(attempt, eps, 1, max_doublings)
+    block, scalings, sums = solved[-1]
     if hough is None or sums is None:
         return best, best_conf, eps_used
     windows = hough.windows(hough.table(smooth_histogram(hough.histogram(sums), kernel_side)))

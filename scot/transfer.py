@@ -25,13 +25,37 @@ Two more optional refinements (off by default, see the README's accuracy table):
   window of the target grid around :math:`j^*` (a local soft-argmax);
 * **mutual consistency**: only source boxes whose match is mutual (:math:`i` is also the
   best source for :math:`j^*(i)`) move the keypoint, when at least one of its boxes is.
+
+In general terms, every source box :math:`B_i` is displaced by its shift
+:math:`s_i = t_i - \mathrm{tl}(B_i)` (:math:`t_i` the landing point: the match's top-left
+corner or its sub-pixel refinement), and a point moves by the aggregate of the shifts of
+its box set :math:`\mathcal N(p)`:
+
+.. math::
+    \hat p = p + \frac{\sum_{i \in \mathcal N(p)} \omega_i s_i}{\sum_{i \in \mathcal N(p)} \omega_i},
+    \qquad \kappa(p) = \frac{\sum_{i \in \mathcal N(p)} \omega_i c_i}{\sum_{i \in \mathcal N(p)} \omega_i}
+
+with :math:`\omega_i = 1` for ``mean`` and ``median`` and :math:`\omega_i = c_i^+ = \max(c_i, 0)`
+for ``weighted`` (plain mean when they are all zero); ``median`` replaces the weighted
+mean of the shifts by their coordinate-wise lower median.  :math:`\kappa` is the
+per-point confidence of the dense flow.  :func:`aggregate_shifts` is this rule, the one
+place it is written: :func:`transfer_keypoints` applies it to keypoints and
+:mod:`scot.dense` to every pixel of the source image, so the dense flow at a keypoint is
+the keypoint's transfer by construction.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+from .config import TRANSFERS
 from .features import box_centres
+
+Rule = Literal["mean", "weighted", "median"]
+RULES: tuple[str, ...] = TRANSFERS
+"""The ways :func:`aggregate_shifts` combines the shifts of a point's boxes (the ``transfer`` option's choices)."""
 
 
 def best_matches(confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +99,88 @@ def mutual_mask(confidence: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     return back[best.to(back.device)] == torch.arange(len(best), device=back.device)
 
 
+def box_shifts(
+    src_boxes: torch.Tensor, trg_boxes: torch.Tensor, best: torch.Tensor, target_tl: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, 2) float32 top-left displacement of every source box onto its landing point.
+
+    ``target_tl[i]`` (default ``tl(trg_boxes[best[i]])``) minus ``tl(src_boxes[i])``: the
+    :math:`s_i` of the module docstring, on the host.
+    """
+    src, trg = src_boxes.detach().float().cpu(), trg_boxes.detach().float().cpu()
+    landing = trg[best.detach().cpu().long(), :2] if target_tl is None else target_tl.detach().float().cpu()
+    return landing - src[:, :2]
+
+
+def check_rule(how: str, confidence: torch.Tensor | None) -> None:
+    """Raise ``ValueError`` unless ``how`` is one of :data:`RULES`, with ``confidence`` when it is ``weighted``."""
+    if how not in RULES:
+        raise ValueError(f"unknown transfer {how!r} (expected one of {', '.join(RULES)})")
+    if how == "weighted" and confidence is None:
+        raise ValueError("transfer 'weighted' needs the matches' confidence")
+
+
+def aggregate_shifts(
+    member: torch.Tensor,
+    shift: torch.Tensor,
+    how: str = "mean",
+    confidence: torch.Tensor | None = None,
+    usable: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Displacement and confidence of R sets of source boxes (the rule of the module docstring).
+
+    The sets are given either as a membership over all N boxes (``index`` None; each
+    weighted sum is then one matrix product, as for keypoints) or as L box indices per
+    set with their validity (``index`` (R, L); sums over the gathered members, as for the
+    rectangles of the dense lattice).  Everything is computed in ``shift``'s dtype.
+
+    Args:
+        member: (R, N) bool, or (R, L) bool with ``index``: box in set r.  Every set must
+            be non-empty.
+        shift: (N, 2) displacement of every box.
+        how: ``mean``, ``weighted`` or ``median``.
+        confidence: (N,) match confidence of every box (needed by ``weighted``).
+        usable: (N,) bool; a set is restricted to its usable boxes when it has any.
+        index: (R, L) int64 box indices of the sets' slots (any valid index where
+            ``member`` is False).
+
+    Returns:
+        disp: (R, 2) aggregated displacement.
+        kappa: (R,) confidence of the sets, :math:`\kappa`; exactly 1 without ``confidence``.
+    """
+    check_rule(how, confidence)
+
+    def gathered(values: torch.Tensor) -> torch.Tensor:
+        return values if index is None else values[index]
+
+    def weighted_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        if index is None:
+            return weights @ values
+        return ((weights if values.dim() == 1 else weights.unsqueeze(2)) * values[index]).sum(1)
+
+    if usable is not None:
+        preferred = member & gathered(usable)
+        member = torch.where(preferred.any(1, keepdim=True), preferred, member)
+    weights = member.to(shift.dtype)
+    c = None if confidence is None else gathered(confidence)
+    if how == "weighted":
+        assert c is not None
+        positive = weights * c.clamp_min(0)
+        weights = torch.where((member & (c > 0)).any(1, keepdim=True), positive, weights)
+    total = weights.sum(1, keepdim=True)
+    if how == "median":
+        nan = torch.full((), float("nan"), dtype=shift.dtype)
+        disp = torch.nanmedian(torch.where(member.unsqueeze(2), gathered(shift), nan), dim=1).values
+    else:
+        disp = weighted_sum(weights, shift) / total
+    if confidence is None:
+        kappa = torch.ones(len(member), dtype=shift.dtype)
+    else:
+        kappa = weighted_sum(weights, confidence) / total.squeeze(1)
+    return disp, kappa
+
+
 def transfer_keypoints(
     src_boxes: torch.Tensor,
     trg_boxes: torch.Tensor,
@@ -104,27 +210,12 @@ def transfer_keypoints(
     kps = keypoints.float().cpu()
     if kps.numel() == 0:
         return kps.reshape(0, 2)
-    landing = trg_boxes[best.cpu(), :2] if target_tl is None else target_tl.float().cpu()
-    shift = landing - src_boxes[:, :2]  # (N, 2) top-left displacement
+    check_rule(how, confidence)
+    shift = box_shifts(src_boxes, trg_boxes, best, target_tl)  # (N, 2) top-left displacement
     inside = containing_boxes(src_boxes, kps)  # (K, N)
-    if usable is not None:
-        preferred = inside & usable.cpu().unsqueeze(0)
-        has = preferred.any(1, keepdim=True)
-        inside = torch.where(has, preferred, inside)
     lonely = ~inside.any(1, keepdim=True)  # no box contains the keypoint: it moves with the nearest one
     nearest = torch.cdist(kps, box_centres(src_boxes)).argmin(1, keepdim=True)  # (K, 1)
     inside.scatter_(1, nearest, inside.gather(1, nearest) | lonely)
-    if how == "mean":
-        weights = inside.float()
-    elif how == "weighted":
-        if confidence is None:
-            raise ValueError("transfer 'weighted' needs the matches' confidence")
-        weights = inside.float() * confidence.float().cpu().clamp_min(0).unsqueeze(0)
-        # a keypoint whose boxes all have zero confidence falls back to the plain mean
-        weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, inside.float())
-    elif how == "median":
-        spread = torch.where(inside.unsqueeze(2), shift.unsqueeze(0), torch.tensor(float("nan")))  # (K, N, 2)
-        return kps + torch.nanmedian(spread, dim=1).values
-    else:
-        raise ValueError(f"unknown transfer {how!r}")
-    return kps + (weights @ shift) / weights.sum(1, keepdim=True)
+    conf = None if confidence is None or how != "weighted" else confidence.float().cpu()
+    disp, _ = aggregate_shifts(inside, shift, how, conf, None if usable is None else usable.cpu())
+    return kps + disp

@@ -2,7 +2,8 @@
 
 Real data
     A test that needs real benchmark files asks for them by dataset (``willow_root``,
-    ``willow_rows``, ``spair_sample``, ``pfpascal_lists``).  Each dataset is looked for in
+    ``willow_rows``, ``pfpascal_val``, ``spair_val``, ``spair_fullres``, ``spair_sample``,
+    ``pfpascal_lists``).  Each dataset is looked for in
     this order, and the first folder holding it wins:
 
     1. ``$SCOT_DATA`` when it is set (to anything but the empty string): then it is the
@@ -12,7 +13,8 @@ Real data
        --download`` puts PF-WILLOW.
 
     Each of these may hold a dataset in the shared layout (``datasets/pfwillow-dev/
-    PF-WILLOW``, ``datasets/formats/...``) or, for PF-WILLOW, in the HPF layout that
+    PF-WILLOW``, ``datasets/pfpascal-val/PF-PASCAL``, ``datasets/spair-pf-val/SPair-71k``,
+    ``datasets/spair-fullres6/SPair-71k``, ``datasets/formats/...``) or, for PF-WILLOW, in the HPF layout that
     ``data/`` uses (``PF-WILLOW/`` directly).  When a dataset is nowhere, the test is
     skipped with one reason starting with :data:`DATA_SKIP_PREFIX` that names the data and
     how to get it; CI fails on any such skip where the data should be present.
@@ -81,6 +83,24 @@ REAL_DATA: dict[str, RealData] = {
         layouts=("datasets/formats/spair-71k-sample",),
         marker="PairAnnotation/test/000001-2008_002719-2008_004100:aeroplane.json",
         how=_SHARED_HOW.format(folder="datasets/formats/spair-71k-sample"),
+    ),
+    "pfpascal-val": RealData(
+        what="the PF-PASCAL validation pairs with their images",
+        layouts=("datasets/pfpascal-val/PF-PASCAL",),
+        marker="val_pairs.csv",
+        how=_SHARED_HOW.format(folder="datasets/pfpascal-val/PF-PASCAL"),
+    ),
+    "spair-val": RealData(
+        what="the SPair-71k validation pairs on PF-PASCAL's images",
+        layouts=("datasets/spair-pf-val/SPair-71k",),
+        marker="Layout/large/val.txt",
+        how=_SHARED_HOW.format(folder="datasets/spair-pf-val/SPair-71k"),
+    ),
+    "spair-fullres": RealData(
+        what="the six full-resolution SPair-71k test pairs",
+        layouts=("datasets/spair-fullres6/SPair-71k",),
+        marker="Layout/large/test.txt",
+        how=_SHARED_HOW.format(folder="datasets/spair-fullres6/SPair-71k"),
     ),
     "pfpascal-lists": RealData(
         what="the PF-PASCAL NCNet pair lists",
@@ -189,6 +209,24 @@ def willow_rows(willow_root: Path) -> list[dict]:
 def spair_sample() -> Path:
     """The real SPair-71k annotation sample (one pair, no images) in the archive's layout."""
     return require_data("spair-sample")
+
+
+@pytest.fixture(scope="session")
+def pfpascal_val() -> Path:
+    """The shared PF-PASCAL validation split (308 pairs, their images and .mat annotations): the PF-PASCAL folder."""
+    return require_data("pfpascal-val")
+
+
+@pytest.fixture(scope="session")
+def spair_val() -> Path:
+    """The shared SPair-71k validation subset (356 pairs on PF-PASCAL's 300-px images): the SPair-71k folder."""
+    return require_data("spair-val")
+
+
+@pytest.fixture(scope="session")
+def spair_fullres() -> Path:
+    """The six full-resolution SPair-71k test pairs with their real annotations: the SPair-71k folder."""
+    return require_data("spair-fullres")
 
 
 @pytest.fixture(scope="session")

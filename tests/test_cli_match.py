@@ -88,14 +88,14 @@ def test_match_pairs_csv(tmp_path, photo_rows):
 def test_an_interrupted_pairs_run_is_finished_with_skip_existing(tmp_path, photo_rows, monkeypatch):
     """Ctrl-C during --pairs says how far it got; the rerun with --skip-existing keeps the
     finished rows untouched and matches only the rest."""
-    import scot.outputs
+    import scot.outputs.jobs
 
     rows = photo_rows[:3]
     csv_file = tmp_path / "pairs.csv"
     csv_file.write_text("".join(f"{r['src']},{r['trg']}\n" for r in rows))
     out = tmp_path / "many"
     args = ["match", "--pairs", str(csv_file), "-o", str(out), "--backbone", "efficientnet-lite0", "--no-plot"]
-    real_write, calls = scot.outputs.write_match, []
+    real_write, calls = scot.outputs.jobs.write_match, []
 
     def interrupted_on_the_second_row(*a, **k):
         calls.append(1)
@@ -103,10 +103,10 @@ def test_an_interrupted_pairs_run_is_finished_with_skip_existing(tmp_path, photo
             raise KeyboardInterrupt
         return real_write(*a, **k)
 
-    monkeypatch.setattr(scot.outputs, "write_match", interrupted_on_the_second_row)
+    monkeypatch.setattr(scot.outputs.jobs, "write_match", interrupted_on_the_second_row)
     res = runner.invoke(app, args)
     assert res.exit_code == 130 and "interrupted after 1 of 3 pairs" in res.stderr and "--skip-existing" in res.stderr
-    monkeypatch.setattr(scot.outputs, "write_match", real_write)
+    monkeypatch.setattr(scot.outputs.jobs, "write_match", real_write)
     [first] = out.glob("*.json")
     before = first.read_bytes()
     res = runner.invoke(app, [*args, "--skip-existing"])

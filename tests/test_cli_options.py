@@ -98,3 +98,16 @@ def test_usage_errors_are_one_line():
 def test_readme_options_table_is_the_generated_one():
     readme = (REPO / "README.md").read_text()
     assert options_table() in readme, "regenerate the README's options table with scot.config.options_table()"
+
+
+def test_readme_code_layout_is_the_tree():
+    """The README's code layout (to which the package docstring points) names every module
+    and package of scot/, and nothing that is not there."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Code layout", 1)[1].split("```", 2)[1]
+    listed = {line.split()[0].rstrip("/") for line in block.strip().splitlines()}
+    package = REPO / "scot"
+    tree = {f"scot/{p.name}" for p in package.iterdir()
+            if (p.suffix == ".py" and p.name not in ("__init__.py", "__main__.py"))
+            or (p.is_dir() and (p / "__init__.py").exists())}
+    assert listed == tree, (sorted(tree - listed), sorted(listed - tree))

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from scot import PRESETS, SCOT, SCOTConfig, ScotError, load_preset_file, parse_hyperpixel_ids
+from scot.cli import app
 from scot.io import read_keypoints
 from scot.model import as_keypoints
+
+from conftest import one_line_error
+
+runner = CliRunner()
 
 
 def test_presets_resolve_per_backbone():
@@ -143,7 +150,7 @@ def test_preset_file(tmp_path):
 
 def test_shipped_presets_drive_the_pfwillow_ids():
     """The EfficientNet-Lite presets live in package data, written by scot search-layers."""
-    from scot.config import PRESET_DIR
+    from scot.presets import PRESET_DIR
 
     files = sorted(PRESET_DIR.glob("*.json"))
     assert [f.name for f in files] == ["pfwillow-efficientnet-lite0.json", "pfwillow-efficientnet-lite2.json"]
@@ -185,3 +192,64 @@ def test_refinement_options_are_validated():
     with pytest.raises(ScotError, match="^low_memory: "):
         SCOTConfig(low_memory=True, subpixel=3)
     assert SCOTConfig(subpixel=3, mutual=True, feature_scales=(1.0, 1.5)).subpixel == 3
+
+
+@pytest.mark.parametrize("ids, bad", [([3.5, 11], "3.5"), ([3, True], "true"), ([3, "11"], "'11'"), ([3, None], "null")])
+def test_preset_file_values_are_not_coerced(tmp_path, ids, bad):
+    """A preset file's ids are typed as strictly as '--hyperpixel' (which refuses '(3.5,11)'),
+    at the top level and in the options, with one line naming the file and the field."""
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"hyperpixel_ids": ids}))
+    with pytest.raises(ScotError, match=rf"^preset_file: .*p\.json: 'hyperpixel_ids' must be a list of non-negative "
+                                        rf"integers, got .*\({re.escape(bad)} is not an integer\)$"):
+        load_preset_file(f)
+    res = runner.invoke(app, ["config", "--preset-file", str(f)])
+    one_line_error(res, "--preset-file", "p.json", "'hyperpixel_ids'", f"{bad} is not an integer")
+    with pytest.raises(ScotError, match=r"^hyperpixel_ids: must be a list of non-negative integers"):
+        SCOTConfig(hyperpixel_ids=ids)  # the API refuses them the same way
+    f.write_text(json.dumps({"hyperpixel_ids": [3], "exp2": True}))
+    with pytest.raises(ScotError, match=r"p\.json: 'exp2' must be a number, got True"):
+        load_preset_file(f)
+    f.write_text(json.dumps({"hyperpixel_ids": [3], "options": {"feature_scales": [1, False]}}))
+    with pytest.raises(ScotError, match=r"p\.json: 'feature_scales' must be a number, got False"):
+        load_preset_file(f)
+    # integers of other types are integers
+    assert SCOTConfig(hyperpixel_ids=np.array([4, 2])).hyperpixel_ids == (4, 2)
+
+
+def test_deeply_nested_json_is_a_one_line_error(tmp_path):
+    """A preset file or a search's resume file nested beyond the parser's reach is refused
+    by name, not an 'unexpected RecursionError'."""
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"hyperpixel_ids": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ScotError, match=r"^preset_file: .*deep\.json is not valid JSON \(nested too deeply\)$"):
+        load_preset_file(deep)
+    one_line_error(runner.invoke(app, ["config", "--preset-file", str(deep)]), "--preset-file", "deep.json",
+                   "nested too deeply")
+    from scot.search import LayerSearch
+
+    search = LayerSearch(model=None, dataset=None, thres="bbox", candidate_ids=[], resume_file=deep)  # type: ignore[arg-type]
+    with pytest.raises(ScotError, match=r"^resume_file: .*deep\.json is not valid JSON \(nested too deeply\)$"):
+        search.read_resume()
+    deep.write_text('{"hyperpixel_ids": [1], "exp2": NaN}')
+    with pytest.raises(ScotError, match=r"deep\.json is not valid JSON \(NaN is not a number JSON allows\)"):
+        load_preset_file(deep)
+
+
+def test_scot_config_checks_the_ids_against_the_backbone(tmp_path):
+    """'scot config' refuses ids that 'scot match' would refuse, naming the option and the
+    backbone's range, and prints nothing then."""
+    res = runner.invoke(app, ["config", "--backbone", "resnet50", "--hyperpixel", "(0,999)"])
+    one_line_error(res, "--hyperpixel", "[999] out of range for resnet50, which has ids 0..16")
+    assert res.stdout == ""
+    # with auto, ids that fit no backbone it may pick are refused; ids that fit one are a note
+    one_line_error(runner.invoke(app, ["config", "--hyperpixel", "(0,999)"]), "--hyperpixel", "out of range")
+    res = runner.invoke(app, ["config", "--hyperpixel", "(0,33)"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["hyperpixel_ids"] == [0, 33]
+    assert "[33] out of range for efficientnet-lite2" in res.stderr
+    # ids from a preset file are checked too
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"backbone": "efficientnet-lite0", "hyperpixel_ids": [3, 40]}))
+    one_line_error(runner.invoke(app, ["config", "--preset-file", str(f)]), "[40] out of range for efficientnet-lite0")
+    res = runner.invoke(app, ["config", "--backbone", "resnet50", "--hyperpixel", "(0,16)"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["hyperpixel_ids"] == [0, 16]

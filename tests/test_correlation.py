@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from scot.backbones import build_backbone
-from scot.cost import Correlation, factorize_groups
+from scot.cost import Correlation
+from scot.features import factorize_groups
 from scot.features import NetworkView, bilinear_matrix, describe, observe
 
 

@@ -274,3 +274,103 @@ def test_select_sample_spreads_over_every_class_then_limits():
     assert len(data.select(sample=100)) == 30  # more than there are: all of them
     with pytest.raises(ScotError, match="^sample: must be at least 1"):
         data.select(sample=0)
+
+
+# --------------------------------------------------------------------------------------
+# the real validation data: PF-PASCAL (HPF layout, .mat annotations) and SPair-71k on real images
+
+
+def _mat(path: Path) -> dict:
+    import scipy.io
+
+    return scipy.io.loadmat(str(path))
+
+
+@pytest.fixture(scope="module")
+def pascal_val_pairs(pfpascal_val):
+    """The shared PF-PASCAL validation split as the loader reads it."""
+    return load_dataset("pfpascal", pfpascal_val.parent, split="val")
+
+
+def test_pfpascal_val_split_reads_the_real_mat_files(pfpascal_val, pascal_val_pairs):
+    from functools import lru_cache
+
+    from scot.image import image_size as read_size
+    from scot.pck import pck_threshold
+
+    image_size = lru_cache(maxsize=None)(read_size)
+    ds = pascal_val_pairs
+    with open(pfpascal_val / "val_pairs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(ds) == len(rows) == 308 and ds.split == "val" and ds.default_thres == "img"
+    images = {p.src for p in ds.pairs} | {p.trg for p in ds.pairs}
+    assert len(images) == 521 and {i.parent for i in images} == {pfpascal_val / "JPEGImages"}
+    assert {p.category for p in ds.pairs} == set(CLASSES_PASCAL)
+    for pair, row in zip(ds.pairs, rows, strict=True):
+        category = CLASSES_PASCAL[int(row["class"]) - 1]
+        assert pair.category == category and not pair.flip
+        assert (pair.src.name, pair.trg.name) == (Path(row["source_image"]).name, Path(row["target_image"]).name)
+        src, trg = (_mat(pfpascal_val / "Annotations" / category / f"{p.stem}.mat") for p in (pair.src, pair.trg))
+        both = np.isfinite(src["kps"]).all(1) & np.isfinite(trg["kps"]).all(1)  # visible in both images
+        assert both.sum() == len(pair.src_kps) >= 1
+        np.testing.assert_allclose(pair.src_kps.numpy(), src["kps"][both], rtol=1e-6)
+        np.testing.assert_allclose(pair.trg_kps.numpy(), trg["kps"][both], rtol=1e-6)
+        assert pair.trg_bbox == pytest.approx(tuple(trg["bbox"].reshape(-1)))
+        for path, mat, kps in ((pair.src, src, pair.src_kps), (pair.trg, trg, pair.trg_kps)):
+            height, width = (int(v) for v in mat["imsize"].reshape(-1)[:2])
+            assert image_size(path) == (width, height)  # the .mat describes these very images
+            assert float(kps.min()) >= 0 and float(kps[:, 0].max()) <= width and float(kps[:, 1].max()) <= height
+        # PF-PASCAL's threshold: the target image's longer side (PF-PASCAL stores its images at 300 px)
+        assert pck_threshold(ds.default_thres, image_size(pair.trg), pair.trg_bbox) == 300.0
+
+
+def test_pfpascal_val_list_in_the_ncnet_format_gives_the_same_pairs(pfpascal_val, pfpascal_lists, pascal_val_pairs):
+    hpf = pascal_val_pairs
+    ncnet = load_dataset("pfpascal", pfpascal_val.parent, split="val", pair_list=pfpascal_lists / "val_pairs_ncnet.csv")
+    assert [p.pair_id for p in ncnet.pairs] == [p.pair_id for p in hpf.pairs]
+    assert all(torch.equal(a.trg_kps, b.trg_kps) for a, b in zip(hpf.pairs, ncnet.pairs, strict=True))
+
+
+SPAIR_SETS = {  # fixture: (split, pairs, images, longest image side)
+    "spair_val": ("val", 356, 75, 300),
+    "spair_fullres": ("test", 6, 12, 500),
+}
+
+
+@pytest.mark.parametrize("fixture", list(SPAIR_SETS))
+def test_spair_on_real_images(request, fixture):
+    """The loader on SPair-71k's own layout with real images: every pair json and image json agrees with the images."""
+    from functools import lru_cache
+
+    from scot.image import image_size as read_size
+    from scot.pck import pck_threshold
+
+    image_size = lru_cache(maxsize=None)(read_size)
+    root = request.getfixturevalue(fixture)
+    split, n_pairs, n_images, longest = SPAIR_SETS[fixture]
+    ds = load_dataset("spair", root.parent, split=split)
+    lines = [ln.strip() for ln in (root / "Layout" / "large" / f"{split}.txt").read_text().splitlines() if ln.strip()]
+    assert len(ds) == n_pairs and [p.pair_id for p in ds.pairs] == lines and ds.default_thres == "bbox"
+    images = {p.src for p in ds.pairs} | {p.trg for p in ds.pairs}
+    assert len(images) == n_images and max(max(image_size(i)) for i in images) == longest
+    for pair in ds.pairs:
+        raw = json.loads((root / "PairAnnotation" / split / f"{pair.pair_id}.json").read_text())
+        assert pair.category == raw["category"] == pair.pair_id.rsplit(":", 1)[1]
+        assert pair.flags == {k: raw[k] for k in ("viewpoint_variation", "scale_variation", "truncation", "occlusion")}
+        assert set(pair.flags.values()) <= {0, 1, 2, 3}
+        for side, path in (("src", pair.src), ("trg", pair.trg)):
+            kps, box = getattr(pair, f"{side}_kps"), getattr(pair, f"{side}_bbox")
+            np.testing.assert_allclose(kps.numpy(), np.array(raw[f"{side}_kps"]), rtol=1e-6)
+            assert box == tuple(raw[f"{side}_bndbox"])
+            width, height = image_size(path)
+            image_ann = json.loads((root / "ImageAnnotation" / pair.category / f"{path.stem}.json").read_text())
+            declared = (image_ann["image_width"], image_ann["image_height"])
+            assert (width, height) == declared == tuple(raw[f"{side}_imsize"][:2])
+            # the pair's keypoints are the image annotation's keypoints named by kps_ids
+            np.testing.assert_allclose(np.array([image_ann["kps"][k] for k in raw["kps_ids"]]), kps.numpy(), rtol=1e-6)
+            assert float(kps.min()) >= 0 and float(kps[:, 0].max()) <= width and float(kps[:, 1].max()) <= height
+            assert 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height
+        # SPair's threshold: the longer side of the target box, within the image
+        x1, y1, x2, y2 = pair.trg_bbox
+        thr = pck_threshold(ds.default_thres, image_size(pair.trg), pair.trg_bbox)
+        assert thr == max(x2 - x1, y2 - y1) and 1 <= thr <= max(image_size(pair.trg))

@@ -21,15 +21,8 @@ from typer.testing import CliRunner
 
 from conftest import REPO
 from scot.cli import app
-from scot.distributed import (
-    Launch,
-    backend_for,
-    images_per_shard,
-    launch_from_env,
-    rank_device,
-    round_robin,
-    shard_by_images,
-)
+from scot.distributed.launch import Launch, backend_for, launch_from_env, rank_device
+from scot.distributed.sharding import images_per_shard, round_robin, shard_by_images
 from scot.errors import ScotError
 
 runner = CliRunner()

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import one_line_error, write_photo_willow
 from scot.cli import app
 from scot import SCOT, SCOTConfig
 from scot.datasets import download_dataset, load_dataset
@@ -216,3 +217,87 @@ def test_eval_offline_fails_with_one_line(tmp_path):
     err = res.stderr.strip()
     assert "\n" not in err and "could not download PF-WILLOW" in err and "by hand" in err
     assert not (tmp_path / "empty" / "PF-WILLOW").exists()
+
+
+def test_resume_scores_again_the_pairs_whose_inputs_changed(tmp_path):
+    """A run records what each pair was scored from; --resume scores again the pairs whose
+    annotations or images changed since (and says so), keeps the others, and ends with the
+    rows a fresh run on the changed data gives.  Touching a file without changing it
+    changes nothing."""
+    root = write_photo_willow(tmp_path / "data")
+    model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow", cam=False))
+    settings = EvalSettings(thres="bbox", batch_size=1)
+    selection = {"limit": 6}
+
+    def pairs():
+        return load_dataset("pfwillow", root.parent).select(limit=6)
+
+    def interrupt_after_four(done, total, rate, pck):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, pairs(), tmp_path / "run", settings, selection, on_progress=interrupt_after_four)
+    data = pairs()
+    assert [p.trg.name for p in data.pairs[:4]] == ["zoomed.png", "small_mirrored.png", "squashed.png", "grey.png"]
+    # pair 1: one target keypoint moves 40 px; pair 3: its target image changes; pairs 0-3: their source is touched
+    rows = list(csv.reader(open(root / "test_pairs.csv", newline="")))
+    rows[2][2 + 20] = str(float(rows[2][2 + 20]) + 40.0)
+    with open(root / "test_pairs.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    grey = data.pairs[3].trg
+    with Image.open(grey) as im:
+        im.rotate(5).save(grey)
+    data.pairs[0].src.touch()
+
+    said: list[str] = []
+    resumed = evaluate(model, pairs(), tmp_path / "run", settings, selection, resume=True, notice=said.append)
+    fresh = evaluate(model, pairs(), tmp_path / "fresh", settings, selection)
+    assert resumed["status"] == "complete" and resumed["pck"] == fresh["pck"]
+    assert (tmp_path / "run" / "per_pair.csv").read_bytes() == (tmp_path / "fresh" / "per_pair.csv").read_bytes()
+    assert said == [f"resuming {tmp_path / 'run'}: scoring again 2 pairs whose annotations or images changed since "
+                    "they were scored"]
+    journal = [json.loads(line) for line in (tmp_path / "run" / "pairs.jsonl").read_text().splitlines()]
+    scored = [r["index"] for r in journal if "index" in r]
+    assert scored == [0, 2, 1, 3, 4, 5]  # pairs 0 and 2 kept, 1 and 3 scored again, 4 and 5 new
+    # resuming the finished run finds nothing to score again
+    said.clear()
+    again = evaluate(model, pairs(), tmp_path / "run", settings, selection, resume=True, notice=said.append)
+    assert said == [] and again["pck"] == fresh["pck"]
+
+
+def test_resume_of_a_missing_folder_is_one_line(photo_willow, tmp_path):
+    missing = tmp_path / "no-such-run"
+    res = runner.invoke(app, ["eval", "--dataset", "pfwillow", "--datapath", str(photo_willow.parent), "--backbone",
+                              "efficientnet-lite0", "--limit", "2", "-o", str(missing), "--resume"])
+    one_line_error(res, "--resume", str(missing), "does not exist")
+    assert not missing.exists()
+
+
+def test_category_without_pairs_in_the_list_is_one_line(photo_willow, tmp_path):
+    res = runner.invoke(app, ["eval", "--dataset", "pfwillow", "--datapath", str(photo_willow.parent), "--backbone",
+                              "efficientnet-lite0", "--category", "car(G)", "-o", str(tmp_path / "run")])
+    one_line_error(res, "--category", "'car(G)'", "no pfwillow pair", "duck(S)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_drop_records_rewrites_only_the_journals_that_lose_records(tmp_path):
+    from scot.evaluation.journal import drop_records, load_journals
+
+    def line(rec):
+        return json.dumps(rec) + "\n"
+
+    timing = {"kind": "timing", "feature_seconds": 1.0, "match_seconds": 2.0, "images_extracted": 3, "wall_seconds": 4.0}
+    recs = [{"index": i, "category": "c", "dist": [0.0], "inputs": f"d{i}", "pck": {"0.10": 1.0}} for i in range(4)]
+    (tmp_path / "pairs.rank0.jsonl").write_text(line(recs[0]) + line(recs[2]) + line(timing) + '{"index": 9, "cat')
+    kept = line(recs[1]) + line(recs[3]) + line(timing)
+    (tmp_path / "pairs.rank1.jsonl").write_text(kept)
+    before = (tmp_path / "pairs.rank1.jsonl").stat().st_mtime_ns
+
+    dropped = drop_records(tmp_path, lambda rec: rec["index"] == 2)
+    assert dropped == [recs[2]]
+    assert (tmp_path / "pairs.rank0.jsonl").read_text() == line(recs[0]) + line(timing)  # the cut line goes too
+    assert (tmp_path / "pairs.rank1.jsonl").read_text() == kept
+    assert (tmp_path / "pairs.rank1.jsonl").stat().st_mtime_ns == before
+    state = load_journals(tmp_path, own=None)
+    assert sorted(state.done) == [0, 1, 3] and state.totals()["images_extracted"] == 6

@@ -34,15 +34,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import scot.device
-import scot.model
+import scot.matcher
 from conftest import PHOTO_CATEGORY, REPO, one_line_error
 from scot import SCOT, SCOTConfig
 from scot.backbones import build_backbone
 from scot.cache import DEVICE_SHARE, LRUCache
 from scot.errors import ScotError
-from scot.features import Clock, NetworkView
-from scot.model import resolve_device
+from scot.device import resolve_device
+from scot.features import NetworkView
+from scot.matcher import Matcher
 from scot.precision import fp32_precision, get
+from scot.timing import Clock
 
 aten = torch.ops.aten
 GB = 10**9
@@ -237,8 +239,8 @@ def test_match_batch_on_a_fake_gpu_never_mixes_devices(monkeypatch, lite0, descr
         assert res.best.device.type == "cpu" and tuple(res.best.shape) == (s.n,)
         assert res.best_confidence.device.type == "cpu" and res.transferred.device.type == "cpu"
         assert tuple(res.transferred.shape) == (len(_items(images, 3)[PAIRS.index((i, j))][2]), 2)
-        if res.plan is not None:
-            assert res.plan.device.type == "cuda" and tuple(res.plan.shape) == (s.n, t.n)
+        if res.votes is not None:
+            assert res.votes.device.type == "cuda" and tuple(res.votes.shape) == (s.n, t.n)
         if name == "one-way":
             assert res.topk_index.device.type == "cpu" and tuple(res.topk_index.shape) == (s.n, 2)
         if name == "subpixel":
@@ -281,15 +283,16 @@ def test_sinkhorn_tolerance_reads_the_gpu_every_few_iterations(monkeypatch):
 
 
 def test_a_converged_problem_is_frozen_while_the_batch_goes_on():
-    from scot.ot import scot_votes, sinkhorn
+    from scot.ot import sinkhorn
+    from scot.votes import scot_votes
 
     g = torch.Generator().manual_seed(1)
     costs = torch.stack([torch.rand(20, 30, generator=g) * 0.2, torch.rand(20, 30, generator=g)])
     mu, nu = torch.rand(2, 20, generator=g) + 0.5, torch.rand(2, 30, generator=g) + 0.5
     mu, nu = mu / mu.sum(1, keepdim=True), nu / nu.sum(1, keepdim=True)
-    for log_domain in (False, True):
-        batched = sinkhorn(costs, mu, nu, 0.05, num_iters=500, tol=1e-4, log_domain=log_domain)
-        alone = [sinkhorn(costs[i], mu[i], nu[i], 0.05, num_iters=500, tol=1e-4, log_domain=log_domain) for i in range(2)]
+    for method in ("plain", "log"):
+        batched = sinkhorn(costs, mu, nu, 0.05, num_iters=500, tol=1e-4, method=method)
+        alone = [sinkhorn(costs[i], mu[i], nu[i], 0.05, num_iters=500, tol=1e-4, method=method) for i in range(2)]
         assert alone[0].iterations != alone[1].iterations  # they stop at different iterations
         assert batched.iterations == max(a.iterations for a in alone)
         for i in range(2):
@@ -328,10 +331,10 @@ def test_batches_are_sized_from_the_free_memory(monkeypatch, lite0, described):
         model = _fake_model(run, _config(96, device="cuda", symmetric=False), "always")
         n = max(s.n for s, _, _ in items)
         m = max(t.n for _, t, _ in items)
-        moved = max(model._moved_bytes(s, t) for s, t, _ in items)
-        one = model.pair_bytes(n, m, False, moved)
-        machine.free = int((1.5 * one + scot.model._DEVICE_BLOCK_BYTES) / (1 - scot.model._DEVICE_RESERVE))
-        assert model.batch_limit([(s, t) for s, t, _ in items]) == 1
+        moved = max(model.matcher._moved_bytes(s, t) for s, t, _ in items)
+        one = model.matcher.pair_bytes(n, m, False, moved)
+        machine.free = int((1.5 * one + scot.matcher._DEVICE_BLOCK_BYTES) / (1 - scot.matcher._DEVICE_RESERVE))
+        assert model.matcher.batch_limit([(s, t) for s, t, _ in items]) == 1
         model.match_batch(items)
         assert len(run.host_copies) == 3  # one batch per pair
         machine.free = 8 * GB
@@ -354,7 +357,7 @@ def test_out_of_memory_halves_the_batch(monkeypatch, lite0, described):
     model = SCOT(_config(96, symmetric=True), backbone=lite0, factorize="always")
     want = model.match_batch(items)
     batches: list[int] = []
-    together, fill = SCOT._match_together, scot.model.Correlation.fill
+    together, fill = Matcher._together, scot.matcher.Correlation.fill
 
     def record(self, pairs, *args, **kwargs):
         batches.append(len(pairs))
@@ -365,8 +368,8 @@ def test_out_of_memory_halves_the_batch(monkeypatch, lite0, described):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return fill(self, out, *args, **kwargs)
 
-    monkeypatch.setattr(SCOT, "_match_together", record)
-    monkeypatch.setattr(scot.model.Correlation, "fill", fail_once)
+    monkeypatch.setattr(Matcher, "_together", record)
+    monkeypatch.setattr(scot.matcher.Correlation, "fill", fail_once)
     got = model.match_batch(items)
     assert batches == [4, 2, 2]
     _same_results(got, want)
@@ -378,12 +381,24 @@ def test_a_pair_that_does_not_fit_alone_suggests_low_memory(monkeypatch, lite0, 
     def fail(self, out, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(scot.model.Correlation, "fill", fail)
+    monkeypatch.setattr(scot.matcher.Correlation, "fill", fail)
     model = SCOT(_config(96, symmetric=False), backbone=lite0, factorize="always")
     with pytest.raises(ScotError) as err:
         model.match_batch(_items(images, 2))
     assert err.value.option == "low_memory" and "\n" not in str(err.value)
     assert "--low-memory" in str(err.value) and "does not fit" in str(err.value)
+
+
+def test_a_pair_that_cannot_stream_names_the_options_instead(monkeypatch, lite0, described):
+    def fail(self, out, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(scot.matcher.Correlation, "fill", fail)
+    model = SCOT(_config(96, symmetric=False, subpixel=3), backbone=lite0, factorize="always")
+    with pytest.raises(ScotError) as err:
+        model.match_batch(_items(described["always", "small"], 1))
+    assert err.value.option == "image_side" and "\n" not in str(err.value)
+    assert "cannot stream subpixel" in str(err.value) and "--low-memory" not in str(err.value)
 
 
 def test_the_cache_keeps_gpu_images_below_a_share_of_the_gpu(monkeypatch):
@@ -498,13 +513,13 @@ def test_run_reports_name_the_gpu_in_use(monkeypatch, lite0):
 def test_scot_computes_at_the_configured_precision(monkeypatch, lite0, described, tf32):
     FakeMachine(monkeypatch)
     seen: list[tuple[str, str, str]] = []
-    fill = scot.model.Correlation.fill
+    fill = scot.matcher.Correlation.fill
 
     def record(self, out, *args, **kwargs):
         seen.append((get("cuda", "matmul"), get("cuda", "conv"), get("mkldnn", "matmul")))
         return fill(self, out, *args, **kwargs)
 
-    monkeypatch.setattr(scot.model.Correlation, "fill", record)
+    monkeypatch.setattr(scot.matcher.Correlation, "fill", record)
     before = scot.precision.snapshot()
     items = _items(described["always", "small"], 2)
     with fake_cuda_run(lite0) as run:

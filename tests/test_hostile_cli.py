@@ -363,7 +363,7 @@ def test_a_matrix_that_does_not_fit_streams_or_is_refused(images, monkeypatch):
     s, t = model.extract(images["a.png"]), model.extract(images["b.png"])
     reference = SCOT(model.config.replace(symmetric=False), backbone=model.backbone).match(s, t, keep_plan=False)
     notices = []
-    model._notice = notices.append
+    model.matcher._notice = notices.append
     monkeypatch.setattr(scot.device, "available_memory", lambda device: 4 * s.n * t.n)  # less than one N x M matrix
     streamed = model.match(s, t, keep_plan=False)
     assert notices and "low-memory mode" in notices[0]

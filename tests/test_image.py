@@ -271,3 +271,76 @@ def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ScotError, match=r"a\.png: not enough memory to convert the 60x40 px image \(pass max_side") as info:
         load_image(tmp_path / "a.png")
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------
+# float (and 32-bit integer) pixels: one range rule for files, PIL images, arrays and tensors
+
+
+def _float_plane(value_at_corner: float, base: float = 0.5) -> np.ndarray:
+    plane = np.full((40, 60), base, np.float32)
+    plane[3, 4] = value_at_corner
+    return plane
+
+
+def _float_sources(plane: np.ndarray, tmp_path: Path) -> dict:
+    """The same float values as a TIFF file (mode F), a PIL image, an (H, W, 3) array and a (3, H, W) tensor."""
+    Image.fromarray(plane).save(tmp_path / "f.tiff")
+    rgb = np.repeat(plane[:, :, None], 3, axis=2)
+    return {"file": tmp_path / "f.tiff", "pil": Image.fromarray(plane), "array": rgb,
+            "tensor": torch.from_numpy(rgb).permute(2, 0, 1).contiguous()}
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan], ids=["inf", "minus-inf", "nan"])
+@pytest.mark.parametrize("kind", ["file", "pil", "array", "tensor"])
+def test_a_non_finite_pixel_is_an_error_naming_the_image(tmp_path, value, kind):
+    """One inf pixel used to divide a float TIFF by 65535 (matched as black); NaN reached the backbone."""
+    source = _float_sources(_float_plane(value), tmp_path)[kind]
+    with pytest.raises(ScotError, match=r"the image holds NaN or infinite values") as info:
+        load_image(source, name="photo.tiff" if kind != "file" else None, max_side=300)
+    assert "f.tiff" in str(info.value) or "photo.tiff" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_non_finite_pixel_is_found_in_a_reduced_decode(tmp_path):
+    big = np.full((1300, 1300), 0.25, np.float32)
+    big[650, 651] = np.nan
+    Image.fromarray(big).save(tmp_path / "big.tiff")
+    with pytest.raises(ScotError, match=r"big\.tiff: the image holds NaN or infinite values"):
+        load_image(tmp_path / "big.tiff", max_side=300)
+
+
+@pytest.mark.parametrize("kind", ["file", "pil", "array", "tensor"])
+@pytest.mark.parametrize("value, expected", [
+    (100000.0, r"pixel values reach 100000, beyond 65535 \(the 16-bit range\)"),
+    (-0.5, r"pixel values go down to -0\.5; an image holds no negative values"),
+], ids=["above-16-bit", "negative"])
+def test_float_values_out_of_every_range_are_an_error(tmp_path, kind, value, expected):
+    """Values above 65535 used to be clipped to white (files) or passed on above 1 (arrays); negative ones clipped."""
+    source = _float_sources(_float_plane(value), tmp_path)[kind]
+    with pytest.raises(ScotError, match=expected) as info:
+        load_image(source, name="photo" if kind != "file" else None)
+    assert "\n" not in str(info.value) and ("f.tiff" in str(info.value) or "photo" in str(info.value))
+
+
+@pytest.mark.parametrize("kind", ["file", "pil", "array", "tensor"])
+@pytest.mark.parametrize("high, divisor", [(0.9, 1.0), (1.0, 1.0), (200.0, 255.0), (255.0, 255.0), (40000.0, 65535.0)])
+def test_float_values_are_scaled_by_the_smallest_range_holding_them(tmp_path, kind, high, divisor):
+    """[0, 1] is kept, [0, 255] divided by 255, [0, 65535] by 65535: the image's largest value decides."""
+    plane = _float_plane(high, base=0.0)
+    plane[10, 10] = high / 4
+    t = load_image(_float_sources(plane, tmp_path)[kind]).tensor
+    assert t.shape == (3, 40, 60) and t.dtype == torch.float32
+    torch.testing.assert_close(t, torch.from_numpy(plane / divisor).float().expand(3, -1, -1))
+
+
+def test_32_bit_integer_image_beyond_16_bits_is_an_error(tmp_path):
+    arr = np.full((40, 60), 1000, np.int32)
+    arr[0, 0] = 70000
+    Image.fromarray(arr).save(tmp_path / "i.tiff")
+    with pytest.raises(ScotError, match=r"i\.tiff: pixel values reach 70000, beyond 65535"):
+        load_image(tmp_path / "i.tiff")
+    arr[0, 0] = 65535
+    Image.fromarray(arr).save(tmp_path / "ok.tiff")
+    t = load_image(tmp_path / "ok.tiff").tensor
+    assert float(t.max()) == 1.0 and float(t[0, 1, 1]) == pytest.approx(1000 / 65535)

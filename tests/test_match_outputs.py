@@ -226,10 +226,36 @@ def test_pipeline_viewer_in_chromium(model, photos, tmp_path):
 def test_preview_labels_are_sampled_not_interpolated():
     """The mask-view picture is drawn on reduced decodes of large images; its labels are
     sampled onto them by nearest neighbour: the identity at equal size, values kept."""
-    from scot.outputs import _nearest
+    from scot.outputs.write import _nearest
 
     labels = torch.randint(0, 4, (60, 90)) * 7
     assert torch.equal(_nearest(labels, (60, 90)), labels)
     small = _nearest(labels, (20, 30))
     assert small.shape == (20, 30) and set(small.unique().tolist()) <= set(labels.unique().tolist())
     assert torch.equal(small, labels[1::3, 1::3])  # cell centres of a 3x reduction
+
+
+def test_the_api_record_is_the_written_record(model, photos, tmp_path):
+    """One record builder: MatchResult.to_dict() is what scot match writes for the same match,
+    but for what only the command knows (the model's weights and device, the paths, the
+    picture, the files); it is strict JSON, and a non-finite result has no record."""
+    from scot import ScotError
+    from scot.outputs import plan_outputs, write_match
+
+    kps = [[60, 80], [200, 260]]
+    result = model(photos["photo"], photos["mirrored"], keypoints=kps, keep_plan=False)
+    src, trg = str(photos["photo"]), str(photos["mirrored"])
+    written = json.loads(write_match(model, result, src, trg, plan_outputs(tmp_path, src, trg)).record.read_text())
+    api = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert list(api) == [k for k in written if k != "outputs"]
+    for side, path in (("source", src), ("target", trg)):
+        assert written[side] == {**api[side], "path": path} and api[side]["path"] is None
+    assert (api["weights"], api["device"]) == (None, None) and written["weights"] and written["device"] == "cpu"
+    assert api["drawn"] is None and written["drawn"] == {"top_k": 100, "foreground_only": True}
+    same = ("scot_version", "backbone", "config", "matches", "keypoints", "timings")
+    assert {k: api[k] for k in same} == {k: written[k] for k in same}
+    assert [k["target"] for k in api["keypoints"]] == [[round(v, 3) for v in p] for p in result.transferred.tolist()]
+    result.best_confidence = result.best_confidence.clone()
+    result.best_confidence[0] = float("nan")
+    with pytest.raises(ScotError, match="non-finite"):
+        result.to_dict()

@@ -7,7 +7,8 @@ import ot as pot
 import pytest
 import torch
 
-from scot.ot import scot_votes, sinkhorn
+from scot.ot import sinkhorn
+from scot.votes import scot_votes
 
 
 def random_problem(n: int, m: int, seed: int, dtype=torch.float64):
@@ -29,10 +30,10 @@ def test_converged_plan_matches_pot(n, m, eps, seed):
     np.testing.assert_allclose(ours32.double().numpy(), ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("log_domain", [False, True])
-def test_marginals_hold_at_convergence(log_domain):
+@pytest.mark.parametrize("method", ["plain", "log"])
+def test_marginals_hold_at_convergence(method):
     cost, mu, nu = random_problem(50, 70, 3)
-    plan = sinkhorn(cost, mu, nu, 0.05, num_iters=50000, tol=1e-11, log_domain=log_domain).plan
+    plan = sinkhorn(cost, mu, nu, 0.05, num_iters=50000, tol=1e-11, method=method).plan
     torch.testing.assert_close(plan.sum(1), mu, atol=1e-10, rtol=0)
     torch.testing.assert_close(plan.sum(0), nu, atol=1e-10, rtol=0)
 
@@ -57,7 +58,7 @@ def test_batched_equals_looped():
     C = torch.stack([p[0] for p in problems])
     MU = torch.stack([p[1] for p in problems])
     NU = torch.stack([p[2] for p in problems])
-    for kwargs in ({"num_iters": 1}, {"num_iters": 30}, {"num_iters": 30, "log_domain": True}, {"num_iters": 30, "tau": 0.5}):
+    for kwargs in ({"num_iters": 1}, {"num_iters": 30}, {"num_iters": 30, "method": "log"}, {"num_iters": 30, "tau": 0.5}):
         batched = sinkhorn(C, MU, NU, 0.05, **kwargs).plan
         for i, (c, mu, nu) in enumerate(problems):
             torch.testing.assert_close(batched[i], sinkhorn(c, mu, nu, 0.05, **kwargs).plan, rtol=1e-5, atol=1e-10)
@@ -86,7 +87,7 @@ def test_log_domain_is_stable_where_plain_overflows():
     eps = 1e-3
     plain = sinkhorn(cost, mu, nu, eps, num_iters=10).plan
     assert bool(torch.isnan(plain).any()), "expected the plain iteration to overflow at eps=1e-3"
-    res = sinkhorn(cost, mu, nu, eps, num_iters=5000, tol=1e-5, log_domain=True)
+    res = sinkhorn(cost, mu, nu, eps, num_iters=5000, tol=1e-5, method="log")
     assert bool(torch.isfinite(res.plan).all())
     torch.testing.assert_close(res.plan.sum(1), mu, atol=1e-5, rtol=0)
     torch.testing.assert_close(res.plan.sum(0), nu, atol=1e-5, rtol=0)
@@ -146,7 +147,7 @@ def test_retries_are_bounded_then_fail_with_one_line():
     with pytest.raises(ScotError, match=r"^eps: Sinkhorn gave no finite plan even at eps 0.002 after 1 doublings"):
         scot_votes(cost, mu, nu, 1e-3, exp2=1.0, max_doublings=1)
     # the log domain needs no doubling at the same eps
-    votes, stats = scot_votes(cost, mu, nu, 1e-3, exp2=1.0, num_iters=50, log_domain=True)
+    votes, stats = scot_votes(cost, mu, nu, 1e-3, exp2=1.0, num_iters=50, method="log")
     assert bool(torch.isfinite(votes).all()) and stats.eps_used == [1e-3]
     torch.testing.assert_close(votes.sum(1), 30 * mu, rtol=1e-4, atol=1e-6)  # rows hold after an a-update
 

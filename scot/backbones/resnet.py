@@ -4,6 +4,9 @@ Hyperpixel id 0 is the stem output after max-pooling; ids 1..N are the bottlenec
 in network order (ResNet-101: layer1 = 1-3, layer2 = 4-7, layer3 = 8-30, layer4 = 31-33).
 A block's feature is taken after the residual addition and *before* its final ReLU,
 as in the SCOT/HPF reference code.
+
+The torchvision network is kept as ``backbone.net``; the passes run through its inference
+form (:class:`FoldedBottleneck`), every BatchNorm folded into its convolution at load.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .base import Backbone, BackboneOutput, SpatialOp
+from .base import Backbone, BackboneOutput, FoldedConv, SpatialOp
 from .weights import load_into, parse_random_spec, read_state_dict, torchvision_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,13 +34,20 @@ def _variant(name: str):
     return torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1
 
 
-def _bottleneck_pre_relu(block, x: torch.Tensor) -> torch.Tensor:
-    """A torchvision bottleneck without its final ReLU."""
-    out = torch.relu(block.bn1(block.conv1(x)))
-    out = torch.relu(block.bn2(block.conv2(out)))
-    out = block.bn3(block.conv3(out))
-    identity = block.downsample(x) if block.downsample is not None else x
-    return out.add_(identity)
+class FoldedBottleneck(nn.Module):
+    """A torchvision bottleneck in inference form (BatchNorms folded), without its final ReLU."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.conv1 = FoldedConv(block.conv1, block.bn1, "relu")
+        self.conv2 = FoldedConv(block.conv2, block.bn2, "relu")
+        self.conv3 = FoldedConv(block.conv3, block.bn3)
+        self.downsample = None if block.downsample is None else FoldedConv(block.downsample[0], block.downsample[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride), before the block's ReLU."""
+        out = self.conv3(self.conv2(self.conv1(x)))
+        return out.add_(self.downsample(x) if self.downsample is not None else x)
 
 
 class ResNetBackbone(Backbone):
@@ -63,6 +74,8 @@ class ResNetBackbone(Backbone):
             load_into(self.net, state, str(weights or pretrained), name)
         self.net.eval()
         self.blocks = [b for layer in self._layers() for b in layer]
+        self.folded_stem = FoldedConv(self.net.conv1, self.net.bn1, "relu")
+        self.folded_blocks = nn.ModuleList(FoldedBottleneck(b) for b in self.blocks)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -102,13 +115,13 @@ class ResNetBackbone(Backbone):
         last_needed = self.num_ids - 1 if head else max(wanted)
         net = self.net
         feats: dict[int, torch.Tensor] = {}
-        x = net.maxpool(torch.relu(net.bn1(net.conv1(x))))
+        x = net.maxpool(self.folded_stem(x))
         if 0 in wanted:
             feats[0] = x
-        for hid, block in enumerate(self.blocks, start=1):
+        for hid, block in enumerate(self.folded_blocks, start=1):
             if hid > last_needed:
                 break
-            pre = _bottleneck_pre_relu(block, x)
+            pre = block(x)
             if hid in wanted:
                 feats[hid] = pre
                 x = torch.relu(pre)

@@ -64,6 +64,40 @@ def bench_pairs_cmd(
     typer.echo(format_pairs(res, dataset))
 
 
+@bench_app.command("features")
+@cli_errors
+def bench_features_cmd(
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbones to time, comma-separated.")]
+    = "efficientnet-lite2,resnet101",
+    weights: Annotated[str | None, typer.Option("--weights", help="Weights for every backbone, e.g. 'random' "
+                                                "(default: ImageNet, or seeded random ones where unavailable).")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="Configuration of the image descriptions.")] = "pfpascal",
+    side: Annotated[int, typer.Option("--image-side", help="Longest side of the scale-1 image.")] = 300,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after one warm-up).")] = 5,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:INDEX.")] = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Network passes per backbone and input scale (time, FLOPs, GFLOP/s) against the compute and memory roofs."""
+    from ..backbones import BACKBONE_NAMES
+    from ..bench import bench_features, format_features
+    from ..errors import ScotError
+    from ..model import resolve_device
+
+    names = [b.strip() for b in backbone.split(",") if b.strip()]
+    bad = [b for b in names if b not in BACKBONE_NAMES]
+    if bad or not names:
+        raise ScotError(f"unknown backbone(s) {bad or [backbone]} (choose from {', '.join(BACKBONE_NAMES)})",
+                        option="backbone")
+    if repeats < 1:
+        raise ScotError(f"must be at least 1, got {repeats}", option="repeats")
+    if side < 32:
+        raise ScotError(f"must be at least 32 px, got {side}", option="image_side")
+    set_threads(threads)
+    res = bench_features(names, weights, side, repeats=repeats, device=str(resolve_device(device)), preset=preset,
+                         notice=lambda m: typer.echo(m, err=True))
+    typer.echo(format_features(res, preset))
+
+
 @bench_app.command("memory")
 @cli_errors
 def bench_memory_cmd(

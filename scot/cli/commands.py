@@ -151,22 +151,24 @@ def eval_(
     Under torchrun (torchrun --nproc-per-node N -m scot eval ...) the ranks share the pairs.
     """
     from ..datasets import open_dataset
-    from ..distributed import Stopped, in_turns, restarted, together
-    from ..evaluation import EvalSettings, evaluate, format_table, resolve_run_folder
+    from ..distributed.group import Stopped, in_turns
+    from ..evaluation import EvalSettings, evaluate, format_table
+    from ..evaluation.folder import check_resumable, shared_run_folder
     from ..evaluation.protocol import check_threshold, protocol_line
-    from ..evaluation.sharded import shared_run_folder
     from ..io import check_folder
 
     # the folder that will hold the run, checked before the data and the model (nothing is created yet)
     if output_dir is not None:
         check_folder(output_dir, "output_dir", create=False)
+        if resume:
+            check_resumable(output_dir)
     else:
         check_folder(results, "results", create=False)
     set_threads(threads)
     where: list[Path] = []
     with _ranks(config, rank_timeout, lambda: f"; scored pairs are kept in {where[0]}: finish with the same command "
                 f"plus --resume -o {where[0]}" if where else "") as group:
-        main = group is None or group.rank == 0
+        main = group.rank == 0
 
         def open_data() -> Any:
             with _bar(main, TextColumn(f"downloading {dataset}"), BarColumn(), DownloadColumn(), transient=True) as bar:
@@ -175,16 +177,12 @@ def eval_(
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
 
         data = in_turns(group, "open dataset", open_data)
-        with together(group, "model"):
+        with group.step("model"):
             data = data.select(category, limit, sample)
             model = _model(config, preset_file, **dataset_preset(dataset))
             settings = EvalSettings.create(thres or data.default_thres, batch_size, cache_gb, save_viz, model.device)
             check_threshold(data, settings.thres)
-        if group is None:
-            resume = resume or restarted()
-            run_dir = resolve_run_folder(output_dir, results, dataset, model.backbone.name, resume)
-        else:
-            run_dir, resume = shared_run_folder(group, output_dir, results, dataset, model.backbone.name, resume)
+        run_dir, resume = shared_run_folder(group, output_dir, results, dataset, model.backbone.name, resume)
         where.append(run_dir)
         if main:
             typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
@@ -197,7 +195,7 @@ def eval_(
                                                                       "pairs": len(data)}, resume=resume,
                                    on_progress=lambda done, total, rate, pck: bar.update(
                                        task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"), group=group,
-                                   on_sharding=lambda sharding: typer.echo(sharding.describe()))
+                                   on_sharding=_show_sharding, notice=_notice)
             except Stopped:
                 raise  # torchrun stopped this rank: _ranks says why
             except KeyboardInterrupt:
@@ -213,6 +211,12 @@ def eval_(
                 typer.echo(f"images described per rank: {', '.join(map(str, sharding['images_described_per_rank']))} "
                            f"(a round-robin split would describe {', '.join(map(str, sharding['round_robin_images_per_rank']))})")
             typer.echo(f"results: {run_dir}")
+
+
+def _show_sharding(sharding: Any) -> None:
+    """Rank 0 prints how the pairs are split when several processes share them."""
+    if sharding.world_size > 1:
+        typer.echo(sharding.describe())
 
 
 def _ask(question: str) -> bool:
@@ -274,7 +278,6 @@ def search_layers_cmd(
     Under torchrun (torchrun --nproc-per-node N -m scot search-layers ...) the ranks share the pairs.
     """
     from ..datasets import load_dataset
-    from ..distributed import together
     from ..io import check_file
     from ..search import check_beam, format_results, plan_search, search_layers, write_preset
 
@@ -284,8 +287,8 @@ def search_layers_cmd(
         check_file(resume_file, option="resume_file", overwrite=True)
     set_threads(threads)
     with _ranks(config, rank_timeout) as group:
-        main = group is None or group.rank == 0
-        with together(group, "setup"):
+        main = group.rank == 0
+        with group.step("setup"):
             data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
             model = _model(config, None, **dataset_preset(dataset))
             plan = plan_search(model, data, thres, grid_stride, base_ids, candidates)
@@ -300,7 +303,7 @@ def search_layers_cmd(
                                     on_image=lambda i, n: bar.update(images, completed=i, total=n),
                                     on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
                                     on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"),
-                                    group=group, on_sharding=lambda sharding: typer.echo(sharding.describe()))
+                                    group=group, on_sharding=_show_sharding)
         if main:
             command = "scot search-layers " + " ".join(sys.argv[2:])
             write_preset(output, results, model, data, plan.thres, command)
@@ -335,9 +338,37 @@ def config_cmd(
     cfg = build_config(config, preset_file)
     backbone = cfg.backbone if cfg.backbone != "auto" else None
     resolved = cfg.resolve(backbone) if backbone else cfg
+    unfit = _check_config_ids(backbone, resolved.hyperpixel_ids)
     typer.echo(json.dumps(resolved.to_dict(), indent=2))
     if backbone is None:
         _notice("note: with --backbone auto the preset's ids are filled once the backbone is known")
+    if unfit:
+        _notice(f"note: {unfit}; --backbone auto uses it when the resnet101 ImageNet weights are unavailable")
+
+
+def _check_config_ids(backbone: str | None, ids: tuple[int, ...] | None) -> str | None:
+    """Check the ids as :class:`~scot.SCOT` will, against the backbone's architecture (no weights read).
+
+    With ``auto`` (None) the ids must fit one of the backbones it may pick; returns why they
+    do not fit the other, if so.
+    """
+    from ..backbones import FALLBACK_BACKBONE, build_backbone
+    from ..errors import ScotError
+
+    if ids is None:
+        return None
+    if backbone is not None:
+        build_backbone(backbone, "random").check_ids(ids)
+        return None
+    problems = []
+    for name in ("resnet101", FALLBACK_BACKBONE):
+        try:
+            build_backbone(name, "random").check_ids(ids)
+        except ScotError as exc:
+            problems.append(exc)
+    if len(problems) == 2:
+        raise problems[0]
+    return problems[0].message if problems else None
 
 
 @app.command()

@@ -19,12 +19,15 @@ import typer
 from typer.core import TyperGroup
 
 from ..config import SCOTConfig, Spec, kind, specs
+from ..presets import PRESET_OPTIONS
 
 CONFIG_SPECS: dict[str, Spec] = specs()
 
 # Options that several commands share (not algorithm options: those come from SCOTConfig).
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per core")]
-PresetFileOpt = Annotated[Optional[Path], typer.Option("--preset-file", help="A JSON written by 'scot search-layers': its ids and options apply unless given explicitly.")]
+PresetFileOpt = Annotated[Optional[Path], typer.Option("--preset-file", help=(
+    "A JSON written by 'scot search-layers': its hyperpixel_ids, exp2 and options "
+    f"({', '.join(PRESET_OPTIONS)}) apply unless given explicitly."))]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d",
                                          help="spair, pfpascal, pfwillow, or custom (your own pairs: --pair-list FILE).")]
 DatapathOpt = Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")]

@@ -4,34 +4,40 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Annotated, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator
 
 import typer
 
 from .options import progress
 
-RankTimeoutOpt = Annotated[float, typer.Option("--rank-timeout", help="Under torchrun: seconds another rank may show no sign of life before the run stops with an error naming it.")]
+if TYPE_CHECKING:
+    from ..distributed.group import World
+
+RankTimeoutOpt = Annotated[float, typer.Option("--rank-timeout", help=(
+    "Under torchrun: seconds another rank may show no sign of life before the run stops with an error naming it."))]
 
 
 @contextmanager
-def ranks(config: dict[str, Any], timeout: float, hint: Callable[[], str] = str) -> Iterator[Any]:
-    """Under torchrun, join the other ranks (yields a :class:`~scot.distributed.Group`, else None).
+def ranks(config: dict[str, Any], timeout: float, hint: Callable[[], str] = str) -> Iterator[World]:
+    """The processes of the run: under torchrun, join the other ranks (yields a
+    :class:`~scot.distributed.group.Group`), else a :class:`~scot.distributed.group.WorldOfOne`.
 
-    Sets ``config['device']`` to the rank's device.  When the run fails, one rank prints
-    one line (``hint()`` is added to it) and the others exit quietly.
+    In a group, sets ``config['device']`` to the rank's device; when the run fails, one
+    rank prints one line (``hint()`` is added to it) and the others exit quietly.  A
+    process alone reports its errors as any command does.
     """
     from ..config import SCOTConfig
-    from ..distributed import PeerError, Stopped, start
+    from ..distributed.group import PeerError, Stopped, start
     from ..errors import ScotError
 
     try:
-        group = start(config.get("device") or SCOTConfig.__dataclass_fields__["device"].default, timeout)
+        group = start(str(config.get("device") or SCOTConfig.__dataclass_fields__["device"].default), timeout)
     except ScotError as exc:  # before the ranks could agree: rank 0 alone reports an error all of them meet
         if not getattr(exc, "report", os.environ.get("RANK", "0") == "0"):
             raise typer.Exit(1) from None
         raise
-    if group is None:
-        yield None
+    if group.world_size == 1:
+        yield group
         return
     config["device"] = group.device
     try:
@@ -57,7 +63,7 @@ def ranks(config: dict[str, Any], timeout: float, hint: Callable[[], str] = str)
 def one_process(command: str) -> None:
     """Refuse to run ``scot command`` on several torchrun ranks: each would do the same work
     and write the same files.  Rank 0 says so in one line; the other ranks exit quietly."""
-    from ..distributed import launch_from_env
+    from ..distributed.launch import launch_from_env
     from ..errors import ScotError
 
     launch = launch_from_env()

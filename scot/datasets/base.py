@@ -1,4 +1,19 @@
-"""What every benchmark loader produces: a list of annotated image pairs."""
+"""What every benchmark loader produces: a list of annotated image pairs, and the checks it makes.
+
+The loaders refuse an annotation that no real benchmark holds, with one line naming the
+file and the field, rather than score it:
+
+* a value that is not a finite number, or beyond any image (``|value| > 2**24``);
+* a box without extent (x2 <= x1 or y2 <= y1), or whose longer side, a PCK threshold, is
+  under :data:`MIN_THRESHOLD_PX`;
+* a keypoint, or a box corner, outside its image by more than :func:`outside_margin`
+  (:data:`OUTSIDE_MARGIN` of the image's longer side), the image's size read from its
+  file, or where the images are not checked, from the size the annotation declares;
+* a declared image size that is not the image file's (annotations of another resolution).
+
+:class:`ImageSizes`, :func:`check_points_inside`, :func:`check_box_inside` and
+:func:`check_threshold_extent` are the checks; a loader supplies only the names of its fields.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +29,15 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import ScotError
+from ..image import image_size
 from ..io import MAX_COORDINATE
+
+OUTSIDE_MARGIN = 0.02
+"""How far beyond its image an annotation may reach, as a fraction of the image's longer side
+(6 px on a 300-px image): hand-placed points on an object's edge, not a misplaced value."""
+
+MIN_THRESHOLD_PX = 1.0
+"""The least extent, in pixels, of what a PCK threshold is measured on (a box's longer side)."""
 
 
 class DatasetMissingError(ScotError):
@@ -22,6 +45,7 @@ class DatasetMissingError(ScotError):
 
 
 Box = tuple[float, float, float, float]
+Size = tuple[int, int]
 
 
 def mirror_points(kps: torch.Tensor, width: int) -> torch.Tensor:
@@ -139,6 +163,10 @@ class Dataset:
                 raise ScotError(f"'{category}' is not a {self.name} category (one of {', '.join(self.categories)})",
                                 option="category")
             pairs = [p for p in pairs if p.category == category]
+            if not pairs:
+                present = sorted({p.category for p in self.pairs})
+                raise ScotError(f"'{category}': no {self.name} pair of that category in {self.source_file or self.root} "
+                                f"(its pairs are of: {', '.join(present)})", option="category")
         if sample is not None:
             if sample < 1:
                 raise ScotError(f"must be at least 1, got {sample}", option="sample")
@@ -279,4 +307,106 @@ def checked_box(values: Sequence[float], where: str, name: str) -> Box:
         _in_range(v, where, f"'{name}' value", repr(v))
     if not (x2 > x1 and y2 > y1):
         raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is empty or reversed; need x2 > x1 and y2 > y1")
+    if max(x2 - x1, y2 - y1) < MIN_THRESHOLD_PX:
+        raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) spans {x2 - x1:g}x{y2 - y1:g} px; "
+                        f"its longer side is a PCK threshold and must be at least {MIN_THRESHOLD_PX:g} px")
     return (x1, y1, x2, y2)
+
+
+def outside_margin(size: Size) -> float:
+    """How far (in pixels) an annotation may reach beyond an image of ``size`` = (W, H)."""
+    return OUTSIDE_MARGIN * max(size)
+
+
+def check_points_inside(kps: torch.Tensor, size: Size, image: Path | str, where: str,
+                        describe: Callable[[int], str]) -> None:
+    """Fail naming the first keypoint outside ``[0, W] x [0, H]`` by more than :func:`outside_margin`.
+
+    Args:
+        kps: (K, 2) x, y in the image's pixels; NaN rows (invisible keypoints) are skipped.
+        size: (W, H) of the image.
+        image: the image file, for the message.
+        where: the annotation file (and line), starting the message.
+        describe: ``describe(k)`` names row k's field, e.g. ``"'trg_kps' keypoint 2"``.
+    """
+    w, h = size
+    margin = outside_margin(size)
+    x, y = kps[:, 0].double(), kps[:, 1].double()
+    outside = (x < -margin) | (y < -margin) | (x > w + margin) | (y > h + margin)  # NaN rows compare False
+    if bool(outside.any()):
+        k = int(torch.nonzero(outside)[0, 0])
+        raise ScotError(f"{where}: {describe(k)} at ({float(x[k]):g}, {float(y[k]):g}) lies outside the {w}x{h} image "
+                        f"{image} by more than {margin:.3g} px")
+
+
+def check_box_inside(box: Box, size: Size, image: Path | str, where: str, name: str) -> None:
+    """Fail when box (x1, y1, x2, y2) reaches outside ``[0, W] x [0, H]`` by more than :func:`outside_margin`.
+
+    Args:
+        box: the box in the image's pixels.
+        size: (W, H) of the image.
+        image: the image file, for the message.
+        where: the annotation file (and line), starting the message.
+        name: the box's field, e.g. ``"trg_bndbox"``.
+    """
+    w, h = size
+    x1, y1, x2, y2 = box
+    reach = max(-x1, -y1, x2 - w, y2 - h)
+    margin = outside_margin(size)
+    if reach > margin:
+        raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) reaches outside the {w}x{h} image {image} "
+                        f"by {reach:g} px (at most {margin:.3g} px allowed)")
+
+
+def check_threshold_extent(kps: torch.Tensor, where: str, what: str) -> None:
+    """Fail when keypoints whose box is a PCK threshold span less than :data:`MIN_THRESHOLD_PX`.
+
+    Args:
+        kps: (K, 2) finite keypoints.
+        where: the annotation file (and line), starting the message.
+        what: names the keypoints, e.g. ``"the target keypoints (columns XB1..YB10)"``.
+    """
+    span = kps.max(0).values - kps.min(0).values
+    width, height = float(span[0]), float(span[1])
+    if max(width, height) < MIN_THRESHOLD_PX:
+        raise ScotError(f"{where}: {what} span {width:g}x{height:g} px; the PCK threshold, the longer side of "
+                        f"their box, must be at least {MIN_THRESHOLD_PX:g} px")
+
+
+class ImageSizes:
+    """The (W, H) each image's annotations are checked against, each file read once.
+
+    Args:
+        what: the benchmark's name, e.g. ``"PF-PASCAL"``, starting the message about a missing image.
+        read: read the sizes from the image files (header only where the format allows,
+            as :func:`scot.image.image_size`); without, only sizes the annotations declare are known.
+    """
+
+    def __init__(self, what: str, read: bool) -> None:
+        self.what = what
+        self.read = read
+        self._sizes: dict[Path, Size] = {}
+
+    def __call__(self, image: Path, where: str, declared: Size | None = None, field: str = "") -> Size | None:
+        """The size to check ``image``'s annotations against, or None when it is not known.
+
+        Args:
+            image: the image file.
+            where: the annotation file declaring ``declared``, for the message.
+            declared: (W, H) the annotation says the image has, or None.
+            field: the field that says so, e.g. ``"trg_imsize"``.
+
+        Returns:
+            The file's (W, H) when images are read (a declared size must equal it),
+            else ``declared``.
+        """
+        if not self.read:
+            return declared
+        if image not in self._sizes:
+            require_files([image], self.what)
+            self._sizes[image] = image_size(image)
+        actual = self._sizes[image]
+        if declared is not None and tuple(declared) != actual:
+            raise ScotError(f"{where}: '{field}' says {declared[0]}x{declared[1]} px (width x height) but the image "
+                            f"{image} is {actual[0]}x{actual[1]} px")
+        return actual

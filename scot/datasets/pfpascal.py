@@ -6,7 +6,10 @@
   ``Annotations/<class>/<basename>.mat`` (``kps``: K x 2 with NaN rows where invisible,
   or K x 3 with a 0/1 visibility column; ``bbox``: x1, y1, x2, y2); only keypoints
   visible in both images are kept.  Anything else in ``kps`` (another shape, infinite
-  values, half-NaN rows) is an error naming the file.
+  values, half-NaN rows) is an error naming the file.  ``imsize`` (height, width), when
+  present, must be the image's size; visible keypoints and the box must lie in the image
+  (by the margin of :func:`~scot.datasets.base.outside_margin`), checked against the image
+  file, or against ``imsize`` when the images are not checked.
 * NCNet pair lists (``source_image,target_image,class,XA,YA,XB,YB`` with ``;``-separated
   finite coordinates) carry the keypoints themselves; boxes are read from the annotations
   when they are present.
@@ -18,14 +21,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ..errors import ScotError
-from .base import (Box, Dataset, DatasetMissingError, Pair, check_keypoint_counts, checked_box, mirror_box, mirror_points,
-                   read_pair_csv, require_files, text_number)
+from .base import (Box, Dataset, DatasetMissingError, ImageSizes, Pair, Size, check_box_inside, check_keypoint_counts,
+                   check_points_inside, checked_box, mirror_box, mirror_points, read_pair_csv, text_number)
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
            "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
@@ -75,11 +78,23 @@ def _keypoints(value: Any, where: str) -> torch.Tensor:
     return torch.tensor(arr, dtype=torch.float32)
 
 
-def read_annotation(path: Path) -> tuple[torch.Tensor, Box | None]:
+def _declared_size(value: Any, where: str) -> Size:
+    """``imsize`` (height, width[, channels]) as (W, H)."""
+    values = _numeric(value, where, "imsize").reshape(-1)
+    if len(values) not in (2, 3) or not all(v >= 1 and float(v).is_integer() for v in values[:2]):
+        raise ScotError(f"{where}: 'imsize' must be [height, width] in whole pixels, not {values.tolist()[:4]}")
+    return int(values[1]), int(values[0])
+
+
+def read_annotation(path: Path, image: Path | None = None, sizes: ImageSizes | None = None
+                    ) -> tuple[torch.Tensor, Box | None]:
     """Read and validate one ``Annotations/<class>/<name>.mat``, naming the file in every error.
 
     Args:
         path: the .mat file.
+        image: the image it annotates; with ``sizes``, its keypoints and box are checked
+            to lie in it (and ``imsize`` to be its size).
+        sizes: the sizes of the benchmark's images (see :class:`~scot.datasets.base.ImageSizes`).
 
     Returns:
         (kps, bbox): float32 (K, 2) keypoints with NaN rows where invisible, and the
@@ -102,6 +117,13 @@ def read_annotation(path: Path) -> tuple[torch.Tensor, Box | None]:
     if "bbox" in mat:
         values = _numeric(mat["bbox"], where, "bbox").reshape(-1)
         bbox = checked_box(values.tolist(), where, "bbox")
+    if image is not None and sizes is not None:
+        declared = _declared_size(mat["imsize"], where) if "imsize" in mat else None
+        size = sizes(image, where, declared, "imsize")
+        if size is not None:
+            check_points_inside(kps, size, image, where, lambda k: f"'kps' keypoint {k}")
+            if bbox is not None:
+                check_box_inside(bbox, size, image, where, "bbox")
     return kps, bbox
 
 
@@ -137,7 +159,7 @@ def load_pfpascal(datapath: Path, split: str = "test", pair_list: Path | None = 
         datapath: the folder holding ``PF-PASCAL/``.
         split: ``test``, ``val`` or ``trn``.
         pair_list: a csv replacing ``{split}_pairs.csv`` (HPF columns or NCNet's with XA..YB).
-        check_images: require every image to exist.
+        check_images: require every image to exist, and check the annotations against its size.
     """
     root = Path(datapath) / "PF-PASCAL"
     if split not in SPLITS:
@@ -145,13 +167,12 @@ def load_pfpascal(datapath: Path, split: str = "test", pair_list: Path | None = 
     csv_path = pair_list or root / f"{split}_pairs.csv"
     if not csv_path.is_file():
         raise DatasetMissingError(f"PF-PASCAL not found: expected {csv_path} (put the PF-PASCAL folder in {Path(datapath)})")
-    pairs = read_pair_csv(csv_path, lambda fh: _read_pairs(csv.DictReader(fh), csv_path, root, split))
-    if check_images:
-        require_files(sorted({p.src for p in pairs} | {p.trg for p in pairs}), "PF-PASCAL")
+    sizes = ImageSizes("PF-PASCAL", read=check_images)
+    pairs = read_pair_csv(csv_path, lambda fh: _read_pairs(csv.DictReader(fh), csv_path, root, split, sizes))
     return Dataset("pfpascal", root, split, pairs, CLASSES, "img", csv_path)
 
 
-def _read_pairs(reader: csv.DictReader, csv_path: Path, root: Path, split: str) -> list[Pair]:
+def _read_pairs(reader: csv.DictReader, csv_path: Path, root: Path, split: str, sizes: ImageSizes) -> list[Pair]:
     pairs: list[Pair] = []
     fields = [f.strip() for f in (reader.fieldnames or [])]
     if fields[:3] != ["source_image", "target_image", "class"]:
@@ -173,6 +194,7 @@ def _read_pairs(reader: csv.DictReader, csv_path: Path, root: Path, split: str) 
         flip = _flip(row.get("flip"), where) if split == "trn" else False
         ann = root / "Annotations" / category
         src_mat, trg_mat = ann / f"{Path(src_name).stem}.mat", ann / f"{Path(trg_name).stem}.mat"
+        src, trg = root / "JPEGImages" / src_name, root / "JPEGImages" / trg_name
         src_bbox = trg_bbox = None
         if ncnet:
             xa, ya = _coords(row["XA"], where, "XA"), _coords(row["YA"], where, "YA")
@@ -184,10 +206,14 @@ def _read_pairs(reader: csv.DictReader, csv_path: Path, root: Path, split: str) 
             src_kps = torch.tensor([xa, ya], dtype=torch.float32).t().reshape(-1, 2)
             trg_kps = torch.tensor([xb, yb], dtype=torch.float32).t().reshape(-1, 2)
             if src_mat.is_file() and trg_mat.is_file():
-                src_bbox, trg_bbox = read_annotation(src_mat)[1], read_annotation(trg_mat)[1]
+                src_bbox, trg_bbox = read_annotation(src_mat, src, sizes)[1], read_annotation(trg_mat, trg, sizes)[1]
+            for image, kps, side in ((src, src_kps, "A"), (trg, trg_kps, "B")):
+                size = sizes(image, where)
+                if size is not None:
+                    check_points_inside(kps, size, image, where, _columns(side))
         else:
-            src_kps, src_bbox = read_annotation(src_mat)
-            trg_kps, trg_bbox = read_annotation(trg_mat)
+            src_kps, src_bbox = read_annotation(src_mat, src, sizes)
+            trg_kps, trg_bbox = read_annotation(trg_mat, trg, sizes)
         check_keypoint_counts(src_kps, trg_kps, where)
         valid = ~(torch.isnan(src_kps).any(1) | torch.isnan(trg_kps).any(1))
         src_kps, trg_kps = src_kps[valid], trg_kps[valid]
@@ -195,10 +221,16 @@ def _read_pairs(reader: csv.DictReader, csv_path: Path, root: Path, split: str) 
             raise ScotError(f"{where}: no keypoint is visible in both images")
         pairs.append(Pair(
             index=len(pairs), pair_id=f"{Path(src_name).stem}-{Path(trg_name).stem}:{category}", category=category,
-            src=root / "JPEGImages" / src_name, trg=root / "JPEGImages" / trg_name,
+            src=src, trg=trg,
             src_kps=src_kps, trg_kps=trg_kps, src_bbox=src_bbox, trg_bbox=trg_bbox, flip=flip,
         ))
     return pairs
+
+
+def _columns(side: str) -> Callable[[int], str]:
+    """Names keypoint row k of an NCNet list's image ``side`` (``A``: source, ``B``: target) by its columns."""
+    which = "source" if side == "A" else "target"
+    return lambda k: f"{which} keypoint {k + 1} (columns X{side}, Y{side} value {k + 1})"
 
 
 def flip_keypoints(kps: torch.Tensor, width: int) -> torch.Tensor:

@@ -3,21 +3,24 @@
 ``PF-WILLOW/test_pairs.csv`` has columns ``imageA,imageB,XA1..XA10,YA1..YA10,XB1..XB10,
 YB1..YB10``; image paths look like ``PF-dataset/car(G)/Cars_006a.png``: the first
 component is dropped and the second is the class.  All 10 keypoints are valid, so every
-coordinate must be a finite number.  The PCK box is the one spanned by the target's
-keypoints, as in the reference code.
+coordinate must be a finite number, within the image by the margin of
+:func:`~scot.datasets.base.outside_margin` (the images carry their sizes; the csv declares
+none).  The PCK box is the one spanned by the target's keypoints, as in the reference code,
+so those must span at least a pixel.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from ..errors import ScotError
 from ..pck import keypoint_box
-from .base import Dataset, DatasetMissingError, Pair, check_keypoint_counts, read_pair_csv, require_files, text_number
+from .base import (Dataset, DatasetMissingError, ImageSizes, Pair, check_keypoint_counts, check_points_inside,
+                   check_threshold_extent, read_pair_csv, text_number)
 
 CLASSES = ["car(G)", "car(M)", "car(S)", "duck(S)", "motorbike(G)", "motorbike(M)", "motorbike(S)",
            "winebottle(M)", "winebottle(wC)", "winebottle(woC)"]
@@ -33,7 +36,7 @@ def load_pfwillow(datapath: Path, split: str = "test", pair_list: Path | None = 
         datapath: the folder holding ``PF-WILLOW/``.
         split: ``test`` (the only split; any name is accepted with ``pair_list``).
         pair_list: a csv in the same format replacing ``test_pairs.csv``.
-        check_images: require every image to exist.
+        check_images: require every image to exist, and check the keypoints against its size.
     """
     root = Path(datapath) / "PF-WILLOW"
     if split != "test" and pair_list is None:
@@ -41,13 +44,18 @@ def load_pfwillow(datapath: Path, split: str = "test", pair_list: Path | None = 
     csv_path = pair_list or root / "test_pairs.csv"
     if not csv_path.is_file():
         raise DatasetMissingError(f"PF-WILLOW not found: expected {csv_path} (put the PF-WILLOW folder in {Path(datapath)})")
-    pairs = read_pair_csv(csv_path, lambda fh: _read_pairs(csv.reader(fh), csv_path, root))
-    if check_images:
-        require_files(sorted({p.src for p in pairs} | {p.trg for p in pairs}), "PF-WILLOW")
+    sizes = ImageSizes("PF-WILLOW", read=check_images)
+    pairs = read_pair_csv(csv_path, lambda fh: _read_pairs(csv.reader(fh), csv_path, root, sizes))
     return Dataset("pfwillow", root, split, pairs, CLASSES, "bbox", csv_path)
 
 
-def _read_pairs(reader: Any, csv_path: Path, root: Path) -> list[Pair]:
+def _columns(side: str) -> Callable[[int], str]:
+    """Names keypoint row k of image ``side`` (``A``: source, ``B``: target) by its csv columns."""
+    which = "source" if side == "A" else "target"
+    return lambda k: f"{which} keypoint {k + 1} (columns X{side}{k + 1}, Y{side}{k + 1})"
+
+
+def _read_pairs(reader: Any, csv_path: Path, root: Path, sizes: ImageSizes) -> list[Pair]:
     pairs: list[Pair] = []
     header = next(reader, None)
     if header is None or [h.strip() for h in header] != COLUMNS:
@@ -71,6 +79,11 @@ def _read_pairs(reader: Any, csv_path: Path, root: Path) -> list[Pair]:
         if category not in CLASSES:
             raise ScotError(f"{where}: unknown PF-WILLOW class '{category}'")
         src, trg = root.joinpath(*parts_a[1:]), root.joinpath(*parts_b[1:])
+        check_threshold_extent(trg_kps, where, "the target keypoints (columns XB1..YB10)")
+        for image, kps, side in ((src, src_kps, "A"), (trg, trg_kps, "B")):
+            size = sizes(image, where)
+            if size is not None:
+                check_points_inside(kps, size, image, where, _columns(side))
         pairs.append(Pair(
             index=len(pairs), pair_id=f"{Path(parts_a[-1]).stem}-{Path(parts_b[-1]).stem}:{category}", category=category,
             src=src, trg=trg, src_kps=src_kps, trg_kps=trg_kps,

@@ -4,7 +4,10 @@ Each scored pair is appended to ``pairs.jsonl`` as one JSON line, flushed and fs
 so an interruption or crash loses nothing already scored.  A line cut short by a crash
 is dropped (and the file truncated to the last whole line, by the process that appends
 to it) when the journal is read back, and ``--resume`` continues after the pairs it
-holds.  A lock file keeps two processes from writing one journal.
+holds.  A lock file keeps two processes from writing one journal.  Every record holds the
+digest of the inputs it was scored from (``inputs``, :class:`~.scoring.PairInputs`); a
+resumed run drops the records whose inputs changed (:func:`drop_records`) and scores
+those pairs again.
 
 Under torchrun each rank appends to its own ``pairs.rank<R>.jsonl``; a run folder's
 journals are read back together (:func:`load_journals`), whatever the number of
@@ -18,8 +21,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 from ..errors import ScotError
+from ..io import atomic_write_bytes
 from ..pck import PCKTable
 
 JOURNAL = "pairs.jsonl"
@@ -39,7 +44,8 @@ def lock_name(rank: int | None = None) -> str:
 
 def journal_files(run_dir: Path) -> list[Path]:
     """The journals in ``run_dir``: ``pairs.jsonl`` first, then ``pairs.rank<R>.jsonl`` by rank."""
-    ranks = sorted((int(m.group(1)), p) for p in run_dir.glob("pairs.rank*.jsonl") if (m := _RANK_JOURNAL.fullmatch(p.name)))
+    ranks = sorted((int(m.group(1)), p) for p in run_dir.glob("pairs.rank*.jsonl")
+                   if (m := _RANK_JOURNAL.fullmatch(p.name)))
     plain = [run_dir / JOURNAL] if (run_dir / JOURNAL).is_file() else []
     return plain + [p for _, p in ranks if p.is_file()]
 
@@ -74,6 +80,19 @@ class RunState:
         return out
 
 
+def _whole_lines(path: Path) -> Iterator[tuple[bytes, dict]]:
+    """The lines of a journal (bytes, record), up to a line cut short by a crash (dropped with all after it)."""
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                rec = json.loads(raw)
+                if not raw.endswith(b"\n"):
+                    raise ValueError("partial line")
+            except ValueError:
+                return
+            yield raw, rec
+
+
 def load_journal(run_dir: Path, name: str = JOURNAL, repair: bool = True) -> RunState:
     """The state held by one journal of ``run_dir``.
 
@@ -87,16 +106,9 @@ def load_journal(run_dir: Path, name: str = JOURNAL, repair: bool = True) -> Run
     if not path.is_file():
         return state
     good_bytes = 0
-    with open(path, "rb") as fh:
-        for raw in fh:
-            try:
-                rec = json.loads(raw)
-                if not raw.endswith(b"\n"):
-                    raise ValueError("partial line")
-            except ValueError:
-                break  # a line cut short by a crash: drop it and everything after
-            good_bytes += len(raw)
-            absorb(state, rec)
+    for raw, rec in _whole_lines(path):
+        good_bytes += len(raw)
+        absorb(state, rec)
     if repair and good_bytes != path.stat().st_size:
         with open(path, "r+b") as fh:
             fh.truncate(good_bytes)
@@ -126,7 +138,33 @@ def load_journals(run_dir: Path, own: str | None = JOURNAL) -> RunState:
     return merged
 
 
+def drop_records(run_dir: Path, stale: Callable[[dict], bool]) -> list[dict]:
+    """Remove from every journal of ``run_dir`` the pair records for which ``stale(record)``.
+
+    A journal that loses records is rewritten atomically (readers see the old or the new
+    file), without a line cut short by a crash; the others are not touched.  Only a
+    process that holds the run folder's lock may call this, before any process appends.
+
+    Returns:
+        The records removed.
+    """
+    dropped: list[dict] = []
+    for path in journal_files(run_dir):
+        kept: list[bytes] = []
+        lost = 0
+        for raw, rec in _whole_lines(path):
+            if rec.get("kind") != "timing" and stale(rec):
+                dropped.append(rec)
+                lost += 1
+            else:
+                kept.append(raw)
+        if lost:
+            atomic_write_bytes(path, b"".join(kept))
+    return dropped
+
+
 def absorb(state: RunState, rec: dict) -> None:
+    """Add a journal line to ``state``: a pair's record (once per pair) or the clocks."""
     if rec.get("kind") == "timing":
         state.feature_seconds = rec["feature_seconds"]
         state.match_seconds = rec["match_seconds"]
@@ -141,6 +179,8 @@ def absorb(state: RunState, rec: dict) -> None:
 
 
 class Journal:
+    """A journal open for appending: every :meth:`write` is flushed and fsync'd."""
+
     def __init__(self, path: Path) -> None:
         self.fh = open(path, "a", encoding="utf-8")
 

@@ -20,7 +20,7 @@ from .protocol import build_protocol, threshold_label
 if TYPE_CHECKING:
     from ..cache import LRUCache
     from ..model import SCOT
-    from .runner import EvalSettings
+    from .settings import EvalSettings
 
 
 def versions() -> dict[str, str]:

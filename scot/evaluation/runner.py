@@ -1,71 +1,49 @@
 """``scot eval``: run a benchmark through the SCOT API and report PCK like the paper.
 
-The runner:
+One loop serves one process and every rank of a torchrun launch alike (a process alone
+is a :class:`~scot.distributed.group.WorldOfOne`, whose collectives do nothing):
 
-* extracts every image once into a byte-budgeted LRU cache and reuses it across pairs;
-* matches pairs in batches through the batched solver;
-* journals each finished pair (:mod:`.journal`), so an interruption or crash loses
-  nothing already scored and ``--resume`` continues after the last pair;
-* rewrites ``per_pair.csv`` and ``summary.json`` atomically as it goes and at the end,
-  then draws ``pck_per_class.png``, ``pck_curve.png`` and optional pictures
-  (:mod:`.report`).
-
-Under torchrun the ranks share the work (:mod:`.sharded`); a run folder written by any
-number of processes is resumed by any number of processes.
+* the pairs are split by image (:class:`~scot.distributed.sharding.Sharding`): the units
+  are the batches one process solves (``--batch-size`` consecutive pairs), so every pair
+  is matched in the same company, whatever the number of processes, and gets the same
+  result to the last bit; batches that share images stay on one rank and the ranks get
+  equal estimated work.  A process alone holds every batch, in list order;
+* every image is extracted once into a byte-budgeted LRU cache and reused across pairs;
+* every scored pair is journaled (:mod:`.journal`) with the digest of its inputs
+  (:class:`~.scoring.PairInputs`), so an interruption or a crash loses nothing already
+  scored and ``--resume`` (by any number of processes) scores what is left, and again
+  what changed (:func:`~.folder.claim_run_folder`);
+* progress travels in the ranks' heartbeats; rank 0 shows the sum, and now and then,
+  and at the end, writes ``per_pair.csv`` and ``summary.json`` atomically from every
+  journal of the folder, pairs in list order, then draws ``pck_per_class.png``,
+  ``pck_curve.png`` and optional pictures (:mod:`.report`).  No rank waits for another
+  until the end, and that wait watches the others, so a rank that dies ends the run
+  with one error naming it.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..cache import LRUCache
 from ..datasets import Dataset, Pair
+from ..distributed.group import World, WorldOfOne
+from ..distributed.sharding import Sharding
 from ..errors import ScotError
 from ..features import Hyperpixels
 from ..io import atomic_write_json, check_folder
 from ..model import SCOT
-from ..pck import ALPHAS, HEADLINE_ALPHA
-from .journal import JOURNAL, Journal, RunLock, RunState, absorb, journal_files, load_journals
+from ..pck import HEADLINE_ALPHA
+from .folder import check_shared, claim_run_folder
+from .journal import Journal, RunLock, RunState, absorb, journal_name, load_journals, lock_name
 from .report import build_summary, write_figures, write_per_pair_csv
-from .scoring import score_pair
+from .scoring import PairInputs, score_pair
+from .settings import EvalSettings
 
-if TYPE_CHECKING:
-    from ..distributed import Group
-
-RUN_FILE = "run.json"
 SNAPSHOT_SECONDS = 15.0
-
-
-@dataclass
-class EvalSettings:
-    """How a run scores and batches (not what the model does)."""
-
-    thres: str  # "img" or "bbox"
-    batch_size: int = 1
-    cache_bytes: int = 2 << 30
-    save_viz: int = 0
-    alphas: tuple[float, ...] = ALPHAS
-
-    @classmethod
-    def create(cls, thres: str, batch_size: int = 0, cache_gb: float = 2.0, save_viz: int = 0,
-               device: Any = "cpu") -> "EvalSettings":
-        """Checked settings; ``batch_size`` 0 means 1 on the CPU and 8 on a GPU."""
-        import math
-
-        if thres not in ("img", "bbox"):
-            raise ScotError(f"must be img or bbox, got '{thres}'", option="thres")
-        if not (math.isfinite(cache_gb) and cache_gb > 0):
-            raise ScotError(f"must be a number > 0, got {cache_gb}", option="cache_gb")
-        for name, value in (("batch_size", batch_size), ("save_viz", save_viz)):
-            if value < 0:
-                raise ScotError(f"must not be negative, got {value}", option=name)
-        if batch_size == 0:
-            batch_size = 8 if str(device).startswith("cuda") else 1
-        return cls(thres, batch_size, int(cache_gb * 2**30), save_viz)
+"""How often rank 0 rewrites ``per_pair.csv`` and ``summary.json`` while the run goes on."""
 
 
 def run_identity(model: SCOT, dataset: Dataset, settings: EvalSettings, selection: dict[str, Any]) -> dict[str, Any]:
@@ -79,11 +57,6 @@ def run_identity(model: SCOT, dataset: Dataset, settings: EvalSettings, selectio
     }
 
 
-def _batches(pairs: list[Pair], size: int) -> Iterator[list[Pair]]:
-    for i in range(0, len(pairs), size):
-        yield pairs[i : i + size]
-
-
 def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSettings, cache: LRUCache[Hyperpixels],
                   state: RunState) -> Iterator[list[dict]]:
     """Match and score ``batches`` of pairs, one batched solve each, in order.
@@ -92,16 +65,19 @@ def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSett
     advance.  Yields each batch's journal records; the caller journals and absorbs them.
     """
 
-    def describe(path: Path, flip: bool) -> Hyperpixels:
-        state.images_extracted += 1
-        return model.extract(path, flip=flip)
-
     for batch in batches:
         t0 = time.perf_counter()
+        wanted = {k: (path, p.flip) for p in batch for k, path in ((p.src_key, p.src), (p.trg_key, p.trg))}
+        found = {k: cache.get(k) for k in wanted}
+        missing = [k for k, h in found.items() if h is None]  # described together (shared network passes)
+        for k, h in zip(missing, model.extract_many([wanted[k][0] for k in missing], [wanted[k][1] for k in missing])):
+            cache.put(k, h)
+            found[k] = h
+        state.images_extracted += len(missing)
         items = []
         for pair in batch:
-            s = cache.get_or_compute(pair.src_key, lambda: describe(pair.src, pair.flip))
-            t = cache.get_or_compute(pair.trg_key, lambda: describe(pair.trg, pair.flip))
+            s, t = found[pair.src_key], found[pair.trg_key]
+            assert s is not None and t is not None
             items.append((s, t, pair.oriented(s.original_size[0], t.original_size[0])[0]))
         t1 = time.perf_counter()
         results = model.match_batch(items, keep_plan=False, check_bounds=False)
@@ -119,117 +95,149 @@ def evaluate(
     selection: dict[str, Any],
     resume: bool = False,
     on_progress: Callable[[int, int, float, float], None] | None = None,
-    group: Group | None = None,
-    on_sharding: Callable[[Any], None] | None = None,
+    group: World | None = None,
+    on_sharding: Callable[[Sharding], None] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> dict | None:
     """Score ``dataset`` with ``model``; write everything to ``run_dir``; return the summary.
 
-    ``on_progress(done, total, pairs_per_second, running_pck)`` is called after each batch.
-    KeyboardInterrupt and errors leave a consistent, resumable run directory behind.
+    KeyboardInterrupt and errors leave a consistent, resumable run folder behind.
 
-    With a torchrun ``group`` (:mod:`scot.distributed`) of more than one rank, every rank
-    calls this with the same arguments: each scores its shard and rank 0 writes the
-    reports and returns the summary; the other ranks return None (see :mod:`.sharded`).
-    ``on_sharding(sharding)`` then tells rank 0 how the pairs are split (a
-    :class:`~.sharded.Sharding`) before the work starts.
+    Args:
+        selection: how the pairs were chosen (part of the run's identity).
+        resume: continue the run in ``run_dir``: keep its scores, except those of pairs
+            whose inputs changed, and score the rest.
+        on_progress: ``on_progress(done, total, pairs_per_second, running_pck)`` after
+            each batch (on rank 0, counting the pairs of every rank).
+        group: the processes sharing the run (:func:`scot.distributed.group.start`); None:
+            this process alone.  Every rank calls this with the same arguments.
+        on_sharding: ``on_sharding(sharding)`` tells rank 0 how the pairs are split over
+            the processes, before the work starts.
+        notice: ``notice(line)`` tells rank 0's user about scores that are done again.
+
+    Returns:
+        The summary on rank 0 (which writes every report), None on the other ranks.
     """
-    if group is not None and group.world_size > 1:
-        from .sharded import evaluate_sharded
-
-        return evaluate_sharded(model, dataset, run_dir, settings, selection, group, resume, on_progress, on_sharding)
-    check_folder(run_dir, "output_dir")
-    lock = RunLock(run_dir)
-    try:
-        return _evaluate(model, dataset, run_dir, settings, selection, resume, on_progress)
-    finally:
-        lock.release()
-
-
-def claim_run_folder(run_dir: Path, identity: dict[str, Any], resume: bool) -> None:
-    """Check that ``run_dir`` may hold this run, then record its identity in ``run.json``.
-
-    Raises:
-        ScotError: with ``resume``, the folder was run with other settings; without it,
-            the folder already holds scored pairs (of any process).
-    """
-    run_file = run_dir / RUN_FILE
-    if resume and run_file.is_file():
-        previous = json.loads(run_file.read_text())
-        if previous != identity:
-            diff = sorted(k for k in identity if previous.get(k) != identity.get(k))
-            raise ScotError(f"{run_dir} was run with different settings ({', '.join(diff)} differ)", option="resume")
-    elif journal_files(run_dir) and not resume:
-        raise ScotError(f"{run_dir} already holds results; resume it or choose another folder", option="output_dir")
-    atomic_write_json(run_file, identity)
-
-
-def _evaluate(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSettings, selection: dict[str, Any],
-              resume: bool, on_progress: Callable[[int, int, float, float], None] | None) -> dict:
+    world: World = group if group is not None else WorldOfOne()
     identity = run_identity(model, dataset, settings, selection)
-    claim_run_folder(run_dir, identity, resume)
-    state = load_journals(run_dir, own=JOURNAL) if resume else RunState()
-    todo = [p for p in dataset.pairs if p.index not in state.done]
+    inputs = PairInputs(dataset.pairs)
+    lock: RunLock | None = None
+    try:
+        with world.step("lock run folder"):
+            check_folder(run_dir, "output_dir")
+            lock = RunLock(run_dir, lock_name(world.rank))
+        claim = world.decide("claim run folder", lambda: claim_run_folder(run_dir, identity, resume, inputs, world))
+        with world.step("shared run folder"):
+            check_shared(run_dir, claim["token"])
+        if world.rank == 0 and claim["notice"] and notice is not None:
+            notice(claim["notice"])
+        sharding = Sharding.agree(world, dataset, settings.batch_size)
+        if on_sharding is not None and world.rank == 0:
+            on_sharding(sharding)
+        return _run(model, dataset, run_dir, settings, identity, world, sharding, inputs, resume,
+                    on_progress if world.rank == 0 else None)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(model: SCOT, dataset: Dataset, run_dir: Path, settings: EvalSettings, identity: dict[str, Any],
+         world: World, sharding: Sharding, inputs: PairInputs, resume: bool,
+         on_progress: Callable[[int, int, float, float], None] | None) -> dict | None:
+    """The loop of :func:`evaluate`, on one process of ``world``: score this process's
+    batches, journal them, show progress, and (rank 0) report."""
+    main = world.rank == 0
+    alone = world.world_size == 1
+    own = journal_name(None if alone else world.rank)
+    state = load_journals(run_dir, own=own) if resume else RunState()
+    by_index = {p.index: p for p in dataset.pairs}
+    mine = [dataset.pairs[i] for i in sharding.shards[world.rank]]
+    batches = [[dataset.pairs[i] for i in chunk if dataset.pairs[i].index not in state.done]
+               for chunk in sharding.batches[world.rank]]
+    key = f"{HEADLINE_ALPHA:.2f}"
+    in_shard = {p.index for p in mine}
+    done_here = sum(p.index in state.done for p in mine)
+    pck_here = sum(r["pck"][key] for r in state.records if r["index"] in in_shard)
+    world.set_progress(done_here, pck_here)
+
     total = len(dataset.pairs)
     cache: LRUCache[Hyperpixels] = LRUCache(settings.cache_bytes, lambda h: h.nbytes())
-    journal = Journal(run_dir / JOURNAL)
-    status = "interrupted"
+    journal = Journal(run_dir / own)
     wall0 = time.perf_counter() - state.wall_seconds
     last_snapshot = time.perf_counter()
 
-    def snapshot(final_status: str) -> dict:
+    def report() -> None:
+        if on_progress is not None:
+            done, pck_sum = world.progress()
+            on_progress(done, total, done / max(time.perf_counter() - wall0, 1e-9),
+                        100.0 * pck_sum / done if done else float("nan"))
+
+    def clocks() -> None:
+        """This process's clocks into its journal."""
         state.wall_seconds = time.perf_counter() - wall0
         journal.write([state.timing_record()])
-        summary = build_summary(model, dataset, identity, state, final_status, total, cache, settings)
-        write_per_pair_csv(run_dir / "per_pair.csv", state.records, settings.alphas)
+
+    def scored() -> RunState:
+        """Rank 0: every pair scored so far (in a group, as every journal of the folder holds it)."""
+        return state if alone else load_journals(run_dir, own=None)
+
+    def reports(status: str, merged: RunState, described: list[int] | None = None) -> dict:
+        """Rank 0: ``summary.json`` and ``per_pair.csv`` of ``merged``."""
+        summary = build_summary(model, dataset, identity, merged, status, total, cache if alone else None, settings,
+                                world.world_size, None if alone else sharding.record(described))
+        write_per_pair_csv(run_dir / "per_pair.csv", merged.records, settings.alphas)
         atomic_write_json(run_dir / "summary.json", summary)
         return summary
 
+    def waiting() -> None:
+        """While this process waits for the others: progress, and rank 0's reports now and then."""
+        nonlocal last_snapshot
+        report()
+        if main and time.perf_counter() - last_snapshot > SNAPSHOT_SECONDS:
+            reports("running", scored())
+            last_snapshot = time.perf_counter()
+
+    finished = False
     try:
-        for records in score_batches(model, _batches(todo, max(1, settings.batch_size)), settings, cache, state):
+        for records in score_batches(model, (b for b in batches if b), settings, cache, state):
+            for rec in records:
+                rec["inputs"] = inputs.digest(rec["index"])
             journal.write(records)
             for rec in records:
                 absorb(state, rec)
-            if on_progress is not None:
-                elapsed = time.perf_counter() - wall0
-                on_progress(len(state.records), total, len(state.records) / max(elapsed, 1e-9),
-                            state.table.mean_over_pairs(HEADLINE_ALPHA))
+            done_here += len(records)
+            pck_here += sum(rec["pck"][key] for rec in records)
+            world.set_progress(done_here, pck_here)
+            world.check()
+            report()
             if time.perf_counter() - last_snapshot > SNAPSHOT_SECONDS:
-                snapshot("running")
+                clocks()
+                if main:
+                    reports("running", scored())
                 last_snapshot = time.perf_counter()
-        status = "complete"
-    finally:
-        summary = snapshot(status)
+        clocks()
         journal.close()
-    return write_figures(model, dataset, state, run_dir, summary, settings.save_viz)
-
-
-def resolve_run_folder(output_dir: Path | None, results: Path, dataset: str, backbone: str, resume: bool) -> Path:
-    """The run folder: ``output_dir``, with ``resume`` the newest unfinished run under
-    ``results``, else a new ``results/<dataset>-<backbone>-<time>``."""
-    if output_dir is not None:
-        return output_dir
-    if resume:
-        found = find_resumable(results, dataset, backbone)
-        if found is None:
-            raise ScotError(f"no unfinished {dataset} run with {backbone} in {results}", option="resume")
-        return found
-    return results / f"{dataset}-{backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def find_resumable(results_root: Path, dataset: str, backbone: str) -> Path | None:
-    """The newest run directory of ``dataset``/``backbone`` that is not complete."""
-    if not results_root.is_dir():
-        return None
-    candidates = sorted(results_root.glob(f"{dataset}-{backbone}-*"), key=lambda p: p.name, reverse=True)
-    for cand in candidates:
-        summary = cand / "summary.json"
-        if journal_files(cand):
+        described = world.gather("shard finished", state.images_extracted, on_wait=waiting)
+        finished = True
+    finally:
+        if not finished:
             try:
-                if json.loads(summary.read_text()).get("status") == "complete":
-                    continue
-            except (OSError, ValueError):
+                if not journal.fh.closed:
+                    clocks()
+                if main:
+                    reports("interrupted", scored())
+            except Exception:  # the error that stopped the run matters more
                 pass
-            return cand
-    return None
+            journal.close()
+    report()
+    if not main:
+        return None
 
-
+    merged = scored()
+    missing = sum(i not in merged.done for i in by_index)
+    if missing:
+        raise ScotError(f"{missing} of {total} pairs are missing from the journals in {run_dir}; every rank needs "
+                        f"the same run folder (a shared file system when the ranks are on several nodes)",
+                        option="output_dir")
+    summary = reports("complete", merged, described)
+    return write_figures(model, dataset, merged, run_dir, summary, settings.save_viz)

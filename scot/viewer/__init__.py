@@ -39,8 +39,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
-import tempfile
 import zlib
 from importlib import resources
 from pathlib import Path
@@ -48,6 +46,8 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
+
+from ..io import atomic_write_bytes
 
 PLACEHOLDER = "__SCOT_DATA__"
 DTYPES: dict[str, str] = {"f32": "<f4", "u8": "u1", "u16": "<u2", "u32": "<u4", "i16": "<i2"}
@@ -268,19 +268,6 @@ def render_viewer(payload: dict[str, Any]) -> str:
     return template.replace(PLACEHOLDER, text)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_viewer(
     path: str | Path,
     src_image_png_bytes: bytes,
@@ -325,7 +312,7 @@ def write_viewer(
     payload = viewer_payload(src_image_png_bytes, trg_image_png_bytes, src_size, trg_size, src_points, trg_points,
                              topk_index, topk_confidence, grid, keypoints_src, keypoints_trg, title, lines, compress)
     data = render_viewer(payload).encode("utf-8")
-    _write_atomic(Path(path), data)
+    atomic_write_bytes(path, data)
     return len(data)
 
 

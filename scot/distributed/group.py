@@ -1,9 +1,9 @@
-"""Running ``scot eval`` and ``scot search-layers`` under ``torchrun``.
+"""The ranks of a ``torchrun`` job, seen from one of them; and the world of one process.
 
-``torchrun`` starts one process per *rank* and tells each one its place through the
-environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ...).  :func:`launch_from_env`
-reads it; it returns None in a process that torchrun did not start, and then nothing in
-this module is used.  :func:`start` joins the other ranks as a :class:`Group`:
+:func:`start` joins the other ranks as a :class:`Group` when torchrun started this
+process with more than one rank, and otherwise returns a :class:`WorldOfOne`: the same
+interface (:data:`World`), whose collectives do nothing, so ``scot eval`` and
+``scot search-layers`` run one code path whatever the number of processes.  In a group:
 
 * ``torch.distributed`` is initialised with ``gloo`` on the CPU; on a CUDA device each
   rank uses ``cuda:LOCAL_RANK`` and the group uses ``nccl`` for CUDA tensors (and
@@ -16,27 +16,23 @@ this module is used.  :func:`start` joins the other ranks as a :class:`Group`:
   can hang forever;
 * when the launcher stops the ranks (it sends SIGTERM to all once one of them dies), the
   main thread gets :class:`Stopped`, and :meth:`Group.stopped` finds out which rank died.
-
-:func:`shard_by_images` splits the work so that pairs sharing images stay on one rank: each
-image is described on as few ranks as possible, and each rank's image cache keeps working.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import threading
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Callable, ContextManager, Hashable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
 import torch
 
-from .errors import ScotError
+from ..errors import ScotError
+from .launch import ALONE, Launch, backend_for, launch_from_env, rank_device
 
 T = TypeVar("T")
 
@@ -48,221 +44,6 @@ POLL_SECONDS = 0.1
 
 DEFAULT_TIMEOUT = 120.0
 """Seconds a rank may show no sign of life before the others stop with an error naming it."""
-
-
-# --------------------------------------------------------------------------------------
-# Where this process stands
-
-
-@dataclass(frozen=True)
-class Launch:
-    """This process's place in a torchrun job, as the launcher's environment gives it.
-
-    Attributes:
-        rank: global rank, 0 .. world_size - 1.
-        world_size: number of processes in the job.
-        local_rank: rank on this node (the GPU index on a CUDA node).
-        local_world_size: processes on this node.
-        restart_count: how many times torchrun restarted the workers so far.
-        max_restarts: how many restarts torchrun allows (``--max-restarts``).
-        run_id: the launcher's job id (the rendezvous id), the same for every rank and restart.
-    """
-
-    rank: int
-    world_size: int
-    local_rank: int
-    local_world_size: int
-    restart_count: int = 0
-    max_restarts: int = 0
-    run_id: str = ""
-
-    @property
-    def restarts_left(self) -> int:
-        """How many more times torchrun will restart the workers when one fails."""
-        return max(0, self.max_restarts - self.restart_count)
-
-
-def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
-    """This process's :class:`Launch`, or None when ``RANK`` and ``WORLD_SIZE`` are not set.
-
-    Args:
-        env: the environment to read (``os.environ`` by default).
-
-    Raises:
-        ScotError: a variable is not a whole number, or the rank is outside the world.
-    """
-    env = os.environ if env is None else env
-    if "RANK" not in env or "WORLD_SIZE" not in env:
-        return None
-
-    def number(name: str, default: int) -> int:
-        text = env.get(name)
-        if text is None or text == "":
-            return default
-        try:
-            return int(text)
-        except ValueError:
-            raise ScotError(f"torchrun environment: {name} is '{text}', not a whole number") from None
-
-    world = number("WORLD_SIZE", 1)
-    rank = number("RANK", 0)
-    if world < 1 or not 0 <= rank < world:
-        raise ScotError(f"torchrun environment: RANK {rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE {world})")
-    return Launch(rank=rank, world_size=world, local_rank=number("LOCAL_RANK", rank),
-                  local_world_size=number("LOCAL_WORLD_SIZE", world), restart_count=number("TORCHELASTIC_RESTART_COUNT", 0),
-                  max_restarts=number("TORCHELASTIC_MAX_RESTARTS", 0), run_id=env.get("TORCHELASTIC_RUN_ID", ""))
-
-
-def restarted(env: Mapping[str, str] | None = None) -> bool:
-    """True in a worker that torchrun restarted after a failure (``--max-restarts``)."""
-    launch = launch_from_env(env)
-    return launch is not None and launch.restart_count > 0
-
-
-def rank_device(requested: str, launch: Launch) -> str:
-    """The device a rank computes on: ``cuda:LOCAL_RANK`` when ``requested`` is a CUDA device.
-
-    Args:
-        requested: the configured device, e.g. ``cpu`` or ``cuda``.
-        launch: this process's place in the job.
-
-    Returns:
-        ``requested`` unchanged unless it names CUDA, else ``cuda:<local rank>``.
-
-    Raises:
-        ScotError: ``requested`` names another GPU index than the local rank, or the node
-            has fewer GPUs than processes.
-    """
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, TypeError):
-        return requested  # SCOT reports a malformed device with its own message
-    if device.type != "cuda":
-        return requested
-    if device.index is not None and device.index != launch.local_rank:
-        raise ScotError(f"'{requested}': under torchrun each process uses the GPU of its local rank "
-                        f"(cuda:{launch.local_rank} here); give cuda", option="device")
-    if torch.cuda.is_available() and launch.local_rank >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise ScotError(f"local rank {launch.local_rank} needs cuda:{launch.local_rank} but this node has {count} GPU"
-                        f"{'s' if count != 1 else ''}; start at most {count} processes per node", option="device")
-    return f"cuda:{launch.local_rank}"
-
-
-def backend_for(device: str) -> str:
-    """The ``torch.distributed`` backend for a rank computing on ``device``.
-
-    ``gloo`` on the CPU; on CUDA, ``nccl`` for CUDA tensors and ``gloo`` for CPU tensors.
-    """
-    return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
-
-
-# --------------------------------------------------------------------------------------
-# Sharding
-
-
-def shard_by_images(items: Sequence[Sequence[Hashable]], world_size: int, weights: Sequence[float] | None = None,
-                    image_cost: float = 1.0) -> list[list[int]]:
-    """Split work items over ranks so that items sharing an image land on the same rank.
-
-    An item is the list of image keys it uses: a pair's two images, or every image of a
-    batch of pairs.  Images are numbered in order of first appearance.  The items are
-    ordered by connected component of the image graph (components in order of their
-    first item), and inside a component by the highest-numbered image they use, then the
-    lowest: the items among the first k images of a component come before those that
-    bring in image k + 1, so every prefix of a component uses as few images as it can.
-    That order is cut into ``world_size`` runs of (almost) equal work.  A cut may move by
-    up to a quarter of a run's work to where fewer images are used on both of its sides,
-    one such image costing ``image_cost`` times the mean work of an item; between two
-    components none is.
-
-    The result depends only on the arguments, so a restarted or resumed launch gets the
-    same shards.
-
-    Args:
-        items: the image keys of each item, in list order (at least one key each).
-        world_size: number of ranks (>= 1).
-        weights: the work of each item (> 0); None: 1 each.
-        image_cost: the work of describing one image, in mean items (1: as much as a pair).
-
-    Returns:
-        ``world_size`` lists of positions into ``items``, each ascending; together they
-        hold every position once.  With fewer items than ranks some lists are empty.
-    """
-    if world_size < 1:
-        raise ValueError(f"world_size must be at least 1, got {world_size}")
-    n = len(items)
-    number: dict[Hashable, int] = {}
-    parent: list[int] = []
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    uses: list[list[int]] = []
-    for keys in items:
-        numbers = []
-        for key in keys:
-            if key not in number:
-                number[key] = len(number)
-                parent.append(number[key])
-            numbers.append(number[key])
-        uses.append(numbers)
-        for other in numbers[1:]:
-            a, b = root(numbers[0]), root(other)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    component = [root(u[0]) for u in uses]
-    first_item: dict[int, int] = {}
-    for i, c in enumerate(component):
-        first_item.setdefault(c, i)
-    order = sorted(range(n), key=lambda i: (first_item[component[i]], max(uses[i]), min(uses[i]), i))
-
-    # shared[c]: images used both before and after a cut at c by the items of the component it splits
-    shared = [0] * (n + 1)
-    start = 0
-    while start < n:
-        stop = start
-        while stop < n and component[order[stop]] == component[order[start]]:
-            stop += 1
-        left, seen = [], set()
-        for k in range(start, stop):
-            seen.update(uses[order[k]])
-            left.append(len(seen))
-        right, seen = [0] * (stop - start), set()
-        for k in range(stop - 1, start - 1, -1):
-            seen.update(uses[order[k]])
-            right[k - start] = len(seen)
-        for c in range(start + 1, stop):
-            shared[c] = left[c - 1 - start] + right[c - start] - len(seen)
-        start = stop
-
-    done = [0.0]  # done[c]: the work of order[:c]
-    for i in order:
-        done.append(done[-1] + (1.0 if weights is None else float(weights[i])))
-    total = done[-1]
-    reach = total / (4 * world_size)
-    per_image = image_cost * total / n if n else 0.0
-    cuts = [0]
-    for k in range(1, world_size):
-        ideal = k * total / world_size
-        window = [c for c in range(cuts[-1], n + 1) if abs(done[c] - ideal) <= reach] or [
-            min(range(cuts[-1], n + 1), key=lambda c: abs(done[c] - ideal))]
-        cuts.append(min(window, key=lambda c: (abs(done[c] - ideal) + per_image * shared[c], abs(done[c] - ideal), c)))
-    cuts.append(n)
-    return [sorted(order[a:b]) for a, b in zip(cuts, cuts[1:])]
-
-
-def round_robin(n: int, world_size: int) -> list[list[int]]:
-    """Positions 0..n-1 dealt to ``world_size`` ranks in turn (rank r gets r, r + W, ...)."""
-    return [list(range(r, n, world_size)) for r in range(world_size)]
-
-
-def images_per_shard(items: Sequence[Sequence[Hashable]], shards: Sequence[Sequence[int]]) -> list[int]:
-    """How many distinct images each shard's items use (what each rank has to describe)."""
-    return [len({key for i in shard for key in items[i]}) for shard in shards]
 
 
 # --------------------------------------------------------------------------------------
@@ -293,6 +74,69 @@ class PeerError(ScotError):
         super().__init__(message, option=option)
         self.report = report
         self.agreed = agreed
+
+
+# --------------------------------------------------------------------------------------
+# One process
+
+
+class WorldOfOne:
+    """One process alone, with the interface of :class:`Group`: every collective is the
+    identity and there is nobody to wait for.
+
+    Args:
+        device: the device the process computes on (unchanged).
+        launch: its place (:data:`~.launch.ALONE` unless torchrun started a world of one).
+    """
+
+    def __init__(self, device: str = "cpu", launch: Launch = ALONE) -> None:
+        self.launch = launch
+        self.rank = 0
+        self.world_size = 1
+        self.device = device
+        self._progress = (0, 0.0)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Run the body; its errors are raised as they are."""
+        yield
+
+    def decide_each(self, name: str, fn: Callable[[], T]) -> T:
+        """``fn()``."""
+        return fn()
+
+    def decide(self, name: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``."""
+        return fn()
+
+    def gather(self, name: str, value: Any, on_wait: Callable[[], None] | None = None) -> list[Any]:
+        """``[value]``."""
+        return [value]
+
+    def all_reduce_sum(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` unchanged."""
+        return tensor
+
+    def set_progress(self, done: int, value: float = 0.0) -> None:
+        """Remember the progress for :meth:`progress`."""
+        self._progress = (int(done), float(value))
+
+    def progress(self) -> tuple[int, float]:
+        """The progress last set."""
+        return self._progress
+
+    def check(self) -> None:
+        """Nobody else can fail."""
+
+    def fail(self, error: BaseException) -> None:
+        """Nobody else to tell."""
+
+    def stopped(self) -> PeerError:
+        """A signal stopped this process."""
+        return PeerError("stopped by a signal")
+
+    def close(self) -> None:
+        """Nothing to leave."""
 
 
 # --------------------------------------------------------------------------------------
@@ -353,15 +197,16 @@ class Group:
         span = timedelta(seconds=timeout)
         store, rank, world = next(dist.rendezvous("env://", timeout=span))
         if (rank, world) != (launch.rank, launch.world_size):  # pragma: no cover - the launcher's contract
-            raise ScotError(f"torchrun gave rank {rank} of {world}, the environment {launch.rank} of {launch.world_size}")
+            raise ScotError(f"torchrun gave rank {rank} of {world}, the environment {launch.rank} of "
+                            f"{launch.world_size}")
         # the launcher's store outlives a restart: every key of this attempt goes under its own prefix
         attempt = f"scot/{launch.run_id}/{launch.restart_count}/"
         group = cls(launch, dist.PrefixStore(attempt, store), timeout)
         try:
             group._begin(store, attempt)
             group.device = group.decide_each("device", lambda: rank_device(device, launch))
-            dist.init_process_group(backend_for(group.device), store=dist.PrefixStore(attempt + "pg/", store), rank=rank,
-                                    world_size=world, timeout=span)
+            dist.init_process_group(backend_for(group.device), store=dist.PrefixStore(attempt + "pg/", store),
+                                    rank=rank, world_size=world, timeout=span)
             group._initialised = True
             if torch.device(group.device).type == "cuda" and torch.cuda.is_available():
                 torch.cuda.set_device(torch.device(group.device))
@@ -465,7 +310,8 @@ class Group:
 
     def fail(self, error: BaseException) -> None:
         """Tell the other ranks that this one failed with ``error`` (they stop with a quiet :class:`PeerError`)."""
-        message = error.message if isinstance(error, ScotError) else f"unexpected {type(error).__name__}: {_first_line(error)}"
+        message = (error.message if isinstance(error, ScotError)
+                   else f"unexpected {type(error).__name__}: {_first_line(error)}")
         self._update(state="failed", error=message, option=getattr(error, "option", None))
         self._flush()
 
@@ -549,7 +395,8 @@ class Group:
         return PeerError("stopped by a signal from the launcher", report=self.rank == 0)
 
     # ---------------------------------------------------------------- collective calls
-    def _arrive(self, name: str, payload: dict[str, Any], on_wait: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    def _arrive(self, name: str, payload: dict[str, Any],
+                on_wait: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """Post ``payload`` under step ``name`` and return every rank's, once all have posted.
 
         While waiting, the other ranks are watched (:meth:`check`): the wait ends with a
@@ -641,6 +488,10 @@ class Group:
         return tensor
 
 
+World = Union[Group, WorldOfOne]
+"""The processes that share a run, seen from one of them (:func:`start`)."""
+
+
 def _raise_stopped(signum: int, frame: Any) -> None:
     """SIGTERM handler: raise :class:`Stopped` once; a second SIGTERM ends the process as usual."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -652,7 +503,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def start(device: str, timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] | None = None) -> Group | None:
+def start(device: str, timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] | None = None) -> World:
     """Join the other ranks when torchrun started this process with more than one rank.
 
     Args:
@@ -661,33 +512,26 @@ def start(device: str, timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] 
         env: the environment to read (``os.environ`` by default).
 
     Returns:
-        The :class:`Group`, or None for a plain process (or a world of one): then the
-        caller runs exactly as without torchrun.
+        The :class:`Group`, or a :class:`WorldOfOne` on ``device`` for a plain process (or
+        a torchrun world of one): then the process runs exactly as without torchrun.
     """
     launch = launch_from_env(env)
     if launch is None or launch.world_size == 1:
-        return None
+        return WorldOfOne(device, launch or ALONE)
     return Group.start(launch, device, timeout)
 
 
-def together(group: Group | None, name: str) -> ContextManager[None]:
-    """:meth:`Group.step` under torchrun, else a context that does nothing."""
-    return nullcontext() if group is None else group.step(name)
-
-
-def in_turns(group: Group | None, name: str, fn: Callable[[], T]) -> T:
+def in_turns(world: World, name: str, fn: Callable[[], T]) -> T:
     """``fn()`` on every rank: first on rank 0, then on the first rank of every other node,
-    then on the rest, each turn a :meth:`Group.step`; without a group simply ``fn()``.
+    then on the rest, each turn a :meth:`Group.step` (a world of one just runs ``fn()``).
 
     For work that may create shared files, such as downloading a dataset: one process per
     folder does it and the others find it done.
     """
-    if group is None:
-        return fn()
-    mine = 0 if group.rank == 0 else 1 if group.launch.local_rank == 0 else 2
+    mine = 0 if world.rank == 0 else 1 if world.launch.local_rank == 0 else 2
     value: Any = None
     for turn in range(3):
-        with group.step(f"{name} ({turn + 1}/3)"):
+        with world.step(f"{name} ({turn + 1}/3)"):
             if turn == mine:
                 value = fn()
     return value

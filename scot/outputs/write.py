@@ -1,0 +1,112 @@
+"""Writing one matched pair: the record (last), the picture, the dense outputs and the viewer.
+
+Nothing is written unless the whole result is finite (:func:`scot.record.match_record`
+checks it), and the record, written last, is strict JSON (no NaN or Infinity).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..io import atomic_write_bytes, atomic_write_json
+from ..record import match_record
+from .labels import LabelMask
+from .names import Outputs
+
+VIEWER_TOPK = 16  # targets per source hyperpixel kept for the viewer's heat map
+VIEWER_SIDE = 640  # the viewer embeds the images at about this size (JPEG)
+WARP_SIDE = 1600  # the warp pictures are drawn at most this large
+
+
+def write_match(model: Any, result: Any, src_path: str, trg_path: str, outputs: Outputs, *, top_k: int = 100,
+                foreground: bool = True, mask: LabelMask | None = None) -> Outputs:
+    """Write the record and every planned output: the picture of the ``top_k`` most confident
+    matches, the dense flow, the warp, the moved ``mask`` (:func:`read_mask`) and the viewer."""
+    drawn = {"top_k": top_k, "foreground_only": foreground} if outputs.picture is not None else None
+    record = match_record(result, model, src_path, trg_path, drawn)
+    labels = mask if outputs.mask is not None else None
+    if outputs.picture is not None:
+        from ..viz2d import draw_match_result
+
+        draw_match_result(result, src_path, trg_path, outputs.picture, top_k=top_k, foreground=foreground,
+                          subtitle_prefix=model.backbone.name, cam=model.config.cam)
+    if outputs.flow or outputs.warp or outputs.mask:
+        _write_dense(result, src_path, trg_path, outputs, labels)
+    if outputs.html is not None:
+        _write_viewer(result, src_path, trg_path, outputs.html)
+    record["outputs"] = {k: str(v) for k, v in (("flow", outputs.flow), ("warp", outputs.warp),
+                                                 ("checkerboard", outputs.checkerboard), ("mask", outputs.mask),
+                                                 ("mask_view", outputs.mask_view),
+                                                 ("html", outputs.html)) if v is not None}
+    atomic_write_json(outputs.record, record)
+    return outputs
+
+
+def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, labels: LabelMask | None) -> None:
+    import io as _io
+
+    import numpy as np
+
+    from ..dense import checkerboard, flow_inside, transfer_mask, warp_image
+    from ..image import load_image
+    from ..viz2d import save_image
+
+    flow, confidence = result.flow()
+    if outputs.flow is not None:
+        buf = _io.BytesIO()
+        if outputs.flow.suffix.lower() == ".npz":
+            np.savez_compressed(buf, flow=flow.numpy(), confidence=confidence.numpy())
+        else:
+            np.save(buf, torch.cat([flow, confidence.unsqueeze(-1)], -1).numpy())
+        atomic_write_bytes(outputs.flow, buf.getvalue())
+    pictures: dict[str, Any] = {}
+
+    def picture(path: str) -> Any:
+        """The image decoded for the pictures (reduced to about WARP_SIDE), once per file."""
+        if path not in pictures:
+            pictures[path] = load_image(path, max_side=WARP_SIDE)
+        return pictures[path]
+
+    if outputs.warp is not None and outputs.checkerboard is not None:
+        # the pictures are a visual check: at most WARP_SIDE pixels, from reduced decodes
+        step = max(1, -(-max(result.src.original_size) // WARP_SIDE))
+        small = flow[::step, ::step]
+        target, source = picture(trg_path), picture(src_path)
+        warped = warp_image(target.tensor, small * target.scale)
+        src_small = torch.nn.functional.interpolate(source.tensor[None], warped.shape[-2:], mode="bilinear",
+                                                    align_corners=False)[0]
+        save_image(warped, outputs.warp)
+        save_image(checkerboard(src_small, warped, mask=flow_inside(small, target.size)), outputs.checkerboard)
+    if outputs.mask is not None and labels is not None:
+        from ..viz2d import label_overlay, side_by_side
+
+        moved = transfer_mask(labels.labels, flow, result.trg.original_size)
+        save_image(moved, outputs.mask, labels=True, palette=labels.palette)
+        if outputs.mask_view is not None:  # drawn on the reduced decodes, labels sampled onto them
+            src_pic, trg_pic = picture(src_path).tensor, picture(trg_path).tensor
+            side_by_side(label_overlay(src_pic, _nearest(labels.labels, src_pic.shape[-2:])),
+                         label_overlay(trg_pic, _nearest(moved, trg_pic.shape[-2:])), outputs.mask_view)
+
+
+def _nearest(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(H, W) ``labels`` sampled at the cell centres of an (h, w) grid over the same image:
+    nearest neighbour, so label values are kept (the identity when the sizes agree)."""
+    h, w = int(size[0]), int(size[1])
+    rows = ((torch.arange(h) + 0.5) * labels.shape[0] / h).long().clamp_max(labels.shape[0] - 1)
+    cols = ((torch.arange(w) + 0.5) * labels.shape[1] / w).long().clamp_max(labels.shape[1] - 1)
+    return labels[rows][:, cols]
+
+
+def _write_viewer(result: Any, src_path: str, trg_path: str, path: Path) -> None:
+    from ..viewer import write_viewer
+    from ..viz2d import encoded_image
+
+    if result.topk_index is None:
+        raise ValueError("the viewer needs the top-k matches: match with topk > 0")
+    write_viewer(path, encoded_image(src_path, VIEWER_SIDE), encoded_image(trg_path, VIEWER_SIDE),
+                 result.src.original_size, result.trg.original_size, result.src.centres / result.src.ratio,
+                 result.trg.centres / result.trg.ratio, result.topk_index, result.topk_confidence, result.src.grid,
+                 result.keypoints, result.transferred, title=f"{Path(src_path).name} -> {Path(trg_path).name}")
