@@ -128,7 +128,7 @@ def _bad(photo_willow: Path) -> dict:
     ({"source_keypoints": [None, None, [1, 1]], "target_keypoints": [[1, 1], [2, 2], None]},
      ["no keypoint is visible in both"]),
     ({"target_bbox": [5, 5, 900, 590]}, ["'target_bbox' (5, 5, 900, 590) lies outside the 432x600 target image"]),
-    ({"target_bbox": [5, 5, 5.5, 5.5]}, ["'target_bbox' (5, 5, 5.5, 5.5) is under one pixel across"]),
+    ({"target_bbox": [5, 5, 5.5, 5.5]}, ["'target_bbox' (5, 5, 5.5, 5.5)", "must be at least 1 px"]),
     ({"target_bbox": [50, 5, 5, 590]}, ["'target_bbox'", "empty or reversed"]),
     ({"category": ""}, ["'category' must be a non-empty string"]),
 ])

@@ -160,10 +160,7 @@ def _box(value: Any, where: str, size: tuple[int, int] | None) -> Box:
     if not isinstance(value, list):
         raise ScotError(f"{where}: '{name}' must be 4 numbers [x1, y1, x2, y2], not {json.dumps(value)[:40]}")
     box = checked_box([json_number(v, where, f"'{name}' value") for v in value], where, name)
-    x1, y1, x2, y2 = box
-    if max(x2 - x1, y2 - y1) < 1:
-        raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is under one pixel across; "
-                        f"a PCK threshold needs an extent")
+    x1, y1, x2, y2 = box  # checked_box refuses a box under one pixel across (no PCK threshold)
     if not (_inside(x1, y1, size) and _inside(x2, y2, size)):
         assert size is not None
         raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the "

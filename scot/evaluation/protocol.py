@@ -125,11 +125,13 @@ def protocol_line(protocol: dict[str, Any]) -> str:
     """The protocol in one line, as ``scot eval`` prints it before its table."""
     pairs, kps, thr = protocol["pairs"], protocol["keypoints"], protocol["threshold"]
     left = "; ".join(f"{e['count']} {e['what']} {e['why']}" for e in protocol["left_out"]) or "none"
-    others = [a for a in protocol["averaging"]["reported"] if a != protocol["averaging"]["headline"]]
+    headline = protocol["averaging"]["headline"]
+    others = [a for a in protocol["averaging"]["reported"] if a != headline]
+    # "averaged over pairs": the table's own row labels ("mean over pairs") stay the only ones in the output
     return (f"protocol: {protocol['dataset']} {protocol['split']}, {pairs['scored']} of {pairs['listed']} pairs, "
             f"{kps['scored']} keypoints | correct within α · thr, thr = {thr['measured_on']} ({thr['rule']}), "
-            f"at {protocol['image_side']} px | headline {protocol['averaging']['headline']}"
-            + (f" (also {', '.join(others)})" if others else "")
+            f"at {protocol['image_side']} px | averaged {headline.replace('mean ', '')} (headline)"
+            + "".join(f"; {a.replace('mean ', '')}" for a in others)
             + f" | α = {', '.join(alpha_text(a) for a in protocol['alphas'])} | left out: {left}")
 
 
