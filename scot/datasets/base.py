@@ -11,8 +11,9 @@ file and the field, rather than score it:
   file, or where the images are not checked, from the size the annotation declares;
 * a declared image size that is not the image file's (annotations of another resolution).
 
-:class:`ImageSizes`, :func:`check_points_inside`, :func:`check_box_inside` and
-:func:`check_threshold_extent` are the checks; a loader supplies only the names of its fields.
+:class:`ImageSizes`, :func:`check_points_inside`, :func:`check_box_inside`,
+:func:`check_box_extent` and :func:`check_threshold_extent` are the checks; a loader
+supplies only the names of its fields.
 """
 
 from __future__ import annotations
@@ -307,10 +308,22 @@ def checked_box(values: Sequence[float], where: str, name: str) -> Box:
         _in_range(v, where, f"'{name}' value", repr(v))
     if not (x2 > x1 and y2 > y1):
         raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is empty or reversed; need x2 > x1 and y2 > y1")
+    return (x1, y1, x2, y2)
+
+
+def check_box_extent(box: Box, where: str, name: str) -> Box:
+    """Fail when a box's longer side, a PCK threshold, is under :data:`MIN_THRESHOLD_PX`; return the box.
+
+    Args:
+        box: (x1, y1, x2, y2) from :func:`checked_box`.
+        where: the annotation file, starting the message.
+        name: the box's field, e.g. ``"trg_bndbox"``.
+    """
+    x1, y1, x2, y2 = box
     if max(x2 - x1, y2 - y1) < MIN_THRESHOLD_PX:
         raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) spans {x2 - x1:g}x{y2 - y1:g} px; "
                         f"its longer side is a PCK threshold and must be at least {MIN_THRESHOLD_PX:g} px")
-    return (x1, y1, x2, y2)
+    return box
 
 
 def outside_margin(size: Size) -> float:

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from ..errors import ScotError
-from .base import (Box, Dataset, DatasetMissingError, ImageSizes, Pair, Size, check_box_inside, check_keypoint_counts,
-                   check_points_inside, checked_box, mirror_box, mirror_points, read_pair_csv, text_number)
+from .base import (Box, Dataset, DatasetMissingError, ImageSizes, Pair, Size, check_box_extent, check_box_inside,
+                   check_keypoint_counts, check_points_inside, checked_box, mirror_box, mirror_points, read_pair_csv,
+                   text_number)
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
            "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
@@ -116,7 +117,7 @@ def read_annotation(path: Path, image: Path | None = None, sizes: ImageSizes | N
     bbox = None
     if "bbox" in mat:
         values = _numeric(mat["bbox"], where, "bbox").reshape(-1)
-        bbox = checked_box(values.tolist(), where, "bbox")
+        bbox = check_box_extent(checked_box(values.tolist(), where, "bbox"), where, "bbox")
     if image is not None and sizes is not None:
         declared = _declared_size(mat["imsize"], where) if "imsize" in mat else None
         size = sizes(image, where, declared, "imsize")

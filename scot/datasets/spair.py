@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 from ..errors import ScotError
 from ..io import open_regular_file
-from .base import (Dataset, DatasetMissingError, ImageSizes, Pair, Size, check_box_inside, check_keypoint_counts,
-                   check_points_inside, checked_box, json_number, json_points)
+from .base import (Dataset, DatasetMissingError, ImageSizes, Pair, Size, check_box_extent, check_box_inside,
+                   check_keypoint_counts, check_points_inside, checked_box, json_number, json_points)
 
 CATEGORIES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dog", "horse",
               "motorbike", "person", "pottedplant", "sheep", "train", "tvmonitor"]
@@ -39,7 +39,8 @@ MAX_ANNOTATION_BYTES = 16 * 1024 * 1024
 def _box(value: Any, where: str, name: str) -> tuple[float, float, float, float]:
     if not isinstance(value, list):
         raise ScotError(f"{where}: '{name}' must be 4 numbers [x1, y1, x2, y2], not {json.dumps(value)[:40]}")
-    return checked_box([json_number(v, where, f"'{name}' value") for v in value], where, name)
+    box = checked_box([json_number(v, where, f"'{name}' value") for v in value], where, name)
+    return check_box_extent(box, where, name)
 
 
 def _flag(value: Any, where: str, name: str) -> int:
