@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -37,7 +37,6 @@ from .errors import ScotError
 from .features import Hyperpixels
 from .precision import fp32_precision
 from .timing import synchronize
-
 
 # --------------------------------------------------------------------------------------
 # measurement helpers
@@ -88,7 +87,7 @@ class Stat:
     high: float
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Stat":
+    def of(cls, values: Sequence[float]) -> Stat:
         return cls(statistics.median(values), min(values), max(values))
 
     def ms(self) -> str:

@@ -19,7 +19,7 @@ CAM value is above the first level (0.4) is on the object (:func:`foreground`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

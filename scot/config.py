@@ -18,9 +18,10 @@ import math
 import operator
 import re
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from .errors import ScotError
 from .presets import (
@@ -238,10 +239,10 @@ class SCOTConfig:
                             f"with {plan.blocker_text()}", option="low_memory")
 
     # ------------------------------------------------------------------------------------
-    def replace(self, **changes: Any) -> "SCOTConfig":
+    def replace(self, **changes: Any) -> SCOTConfig:
         return dataclasses.replace(self, **changes)
 
-    def resolve(self, backbone: str) -> "SCOTConfig":
+    def resolve(self, backbone: str) -> SCOTConfig:
         """Fill preset-dependent options for a concrete backbone."""
         preset = PRESETS[self.preset]
         ids = self.hyperpixel_ids
@@ -271,7 +272,7 @@ class SCOTConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SCOTConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> SCOTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

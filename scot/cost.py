@@ -44,7 +44,7 @@ import torch
 if TYPE_CHECKING:
     from .features import Hyperpixels
 
-def correlation_flops(src: "Hyperpixels", trg: "Hyperpixels") -> dict[str, float]:
+def correlation_flops(src: Hyperpixels, trg: Hyperpixels) -> dict[str, float]:
     """Multiply-adds of one pair's correlation: as planned, and with every group upsampled.
 
     Returns ``{"planned": ..., "dense": ...}``, the estimates behind the path choice
@@ -77,7 +77,7 @@ class Correlation:
         scale: :math:`\alpha`.
     """
 
-    def __init__(self, src: "Hyperpixels", trg: "Hyperpixels", scale: float = 1.0) -> None:
+    def __init__(self, src: Hyperpixels, trg: Hyperpixels, scale: float = 1.0) -> None:
         trg = trg.to(src.device)
         self.src, self.trg, self.scale = src, trg, float(scale)
         self.ws = src.grid[1]

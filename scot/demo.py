@@ -16,9 +16,9 @@ and a JSON record, see the README's Outputs section), written by the same code.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from PIL import Image, ImageEnhance
 
@@ -141,7 +141,7 @@ def make_demo_pair(folder: Path) -> DemoPair:
                     target_keypoints=[transform_point(x, y) for x, y in KEYPOINTS], description=description)
 
 
-def run_demo(output: Path = Path("scot-demo"), *, notice: Optional[Callable[[str], None]] = None) -> DemoResult:
+def run_demo(output: Path = Path("scot-demo"), *, notice: Callable[[str], None] | None = None) -> DemoResult:
     """Match the sample photo against its modified copy and write the usual outputs.
 
     Args:
@@ -155,8 +155,8 @@ def run_demo(output: Path = Path("scot-demo"), *, notice: Optional[Callable[[str
         ScotError: when ``output`` is not a folder or the sample photo is missing.
     """
     from .config import SCOTConfig
-    from .model import SCOT
     from .io import check_folder
+    from .model import SCOT
     from .outputs import plan_outputs, write_match
 
     output = check_folder(Path(output))

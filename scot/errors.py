@@ -13,7 +13,7 @@ error as ``--eps: must be > 0, got 0`` through :meth:`ScotError.for_cli`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class ScotError(Exception):

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -181,7 +182,7 @@ class Hyperpixels:
         parts = [self.dense] + [g.upsampled().mul(self.inv_norms.unsqueeze(1)) for g in self.factorized]
         return torch.cat(parts, 1)
 
-    def to(self, device: torch.device | str) -> "Hyperpixels":
+    def to(self, device: torch.device | str) -> Hyperpixels:
         """A copy whose feature tensors live on ``device`` (boxes, weights and grid coordinates
         stay on the host); itself when they are there.  The reversed operand is not copied:
         :meth:`operand` rebuilds it on the device, cheaper than a transfer."""
@@ -237,7 +238,7 @@ class NetworkView:
         tensors = list(self.maps.values()) + ([self.cam] if self.cam is not None else [])
         return sum(t.element_size() * t.nelement() for t in tensors)
 
-    def to(self, device: torch.device | str, ids: Sequence[int] | None = None) -> "NetworkView":
+    def to(self, device: torch.device | str, ids: Sequence[int] | None = None) -> NetworkView:
         """The maps of ``ids`` (default: all) and the CAM on ``device``; itself when nothing moves."""
         device = torch.device(device)
         keep = self.maps if ids is None else {i: self.maps[i] for i in ids}
@@ -486,7 +487,7 @@ class HyperpixelExtractor:
         factorize: ``auto``, ``always`` or ``never`` (see :func:`describe`).
     """
 
-    def __init__(self, backbone: Backbone, config: "SCOTConfig", factorize: str = "auto") -> None:
+    def __init__(self, backbone: Backbone, config: SCOTConfig, factorize: str = "auto") -> None:
         if config.hyperpixel_ids is None:
             raise ValueError("the configuration must be resolved (hyperpixel_ids set)")
         self.backbone = backbone

@@ -50,8 +50,8 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -229,7 +229,7 @@ class _KernelBlocks(_Operator):
 
     def __init__(self, log2_kernel: Callable[[int, int], torch.Tensor], mu: torch.Tensor, nu: torch.Tensor,
                  fi: float, two_way: bool, block_rows: int,
-                 on_final_block: Callable[[int, int, torch.Tensor, "Scalings"], None] | None) -> None:
+                 on_final_block: Callable[[int, int, torch.Tensor, Scalings], None] | None) -> None:
         self.block, self.mu, self.nu, self.fi = log2_kernel, mu, nu, fi
         self.two_way, self.block_rows, self.on_final_block = two_way, block_rows, on_final_block
         self.scalings = Scalings(_initial_a(mu), torch.zeros_like(nu), _initial_a(nu) if two_way else None,

@@ -41,9 +41,9 @@ with *different* precisions in one thread raises instead of waiting forever.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 

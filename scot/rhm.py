@@ -141,7 +141,7 @@ class HoughWindows:
         cls, src_xs: torch.Tensor, src_ys: torch.Tensor, trg_xs: torch.Tensor, trg_ys: torch.Tensor,
         src_size: tuple[int, int], trg_size: tuple[int, int], ncells: int = 8192,
         device: torch.device | str | None = None, reverse: bool = False, check: bool = True,
-    ) -> "HoughWindows":
+    ) -> HoughWindows:
         """The bin tables of the source -> target matching, or with ``reverse`` of the
         target -> source matching (still indexed source x reversed target), on ``device``.
 
@@ -170,7 +170,7 @@ class HoughWindows:
             return _pair_bins(trg_ref, trg_c[t], src_c[i], cell, nbins)
         return _pair_bins(src_ref, src_c[i], trg_c[t], cell, nbins)
 
-    def on(self, device: torch.device | str) -> "HoughWindows":
+    def on(self, device: torch.device | str) -> HoughWindows:
         """These tables on ``device`` (itself when they are there already)."""
         device = torch.device(device)
         if self.bx.device == device and self.by.device == device:

@@ -52,7 +52,7 @@ class SolverPlan:
     blockers: tuple[str, ...]
 
     @classmethod
-    def of(cls, cfg: "SCOTConfig") -> "SolverPlan":
+    def of(cls, cfg: SCOTConfig) -> SolverPlan:
         """The plan of ``cfg`` (resolved or not: an unset ``symmetric`` counts as one way)."""
         values = {"ot": not cfg.ot, "sinkhorn_mode": cfg.sinkhorn_mode == "log",
                   "sinkhorn_tol": cfg.sinkhorn_tol is not None, "subpixel": bool(cfg.subpixel), "mutual": cfg.mutual}

@@ -21,7 +21,7 @@ a scaling is not finite, at most ``max_doublings`` times.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -6,8 +6,9 @@ Uses matplotlib's object API on the Agg canvas (no display, no global pyplot sta
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ def _uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return (_to_hwc(image) * 255 + 0.5).astype(np.uint8)
 
 
-def _save_png(img: "Image.Image", path: str | Path) -> None:
+def _save_png(img: Image.Image, path: str | Path) -> None:
     """Encode a PIL image as PNG and write it atomically."""
     import io as _io
 

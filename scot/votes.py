@@ -14,8 +14,8 @@ block by block with :func:`log2_votes` as its last Sinkhorn sweep reaches each b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

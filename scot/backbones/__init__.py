@@ -7,7 +7,7 @@ embedded, otherwise.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import ScotError, WeightsUnavailableError
 from .base import Backbone, BackboneOutput, Geometry, SpatialOp, propagate_geometry

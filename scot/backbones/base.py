@@ -9,8 +9,8 @@ lead to it, so hyperpixel boxes follow the architecture instead of a hand-made t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

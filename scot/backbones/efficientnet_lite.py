@@ -18,10 +18,10 @@ projection and the skip connection; MBConv has no activation there).
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F

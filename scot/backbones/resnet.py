@@ -11,7 +11,7 @@ form (:class:`FoldedBottleneck`), every BatchNorm folded into its convolution at
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

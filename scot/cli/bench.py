@@ -7,9 +7,16 @@ from typing import Annotated
 
 import typer
 
-from .options import (DatapathOpt, OneLineErrors, ThreadsOpt, build_model, cli_errors, dataset_preset, set_threads,
-                      with_config)
-
+from .options import (
+    DatapathOpt,
+    OneLineErrors,
+    ThreadsOpt,
+    build_model,
+    cli_errors,
+    dataset_preset,
+    set_threads,
+    with_config,
+)
 
 bench_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, rich_markup_mode=None,
                         help="Measure speed and memory, stage by stage.")

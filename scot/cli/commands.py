@@ -9,16 +9,42 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .. import __version__
-from .options import (CategoryOpt, DatapathOpt, DatasetOpt, LimitOpt, OneLineErrors, PairListOpt, PresetFileOpt,
-                      SampleOpt, SplitOpt, ThreadsOpt, ThresOpt, cli_errors, progress, set_threads, with_config)
-from .options import build_model as _model, dataset_preset, notice as _notice
-from .ranks import RankTimeoutOpt, bar as _bar, one_process, ranks as _ranks
+from .options import (
+    CategoryOpt,
+    DatapathOpt,
+    DatasetOpt,
+    LimitOpt,
+    OneLineErrors,
+    PairListOpt,
+    PresetFileOpt,
+    SampleOpt,
+    SplitOpt,
+    ThreadsOpt,
+    ThresOpt,
+    cli_errors,
+    dataset_preset,
+    progress,
+    set_threads,
+    with_config,
+)
+from .options import build_model as _model
+from .options import notice as _notice
+from .ranks import RankTimeoutOpt, one_process
+from .ranks import bar as _bar
+from .ranks import ranks as _ranks
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -33,7 +59,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
                                                      help="Print the version and exit.")] = None,
 ) -> None:
     """Training-free semantic correspondence (SCOT: optimal transport + regularized Hough matching)."""
@@ -46,19 +72,19 @@ DATASET_PRESET = {"preset": "the dataset's; pfpascal for custom"}
 @with_config()
 def match(
     config: dict,
-    src: Annotated[Optional[str], typer.Argument(help="Source image.", show_default=False)] = None,
-    trg: Annotated[Optional[str], typer.Argument(help="Target image.", show_default=False)] = None,
+    src: Annotated[str | None, typer.Argument(help="Source image.", show_default=False)] = None,
+    trg: Annotated[str | None, typer.Argument(help="Target image.", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the outputs.")] = Path("."),
-    keypoints: Annotated[Optional[str], typer.Option("--keypoints", "-k", help="Source keypoints to transfer: JSON [[x, y], ...] or CSV x,y rows.")] = None,
-    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="CSV of source,target[,keypoints] rows to match in one run; relative paths resolve from the CSV's folder.")] = None,
+    keypoints: Annotated[str | None, typer.Option("--keypoints", "-k", help="Source keypoints to transfer: JSON [[x, y], ...] or CSV x,y rows.")] = None,
+    pairs: Annotated[Path | None, typer.Option("--pairs", help="CSV of source,target[,keypoints] rows to match in one run; relative paths resolve from the CSV's folder.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="How many of the most confident matches to draw.")] = 100,
     foreground: Annotated[bool, typer.Option("--foreground/--anywhere", help="Draw only matches on the object (CAM > 0.4), or rank all.")] = True,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the PNG picture (off: only the JSON).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier result of the same images, and an existing --flow file.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="With --pairs: keep the rows that already have a result of the same images in the output folder and match the rest (finishes an interrupted run).")] = False,
-    flow: Annotated[Optional[str], typer.Option("--flow", help="Also write the dense flow: FILE.npz (flow (H, W, 2) and confidence (H, W)) or FILE.npy ((H, W, 3): x, y, confidence); with --pairs a template holding {name}. An existing file is kept unless --overwrite.")] = None,
+    flow: Annotated[str | None, typer.Option("--flow", help="Also write the dense flow: FILE.npz (flow (H, W, 2) and confidence (H, W)) or FILE.npy ((H, W, 3): x, y, confidence); with --pairs a template holding {name}. An existing file is kept unless --overwrite.")] = None,
     warp: Annotated[bool, typer.Option("--warp", help="Also write the target warped into the source frame (<name>.warp.png) and a checkerboard with the source (<name>.warp-check.png).")] = False,
-    mask: Annotated[Optional[str], typer.Option("--mask", help="A binary, grey, 16-bit or palette label mask of the source image to move into the target frame (<name>.mask.png, labels and palette kept; <name>.mask-view.png shows both).")] = None,
+    mask: Annotated[str | None, typer.Option("--mask", help="A binary, grey, 16-bit or palette label mask of the source image to move into the target frame (<name>.mask.png, labels and palette kept; <name>.mask-view.png shows both).")] = None,
     html: Annotated[bool, typer.Option("--html", help="Also write <name>.html, an interactive viewer that opens offline in any browser.")] = False,
     preset_file: PresetFileOpt = None,
     threads: ThreadsOpt = None,
@@ -138,7 +164,7 @@ def eval_(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per batched solve (0: 1 on the CPU, 8 on a GPU).")] = 0,
     cache_gb: Annotated[float, typer.Option("--cache-gb", help="Memory budget of the per-image feature cache, GB.")] = 2.0,
     save_viz: Annotated[int, typer.Option("--save-viz", help="Also draw the N worst and N best pairs.")] = 0,
-    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run folder.", show_default="results/<dataset>-<backbone>-<time>")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run folder.", show_default="results/<dataset>-<backbone>-<time>")] = None,
     results: Annotated[Path, typer.Option("--results", help="Where run folders are created.")] = Path("results"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this dataset and backbone (or --output-dir).")] = False,
     download: Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing, without asking.")] = False,
@@ -230,7 +256,7 @@ def compare(
                                           show_default=False)],
     run_b: Annotated[Path, typer.Argument(help="Another run folder of the same dataset and protocol (B).",
                                           metavar="RUN_B", show_default=False)],
-    json_file: Annotated[Optional[Path], typer.Option(
+    json_file: Annotated[Path | None, typer.Option(
         "--json", help="Also write the comparison to this JSON file (replaced if it exists).")] = None,
     resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (at least 2000).")] = 10_000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap's random generator.")] = 0,
@@ -263,11 +289,11 @@ def search_layers_cmd(
     sample: SampleOpt = None,
     thres: ThresOpt = None,
     grid_stride: Annotated[int, typer.Option("--grid-stride", help="Base ids are the layers of this stride (the hyperpixel grid).")] = 4,
-    base_ids: Annotated[Optional[str], typer.Option("--base-ids", help="Explicit base ids, e.g. '(2,3,4)' (overrides --grid-stride).")] = None,
-    candidates: Annotated[Optional[str], typer.Option("--candidates", help="Ids that may be added.", show_default="every id")] = None,
+    base_ids: Annotated[str | None, typer.Option("--base-ids", help="Explicit base ids, e.g. '(2,3,4)' (overrides --grid-stride).")] = None,
+    candidates: Annotated[str | None, typer.Option("--candidates", help="Ids that may be added.", show_default="every id")] = None,
     beam: Annotated[int, typer.Option("--beam", help="Beam width.")] = 3,
     max_size: Annotated[int, typer.Option("--max-size", help="Largest id set.")] = 6,
-    resume_file: Annotated[Optional[Path], typer.Option("--resume-file", help="Scores are saved here after every evaluation and reused on rerun.")] = None,
+    resume_file: Annotated[Path | None, typer.Option("--resume-file", help="Scores are saved here after every evaluation and reused on rerun.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Preset JSON to write (load it with --preset-file).")] = Path("search-layers.json"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing preset file at --output.")] = False,
     threads: ThreadsOpt = None,

@@ -12,8 +12,9 @@ import functools
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -24,22 +25,22 @@ from ..presets import PRESET_OPTIONS
 CONFIG_SPECS: dict[str, Spec] = specs()
 
 # Options that several commands share (not algorithm options: those come from SCOTConfig).
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per core")]
-PresetFileOpt = Annotated[Optional[Path], typer.Option("--preset-file", help=(
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per core")]
+PresetFileOpt = Annotated[Path | None, typer.Option("--preset-file", help=(
     "A JSON written by 'scot search-layers': its hyperpixel_ids, exp2 and options "
     f"({', '.join(PRESET_OPTIONS)}) apply unless given explicitly."))]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d",
                                          help="spair, pfpascal, pfwillow, or custom (your own pairs: --pair-list FILE).")]
 DatapathOpt = Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="test, val or trn (PF-PASCAL, SPair-71k).")]
-PairListOpt = Annotated[Optional[Path], typer.Option(
+PairListOpt = Annotated[Path | None, typer.Option(
     "--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet PF-PASCAL csv); with --dataset "
     "custom, your pairs: a JSON list or JSON Lines of {source, target, source_keypoints, target_keypoints[, "
     "target_bbox, category]}, image paths relative to the file.")]
-ThresOpt = Annotated[Optional[str], typer.Option("--thres", help="PCK threshold: img or bbox.", show_default="the dataset's, as in the paper")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N pairs (after --category and --sample).")]
-CategoryOpt = Annotated[Optional[str], typer.Option("--category", help="Only pairs of this class.")]
-SampleOpt = Annotated[Optional[int], typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")]
+ThresOpt = Annotated[str | None, typer.Option("--thres", help="PCK threshold: img or bbox.", show_default="the dataset's, as in the paper")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first N pairs (after --category and --sample).")]
+CategoryOpt = Annotated[str | None, typer.Option("--category", help="Only pairs of this class.")]
+SampleOpt = Annotated[int | None, typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")]
 
 # Flags of parameters that are not configuration fields but appear in errors.
 OTHER_FLAGS = {"name": "--dataset", "preset_file": "--preset-file", "output_dir": "--output-dir", "pairs": "--pairs",
@@ -138,7 +139,7 @@ def _parameter(name: str, spec: Spec, default: Any, unset: str | None) -> inspec
         shown, default = unset or ",".join(f"{v:g}" for v in default), None
     metavar = {"floats": "<list>", "ids": "<ids>"}.get(kind(name))
     info = typer.Option(*decls, help=spec.help, show_default=shown, metavar=metavar)
-    annotation = Annotated[Optional[_TYPES[kind(name)]], info]
+    annotation = Annotated[_TYPES[kind(name)] | None, info]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None if unset else default,
                              annotation=annotation)
 
@@ -193,7 +194,7 @@ def dataset_preset(dataset: str) -> dict[str, str]:
     return {"preset": dataset} if dataset in PRESETS else {}
 
 
-def build_model(config: dict[str, Any], preset_file: Optional[Path] = None, **defaults: Any) -> Any:
+def build_model(config: dict[str, Any], preset_file: Path | None = None, **defaults: Any) -> Any:
     """The :class:`~scot.SCOT` model of the options the user gave (``config``), over
     ``defaults`` (such as the dataset's preset) and the ``preset_file``; notices go to stderr."""
     from .. import SCOT

@@ -9,8 +9,8 @@ pairs (:mod:`.custom`) into the same records.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import ScotError
 from .base import Dataset, DatasetMissingError, Pair

@@ -19,13 +19,13 @@ supplies only the names of its fields.
 from __future__ import annotations
 
 import csv
-
 import dataclasses
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -154,7 +154,7 @@ class Dataset:
         return len(self.pairs)
 
     def select(self, category: str | None = None, limit: int | None = None, sample: int | None = None,
-               option: str = "limit") -> "Dataset":
+               option: str = "limit") -> Dataset:
         """A subset: only ``category`` (if given), then ``sample`` pairs spread evenly over
         the list (so every class is represented), then the first ``limit`` pairs (errors
         about the limit name ``option``)."""

@@ -28,14 +28,15 @@ The default PCK threshold is ``bbox`` when every pair has a ``target_bbox``, els
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..errors import ScotError
 from ..io import open_regular_file
-from .base import Box, Dataset, Pair, checked_box, json_number
+from .base import Box, Dataset, Pair, check_box_extent, checked_box, json_number
 
 REQUIRED = ("source", "target", "source_keypoints", "target_keypoints")
 OPTIONAL = ("target_bbox", "category")
@@ -159,8 +160,9 @@ def _box(value: Any, where: str, size: tuple[int, int] | None) -> Box:
     name = "target_bbox"
     if not isinstance(value, list):
         raise ScotError(f"{where}: '{name}' must be 4 numbers [x1, y1, x2, y2], not {json.dumps(value)[:40]}")
-    box = checked_box([json_number(v, where, f"'{name}' value") for v in value], where, name)
-    x1, y1, x2, y2 = box  # checked_box refuses a box under one pixel across (no PCK threshold)
+    box = check_box_extent(checked_box([json_number(v, where, f"'{name}' value") for v in value], where, name),
+                           where, name)
+    x1, y1, x2, y2 = box
     if not (_inside(x1, y1, size) and _inside(x2, y2, size)):
         assert size is not None
         raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the "

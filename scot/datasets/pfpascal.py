@@ -20,16 +20,31 @@ Images live in ``PF-PASCAL/JPEGImages/<basename>``.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import ScotError
-from .base import (Box, Dataset, DatasetMissingError, ImageSizes, Pair, Size, check_box_extent, check_box_inside,
-                   check_keypoint_counts, check_points_inside, checked_box, mirror_box, mirror_points, read_pair_csv,
-                   text_number)
+from .base import (
+    Box,
+    Dataset,
+    DatasetMissingError,
+    ImageSizes,
+    Pair,
+    Size,
+    check_box_extent,
+    check_box_inside,
+    check_keypoint_counts,
+    check_points_inside,
+    checked_box,
+    mirror_box,
+    mirror_points,
+    read_pair_csv,
+    text_number,
+)
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
            "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]

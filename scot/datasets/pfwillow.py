@@ -12,15 +12,25 @@ so those must span at least a pixel.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..errors import ScotError
 from ..pck import keypoint_box
-from .base import (Dataset, DatasetMissingError, ImageSizes, Pair, check_keypoint_counts, check_points_inside,
-                   check_threshold_extent, read_pair_csv, text_number)
+from .base import (
+    Dataset,
+    DatasetMissingError,
+    ImageSizes,
+    Pair,
+    check_keypoint_counts,
+    check_points_inside,
+    check_threshold_extent,
+    read_pair_csv,
+    text_number,
+)
 
 CLASSES = ["car(G)", "car(M)", "car(S)", "duck(S)", "motorbike(G)", "motorbike(M)", "motorbike(S)",
            "winebottle(M)", "winebottle(wC)", "winebottle(woC)"]

@@ -20,13 +20,26 @@ the declared sizes when the images are not checked.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ScotError
 from ..io import open_regular_file
-from .base import (Dataset, DatasetMissingError, ImageSizes, Pair, Size, check_box_extent, check_box_inside,
-                   check_keypoint_counts, check_points_inside, checked_box, json_number, json_points)
+from .base import (
+    Dataset,
+    DatasetMissingError,
+    ImageSizes,
+    Pair,
+    Size,
+    check_box_extent,
+    check_box_inside,
+    check_keypoint_counts,
+    check_points_inside,
+    checked_box,
+    json_number,
+    json_points,
+)
 
 CATEGORIES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dog", "horse",
               "motorbike", "person", "pottedplant", "sheep", "train", "tvmonitor"]

@@ -25,9 +25,10 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
+from typing import Any, TypeVar, Union
 
 import torch
 

@@ -10,8 +10,8 @@ each rank computes on ``cuda:LOCAL_RANK`` (:func:`rank_device`), and the group u
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 

@@ -10,8 +10,9 @@ of one process gets one shard holding everything, in list order.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Hashable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..datasets import Dataset
 from ..image import image_size

@@ -15,7 +15,8 @@ and scaled with it, so the image side does not change what is measured).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..datasets import Dataset
 from ..errors import ScotError

@@ -24,8 +24,9 @@ is a :class:`~scot.distributed.group.WorldOfOne`, whose collectives do nothing):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from ..cache import LRUCache
 from ..datasets import Dataset, Pair

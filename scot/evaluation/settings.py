@@ -30,7 +30,7 @@ class EvalSettings:
 
     @classmethod
     def create(cls, thres: str, batch_size: int = 0, cache_gb: float = 2.0, save_viz: int = 0,
-               device: Any = "cpu") -> "EvalSettings":
+               device: Any = "cpu") -> EvalSettings:
         """Checked settings; ``batch_size`` 0 means 1 on the CPU and 8 on a GPU."""
         if thres not in ("img", "bbox"):
             raise ScotError(f"must be img or bbox, got '{thres}'", option="thres")

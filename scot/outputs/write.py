@@ -6,8 +6,9 @@ checks it), and the record, written last, is strict JSON (no NaN or Infinity).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -19,9 +19,10 @@ generated from :data:`PRESETS`, so it cannot drift from the data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ScotError
 from ..io import read_json

@@ -40,9 +40,10 @@ import base64
 import json
 import math
 import zlib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
