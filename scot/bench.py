@@ -23,6 +23,7 @@ reset before each measurement).
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -281,14 +282,14 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
         variant = SCOT(model.config, backbone=model.backbone, factorize=path)
         extractor: HyperpixelExtractor = variant.extractor
         fusion: list[float] = []
-        described = {}
+        described: dict[Path, Hyperpixels] = {}
         for p, view in views.items():
-            t: dict[str, float] = {}
-            described[p] = extractor.describe(view, timings=t)
-            fusion.append(t["fusion"])
+            tm: dict[str, float] = {}
+            described[p] = extractor.describe(view, timings=tm)
+            fusion.append(tm["fusion"])
         stages: dict[str, list[float]] = {}
         peaks: list[int] = []
-        preds = []
+        preds: list[torch.Tensor] = []
         memory = PeakMemory(variant.device)
         with torch.inference_mode():
             for rep in range(repeats + 1):
@@ -298,6 +299,7 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
                     memory.reset()
                     res = variant.match(s, t, kps, keep_plan=False, check_bounds=False)
                     if rep == 0:
+                        assert res.transferred is not None  # keypoints were given
                         preds.append(res.transferred)
                         continue
                     peaks.append(memory.peak() - before)
@@ -324,7 +326,8 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
     s0 = model.extractor.describe(views[pairs[0][0]])
     out["hyperpixels"] = (s0.n, model.extractor.describe(views[pairs[0][1]]).n)
     out["dense_table_bytes"] = 4 * s0.n * s0.dim
-    out["copy_bandwidth"] = copy_bandwidth(*out["hyperpixels"], model.device)
+    n_src, n_trg = out["hyperpixels"]
+    out["copy_bandwidth"] = copy_bandwidth(n_src, n_trg, model.device)
     out["low_memory"] = model.config.low_memory
     out["memory_label"] = PeakMemory(model.device).label
     return out
@@ -440,15 +443,16 @@ def bench_features(backbones: Sequence[str], weights: str | None = None, side: i
             if notice is not None:
                 notice(f"notice: {name} ImageNet weights are unavailable ({exc.short}); timing seeded random weights")
             backbone = build_backbone(name, used)
-        backbone = backbone.to(dev, memory_format=torch.channels_last)
+        backbone = backbone.to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]
         passes = []
         for scale in scales:
             h, w = int(scale * image.shape[1]), int(scale * image.shape[2])
             x = torch.rand(1, 3, h, w, device=dev).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 backbone.extract(x, [0], head=True)
-                times = [_time(lambda b=backbone, x=x: b.extract(x, [0], head=True), dev) for _ in range(repeats)]
-            stat = Stat.of(times)
+                run = functools.partial(backbone.extract, x, [0], head=True)
+                pass_times = [_time(run, dev) for _ in range(repeats)]
+            stat = Stat.of(pass_times)
             flops = pass_flops(backbone, x)
             passes.append({"scale": scale, "size": (w, h), "time": stat, "flops": flops, "rate": flops / stat.median})
         models = []
@@ -460,7 +464,7 @@ def bench_features(backbones: Sequence[str], weights: str | None = None, side: i
         times: list[list[float]] = [[] for _ in models]
         for _ in range(repeats):  # the settings take turns, so a change in the machine's load hits them alike
             for k, model in enumerate(models):
-                times[k].append(_time(lambda m=model: m.extract(image), dev))
+                times[k].append(_time(functools.partial(model.extract, image), dev))
         describe = [{"cam_scales": m.config.cam_scales, "feature_scales": m.config.feature_scales, "time": Stat.of(t)}
                     for m, t in zip(models, times)]
         out["backbones"][name] = {"weights": backbone.weights_source, "passes": passes, "describe": describe}
@@ -483,7 +487,8 @@ def format_features(res: dict, preset: str) -> str:
         for d in r["describe"]:
             cam = ",".join(f"{s:g}" for s in d["cam_scales"])
             feats = ",".join(f"{s:g}" for s in d["feature_scales"])
-            lines.append(f"  describe an image ({preset} preset), CAM scales {cam:<8} features {feats:<8}{d['time'].ms()}")
+            lines.append(f"  describe an image ({preset} preset), CAM scales {cam:<8} features "
+                         f"{feats:<8}{d['time'].ms()}")
     return "\n".join(lines)
 
 
@@ -513,7 +518,8 @@ def format_synthetic(res: dict, repeats: int, fine_dim: int, coarse_dim: int, co
                  f"{res['dense_matmul'].ms().strip()}: {res['dense_matmul'].median / res['correlation'].median:.1f}x")
     lines.append(f"  memory floor: torch.empty(N, M).copy_() moves {res['copy_bandwidth'] / 1e9:.1f} GB/s")
     if res.get("memory_label", "peak RSS") == "peak RSS":
-        lines.append(f"  peak RSS: {format_bytes(res['peak_memory'])} (the process held {format_bytes(res['baseline_rss'])} "
+        lines.append(f"  peak RSS: {format_bytes(res['peak_memory'])} (the process held "
+                     f"{format_bytes(res['baseline_rss'])} "
                      f"before any operand: Python, PyTorch and its CUDA libraries)")
     else:
         lines.append(f"  {res['memory_label']}: {format_bytes(res['peak_memory'])} (tensors held before the runs: "
@@ -535,14 +541,16 @@ def format_pairs(res: dict, dataset: str) -> str:
                      f"{r['flops']['dense'] / 1e9:.2f} G dense")
         lines.append(f"  {'fusion':<13}{r['fusion'].ms()}")
         lines += _stage_lines(r["stages"], r["bandwidth"], res["copy_bandwidth"])
+        raised = 'resident set' if res.get('memory_label', 'peak RSS') == 'peak RSS' else 'GPU memory allocated'
         lines.append(f"  matching per pair: {r['matching']:.3f} s; image in cache: {format_bytes(r['image_bytes'])}; "
-                     f"matching raised the {'resident set' if res.get('memory_label', 'peak RSS') == 'peak RSS' else 'GPU memory allocated'} "
+                     f"matching raised the {raised} "
                      f"by at most {format_bytes(r['match_peak_above'])}")
         if "max_px_from_dense" in r:
             lines.append(f"  keypoints vs the dense path: at most {r['max_px_from_dense']:.2e} px apart")
     dense, chosen = res["paths"]["never"]["stages"]["cost"].median, res["paths"]["auto"]["stages"]["cost"].median
     lines.append(f"correlation (cost stage): chosen {1000 * chosen:.1f} ms vs dense {1000 * dense:.1f} ms = "
-                 f"{dense / chosen:.1f}x; the dense hyperpixel table would take {format_bytes(res['dense_table_bytes'])} "
+                 f"{dense / chosen:.1f}x; the dense hyperpixel table would take "
+                 f"{format_bytes(res['dense_table_bytes'])} "
                  f"per image")
     lines.append(f"memory floor: torch.empty({n}, {m}).copy_() moves {res['copy_bandwidth'] / 1e9:.1f} GB/s")
     return "\n".join(lines)

@@ -126,7 +126,8 @@ def coordinate(value: Any, subject: str, what: str) -> float:
     if not math.isfinite(number):
         raise ScotError(f"{subject}: {what} has a non-finite coordinate ({_describe(value)})")
     if abs(number) > MAX_COORDINATE:
-        raise ScotError(f"{subject}: {what} has coordinate {number:g}, beyond any image (|value| > {MAX_COORDINATE:.0f})")
+        raise ScotError(f"{subject}: {what} has coordinate {number:g}, beyond any image (|value| > "
+                        f"{MAX_COORDINATE:.0f})")
     return number
 
 

@@ -75,17 +75,33 @@ def match(
     src: Annotated[str | None, typer.Argument(help="Source image.", show_default=False)] = None,
     trg: Annotated[str | None, typer.Argument(help="Target image.", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the outputs.")] = Path("."),
-    keypoints: Annotated[str | None, typer.Option("--keypoints", "-k", help="Source keypoints to transfer: JSON [[x, y], ...] or CSV x,y rows.")] = None,
-    pairs: Annotated[Path | None, typer.Option("--pairs", help="CSV of source,target[,keypoints] rows to match in one run; relative paths resolve from the CSV's folder.")] = None,
+    keypoints: Annotated[str | None, typer.Option("--keypoints", "-k", help="Source keypoints to transfer: JSON [[x, "
+                                                                            "y], ...] or CSV x,y rows.")] = None,
+    pairs: Annotated[Path | None, typer.Option("--pairs", help="CSV of source,target[,keypoints] rows to match in one "
+                                                               "run; relative paths resolve from the CSV's folder.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="How many of the most confident matches to draw.")] = 100,
-    foreground: Annotated[bool, typer.Option("--foreground/--anywhere", help="Draw only matches on the object (CAM > 0.4), or rank all.")] = True,
+    foreground: Annotated[bool, typer.Option("--foreground/--anywhere", help="Draw only matches on the object (CAM > "
+                                                                             "0.4), or rank all.")] = True,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the PNG picture (off: only the JSON).")] = True,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier result of the same images, and an existing --flow file.")] = False,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="With --pairs: keep the rows that already have a result of the same images in the output folder and match the rest (finishes an interrupted run).")] = False,
-    flow: Annotated[str | None, typer.Option("--flow", help="Also write the dense flow: FILE.npz (flow (H, W, 2) and confidence (H, W)) or FILE.npy ((H, W, 3): x, y, confidence); with --pairs a template holding {name}. An existing file is kept unless --overwrite.")] = None,
-    warp: Annotated[bool, typer.Option("--warp", help="Also write the target warped into the source frame (<name>.warp.png) and a checkerboard with the source (<name>.warp-check.png).")] = False,
-    mask: Annotated[str | None, typer.Option("--mask", help="A binary, grey, 16-bit or palette label mask of the source image to move into the target frame (<name>.mask.png, labels and palette kept; <name>.mask-view.png shows both).")] = None,
-    html: Annotated[bool, typer.Option("--html", help="Also write <name>.html, an interactive viewer that opens offline in any browser.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier result of the same images, and an "
+                                                                "existing --flow file.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="With --pairs: keep the rows that already have "
+                                                                        "a result of the same images in the output "
+                                                                        "folder and match the rest (finishes an "
+                                                                        "interrupted run).")] = False,
+    flow: Annotated[str | None, typer.Option("--flow", help="Also write the dense flow: FILE.npz (flow (H, W, 2) and "
+                                                            "confidence (H, W)) or FILE.npy ((H, W, 3): x, y, "
+                                                            "confidence); with --pairs a template holding {name}. An "
+                                                            "existing file is kept unless --overwrite.")] = None,
+    warp: Annotated[bool, typer.Option("--warp", help="Also write the target warped into the source frame "
+                                                      "(<name>.warp.png) and a checkerboard with the source "
+                                                      "(<name>.warp-check.png).")] = False,
+    mask: Annotated[str | None, typer.Option("--mask", help="A binary, grey, 16-bit or palette label mask of the "
+                                                            "source image to move into the target frame "
+                                                            "(<name>.mask.png, labels and palette kept; "
+                                                            "<name>.mask-view.png shows both).")] = None,
+    html: Annotated[bool, typer.Option("--html", help="Also write <name>.html, an interactive viewer that opens "
+                                                      "offline in any browser.")] = False,
     preset_file: PresetFileOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -161,12 +177,14 @@ def eval_(
     limit: LimitOpt = None,
     category: CategoryOpt = None,
     sample: SampleOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per batched solve (0: 1 on the CPU, 8 on a GPU).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per batched solve (0: 1 on the CPU, 8 on a "
+                                                                 "GPU).")] = 0,
     cache_gb: Annotated[float, typer.Option("--cache-gb", help="Memory budget of the per-image feature cache, GB.")] = 2.0,
     save_viz: Annotated[int, typer.Option("--save-viz", help="Also draw the N worst and N best pairs.")] = 0,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run folder.", show_default="results/<dataset>-<backbone>-<time>")] = None,
     results: Annotated[Path, typer.Option("--results", help="Where run folders are created.")] = Path("results"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this dataset and backbone (or --output-dir).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this dataset and "
+                                                          "backbone (or --output-dir).")] = False,
     download: Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing, without asking.")] = False,
     preset_file: PresetFileOpt = None,
     threads: ThreadsOpt = None,
@@ -211,8 +229,10 @@ def eval_(
         run_dir, resume = shared_run_folder(group, output_dir, results, dataset, model.backbone.name, resume)
         where.append(run_dir)
         if main:
-            typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | {model.backbone.name} "
-                       f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | {run_dir}")
+            typer.echo(f"{data.name} {data.split}: {len(data)} pairs, {len(data.image_keys())} images | "
+                       f"{model.backbone.name} "
+                       f"({model.backbone.weights_source}) on {model.device} | PCK threshold: {settings.thres} | "
+                       f"{run_dir}")
         with _bar(main, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task(data.name, total=len(data), info="")
@@ -235,7 +255,8 @@ def eval_(
             sharding = summary.get("sharding")
             if sharding:
                 typer.echo(f"images described per rank: {', '.join(map(str, sharding['images_described_per_rank']))} "
-                           f"(a round-robin split would describe {', '.join(map(str, sharding['round_robin_images_per_rank']))})")
+                           f"(a round-robin split would describe "
+                           f"{', '.join(map(str, sharding['round_robin_images_per_rank']))})")
             typer.echo(f"results: {run_dir}")
 
 
@@ -288,12 +309,16 @@ def search_layers_cmd(
     category: CategoryOpt = None,
     sample: SampleOpt = None,
     thres: ThresOpt = None,
-    grid_stride: Annotated[int, typer.Option("--grid-stride", help="Base ids are the layers of this stride (the hyperpixel grid).")] = 4,
-    base_ids: Annotated[str | None, typer.Option("--base-ids", help="Explicit base ids, e.g. '(2,3,4)' (overrides --grid-stride).")] = None,
-    candidates: Annotated[str | None, typer.Option("--candidates", help="Ids that may be added.", show_default="every id")] = None,
+    grid_stride: Annotated[int, typer.Option("--grid-stride", help="Base ids are the layers of this stride (the "
+                                                                   "hyperpixel grid).")] = 4,
+    base_ids: Annotated[str | None, typer.Option("--base-ids", help="Explicit base ids, e.g. '(2,3,4)' (overrides "
+                                                                    "--grid-stride).")] = None,
+    candidates: Annotated[str | None, typer.Option("--candidates", help="Ids that may be added.", show_default="every "
+                                                                                                               "id")] = None,
     beam: Annotated[int, typer.Option("--beam", help="Beam width.")] = 3,
     max_size: Annotated[int, typer.Option("--max-size", help="Largest id set.")] = 6,
-    resume_file: Annotated[Path | None, typer.Option("--resume-file", help="Scores are saved here after every evaluation and reused on rerun.")] = None,
+    resume_file: Annotated[Path | None, typer.Option("--resume-file", help="Scores are saved here after every "
+                                                                           "evaluation and reused on rerun.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Preset JSON to write (load it with --preset-file).")] = Path("search-layers.json"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing preset file at --output.")] = False,
     threads: ThreadsOpt = None,
@@ -328,7 +353,9 @@ def search_layers_cmd(
                                     beam=beam, max_size=max_size, resume_file=resume_file,
                                     on_image=lambda i, n: bar.update(images, completed=i, total=n),
                                     on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
-                                    on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"),
+                                    on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best "
+                                                                                               f"{best.score:.2f}% "
+                                                                                               f"{list(best.ids)}"),
                                     group=group, on_sharding=_show_sharding)
         if main:
             command = "scot search-layers " + " ".join(sys.argv[2:])

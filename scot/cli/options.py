@@ -25,7 +25,8 @@ from ..presets import PRESET_OPTIONS
 CONFIG_SPECS: dict[str, Spec] = specs()
 
 # Options that several commands share (not algorithm options: those come from SCOTConfig).
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per core")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per "
+                                                                                                           "core")]
 PresetFileOpt = Annotated[Path | None, typer.Option("--preset-file", help=(
     "A JSON written by 'scot search-layers': its hyperpixel_ids, exp2 and options "
     f"({', '.join(PRESET_OPTIONS)}) apply unless given explicitly."))]
@@ -37,10 +38,14 @@ PairListOpt = Annotated[Path | None, typer.Option(
     "--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet PF-PASCAL csv); with --dataset "
     "custom, your pairs: a JSON list or JSON Lines of {source, target, source_keypoints, target_keypoints[, "
     "target_bbox, category]}, image paths relative to the file.")]
-ThresOpt = Annotated[str | None, typer.Option("--thres", help="PCK threshold: img or bbox.", show_default="the dataset's, as in the paper")]
+ThresOpt = Annotated[str | None, typer.Option("--thres", help="PCK threshold: img or bbox.", show_default="the "
+                                                                                                          "dataset's, "
+                                                                                                          "as in the "
+                                                                                                          "paper")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first N pairs (after --category and --sample).")]
 CategoryOpt = Annotated[str | None, typer.Option("--category", help="Only pairs of this class.")]
-SampleOpt = Annotated[int | None, typer.Option("--sample", help="Only N pairs spread evenly over the list (every class represented).")]
+SampleOpt = Annotated[int | None, typer.Option("--sample", help="Only N pairs spread evenly over the list (every class "
+                                                                "represented).")]
 
 # Flags of parameters that are not configuration fields but appear in errors.
 OTHER_FLAGS = {"name": "--dataset", "preset_file": "--preset-file", "output_dir": "--output-dir", "pairs": "--pairs",

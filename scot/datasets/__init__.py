@@ -79,7 +79,8 @@ def open_dataset(
         return load_dataset(name, datapath, split, pair_list)
     except DatasetMissingError as exc:
         src = SOURCES[name]
-        if not download and not (ask is not None and ask(f"{exc}. Download {src.folder} ({src.approx_size}) into {datapath}?")):
+        if not download and not (ask is not None and ask(f"{exc}. Download {src.folder} ({src.approx_size}) into "
+                                                         f"{datapath}?")):
             raise ScotError(f"{exc}; or allow the download (--download, download=True) of {src.folder} "
                             f"({src.approx_size}) from {src.urls[0]}") from None
     download_dataset(name, datapath, progress=progress)

@@ -47,7 +47,8 @@ SOURCES = {
     "pfpascal": Source("PF-PASCAL", (google_drive("1OOwpGzJnTsFXYh-YffMQ9XKM_Kl_zdzg"),
                                      google_drive("1r54YXfCWGHe523w3ZQnCP0Y1TDToKx8n")), "test_pairs.csv", "about 60 MB"),
     "spair": Source("SPair-71k", ("http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz",
-                                  google_drive("1KSvB0k2zXA06ojWNvFjBv0Ake426Y76k")), "Layout/large/test.txt", "about 220 MB"),
+                                  google_drive("1KSvB0k2zXA06ojWNvFjBv0Ake426Y76k")), "Layout/large/test.txt", "about "
+                                                                                                               "220 MB"),
 }
 
 ProgressFn = Callable[[int, int | None], None]  # (bytes so far, total or None)

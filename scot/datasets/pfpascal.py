@@ -182,7 +182,8 @@ def load_pfpascal(datapath: Path, split: str = "test", pair_list: Path | None = 
         raise ScotError(f"PF-PASCAL splits are {', '.join(SPLITS)}, not '{split}'", option="split")
     csv_path = pair_list or root / f"{split}_pairs.csv"
     if not csv_path.is_file():
-        raise DatasetMissingError(f"PF-PASCAL not found: expected {csv_path} (put the PF-PASCAL folder in {Path(datapath)})")
+        raise DatasetMissingError(f"PF-PASCAL not found: expected {csv_path} (put the PF-PASCAL folder in "
+                                  f"{Path(datapath)})")
     sizes = ImageSizes("PF-PASCAL", read=check_images)
     pairs = read_pair_csv(csv_path, lambda fh: _read_pairs(csv.DictReader(fh), csv_path, root, split, sizes))
     return Dataset("pfpascal", root, split, pairs, CLASSES, "img", csv_path)

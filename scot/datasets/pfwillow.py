@@ -53,7 +53,8 @@ def load_pfwillow(datapath: Path, split: str = "test", pair_list: Path | None = 
         raise ScotError(f"PF-WILLOW only has a 'test' split, not '{split}'", option="split")
     csv_path = pair_list or root / "test_pairs.csv"
     if not csv_path.is_file():
-        raise DatasetMissingError(f"PF-WILLOW not found: expected {csv_path} (put the PF-WILLOW folder in {Path(datapath)})")
+        raise DatasetMissingError(f"PF-WILLOW not found: expected {csv_path} (put the PF-WILLOW folder in "
+                                  f"{Path(datapath)})")
     sizes = ImageSizes("PF-WILLOW", read=check_images)
     pairs = read_pair_csv(csv_path, lambda fh: _read_pairs(csv.reader(fh), csv_path, root, sizes))
     return Dataset("pfwillow", root, split, pairs, CLASSES, "bbox", csv_path)

@@ -149,7 +149,8 @@ def load_spair(datapath: Path, split: str = "test", pair_list: Path | None = Non
         raise ScotError(f"SPair-71k splits are {', '.join(SPLITS)}, not '{split}'", option="split")
     layout = pair_list or root / "Layout" / "large" / f"{split}.txt"
     if not layout.is_file():
-        raise DatasetMissingError(f"SPair-71k not found: expected {layout} (put the SPair-71k folder in {Path(datapath)})")
+        raise DatasetMissingError(f"SPair-71k not found: expected {layout} (put the SPair-71k folder in "
+                                  f"{Path(datapath)})")
     try:
         lines = layout.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:

@@ -324,7 +324,8 @@ def read_viewer(source: str | Path) -> dict[str, Any]:
     int64, ``topk_quantised`` (N, k) uint8, ``order`` (N,) int64, as the page sees them.
     """
     text = source if isinstance(source, str) and source.lstrip().startswith("<") else Path(source).read_text(encoding="utf-8")
-    start = text.index('<script type="application/json" id="scot-data">') + len('<script type="application/json" id="scot-data">')
+    start = text.index('<script type="application/json" id="scot-data">') + len('<script type="application/json" '
+                                                                                'id="scot-data">')
     end = text.index("</script>", start)
     payload = json.loads(text[start:end])
     arrays = unpack_arrays(payload["arrays"], payload["blob"], payload["compressed"])
