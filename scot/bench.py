@@ -186,7 +186,8 @@ def _synthetic_hyperpixels(grid: tuple[int, int], fine_dim: int, coarse_dim: int
     boxes = receptive_field_boxes(geometry, h, w)
     centres = box_centres(boxes)
     inv_norms = (fine.square().sum(1) + group.upsampled().square().sum(1)).rsqrt()
-    return Hyperpixels(fine * inv_norms.unsqueeze(1), [group], inv_norms, centres[:w, 0].clone(), centres[::w, 1].clone(),
+    return Hyperpixels(fine * inv_norms.unsqueeze(1), [group], inv_norms, centres[:w, 0].clone(),
+                       centres[::w, 1].clone(),
                        boxes, torch.rand(h * w, generator=g) + 0.5, (4 * w, 4 * h), 1.0, (4 * w, 4 * h), geometry,
                        layout=[((h, w), fine_dim, False), ((hc, wc), coarse_dim, True)])
 
@@ -239,7 +240,8 @@ def bench_synthetic(
     stages = {k: Stat.of([r[k] for r in runs]) for k in MATCH_STAGES}
     out.update(
         stages=stages, after_features=Stat.of([sum(r[k] for k in MATCH_STAGES) for r in runs]),
-        correlation=Stat.of(t_corr), dense_matmul=Stat.of(dense), peak_rss=peak_rss_bytes(), peak_memory=peak, copy_bandwidth=floor,
+        correlation=Stat.of(t_corr), dense_matmul=Stat.of(dense), peak_rss=peak_rss_bytes(), peak_memory=peak,
+        copy_bandwidth=floor,
         bandwidth={k: matrix_passes(k, True, two_way) * 4 * src.n * trg.n / stages[k].median for k in MATCH_STAGES
                    if matrix_passes(k, True, two_way)},
     )
@@ -274,7 +276,8 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
     feature_stages: dict[str, list[float]] = {}
     views = _describe_all(model, [p for s, t, _ in pairs for p in (s, t)], feature_stages)
     two_way = bool(model.config.symmetric)
-    out: dict = {"pairs": len(pairs), "repeats": repeats, "threads": torch.get_num_threads(), "device": str(model.device),
+    out: dict = {"pairs": len(pairs), "repeats": repeats, "threads": torch.get_num_threads(),
+                 "device": str(model.device),
                  "backbone": model.backbone.name, "two_way": two_way, "paths": {},
                  "features": {k: Stat.of(v) for k, v in feature_stages.items()}}
     predictions: dict[str, list[torch.Tensor]] = {}
@@ -334,7 +337,8 @@ def bench_pairs(model, pairs: Sequence[tuple[Path, Path, torch.Tensor]], repeats
 
 
 def bench_memory_run(n_pairs: int = 2000, n_images: int = 400, side: int = 96, cache_gb: float = 0.02,
-                     backbone: str = "efficientnet-lite0", sample_every: int = 100, workdir: Path | None = None) -> dict:
+                     backbone: str = "efficientnet-lite0", sample_every: int = 100,
+                     workdir: Path | None = None) -> dict:
     """A long synthetic evaluation (generated images, real pipeline): RSS along the way.
 
     ``n_images`` random images are paired round-robin into ``n_pairs`` pairs; the small
@@ -502,7 +506,8 @@ def _stage_lines(stages: dict[str, Stat], bandwidth: dict[str, float] | None = N
     for name, stat in stages.items():
         extra = ""
         if bandwidth and name in bandwidth and floor:
-            extra = f"   {bandwidth[name] / 1e9:5.1f} GB/s of the matrix ({100 * bandwidth[name] / floor:.0f} % of a copy)"
+            extra = (f"   {bandwidth[name] / 1e9:5.1f} GB/s of the matrix "
+                     f"({100 * bandwidth[name] / floor:.0f} % of a copy)")
         lines.append(f"  {name:<13}{stat.ms()}{extra}")
     return lines
 

@@ -170,7 +170,8 @@ def _json_point(item: Any, index: int, subject: str) -> tuple[float, float]:
     what = f"keypoint {index}"
     if isinstance(item, dict):
         if "x" not in item or "y" not in item:
-            raise ScotError(f"{subject}: every keypoint object needs 'x' and 'y' ({what} has {_describe(sorted(item))})")
+            raise ScotError(f"{subject}: every keypoint object needs 'x' and 'y' "
+                            f"({what} has {_describe(sorted(item))})")
         return coordinate(item["x"], subject, what), coordinate(item["y"], subject, what)
     if not isinstance(item, list):
         raise ScotError(f"{subject} must hold (K, 2) x, y pairs: {what} is {_describe(item)}, not [x, y]")
@@ -218,7 +219,8 @@ def _csv_keypoints(text: str, subject: str) -> list[tuple[float, float]]:
                 try:
                     values.append(float(cell))
                 except ValueError:
-                    raise ScotError(f"{subject} must hold numeric x, y pairs: line {line} has {_describe(cell)}") from None
+                    raise ScotError(f"{subject} must hold numeric x, y pairs: "
+                                    f"line {line} has {_describe(cell)}") from None
             x, y = (coordinate(v, subject, f"line {line}") for v in values)
             points.append((x, y))
     except csv.Error as exc:
@@ -264,7 +266,8 @@ def read_keypoints(path: str | Path, bounds: tuple[int, int] | None = None) -> n
     return arr
 
 
-def check_keypoint_bounds(keypoints: Sequence[Sequence[float]] | np.ndarray, size: tuple[int, int], subject: str = "keypoints") -> None:
+def check_keypoint_bounds(keypoints: Sequence[Sequence[float]] | np.ndarray, size: tuple[int, int],
+                          subject: str = "keypoints") -> None:
     """Raise naming the first keypoint outside the image ``[0, W] x [0, H]``.
 
     The rule is the one :meth:`scot.SCOT.match` applies, so a file that passes here is

@@ -167,7 +167,8 @@ class LayerSearch:
             pair = self.dataset.pairs[i]
             for k in (pair.src_key, pair.trg_key):
                 if k not in hyper:
-                    hyper[k] = self.model.extractor.describe(self.view(Path(k[0]), k[1]).to(self.model.device, ids), ids)
+                    view = self.view(Path(k[0]), k[1]).to(self.model.device, ids)
+                    hyper[k] = self.model.extractor.describe(view, ids)
             s, t = hyper[pair.src_key], hyper[pair.trg_key]
             src_kps, _, _ = pair.oriented(s.original_size[0], t.original_size[0])
             result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)

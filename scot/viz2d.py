@@ -6,7 +6,7 @@ Uses matplotlib's object API on the Agg canvas (no display, no global pyplot sta
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,7 +136,8 @@ def plot_matches(
         labelled = len(sk) <= LABELLED_KEYPOINTS  # numbers and outlines only where they stay readable
         if gt_keypoints is not None:
             gk = to_b(_points(gt_keypoints))
-            ax.add_collection(LineCollection(np.stack([tk, gk], 1), colors=cols, linewidths=1.2, linestyles=":", zorder=4))
+            ax.add_collection(LineCollection(np.stack([tk, gk], 1), colors=cols, linewidths=1.2, linestyles=":",
+                                             zorder=4))
             ax.scatter(gk[:, 0], gk[:, 1], s=60 if labelled else 12, facecolors="none", edgecolors=cols, linewidths=1.6,
                        zorder=5)
         size, edge = (70, 0.8) if labelled else (10, 0.0)
@@ -274,7 +275,8 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, ylabel
     save_figure(fig, path)
 
 
-def line_chart(x: Sequence[float], series: dict[str, Sequence[float]], title: str, xlabel: str, ylabel: str, path: str | Path) -> None:
+def line_chart(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str, ylabel: str,
+               path: str | Path) -> None:
     """Curves such as PCK against the threshold α."""
     fig = Figure(figsize=(5.0, 3.6), dpi=120)
     FigureCanvasAgg(fig)

@@ -30,7 +30,8 @@ def bench_synthetic_cmd(
     coarse_dim: Annotated[int, typer.Option("--coarse-dim", help="Channels of the coarse layer group.")] = 6144,
     coarse_stride: Annotated[int, typer.Option("--coarse-stride", help="How much coarser that group's grid is.")] = 4,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after two warm-up runs).")] = 5,
-    two_way: Annotated[bool, typer.Option("--two-way/--one-way", help="Time two-way matching (the Lite presets').")] = False,
+    two_way: Annotated[bool, typer.Option("--two-way/--one-way",
+                                          help="Time two-way matching (the Lite presets').")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:INDEX.")] = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
@@ -77,7 +78,8 @@ def bench_features_cmd(
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbones to time, comma-separated.")]
     = "efficientnet-lite2,resnet101",
     weights: Annotated[str | None, typer.Option("--weights", help="Weights for every backbone, e.g. 'random' "
-                                                "(default: ImageNet, or seeded random ones where unavailable).")] = None,
+                                                "(default: ImageNet, or seeded random ones where unavailable).")
+                       ] = None,
     preset: Annotated[str, typer.Option("--preset", help="Configuration of the image descriptions.")] = "pfpascal",
     side: Annotated[int, typer.Option("--image-side", help="Longest side of the scale-1 image.")] = 300,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions (after one warm-up).")] = 5,
@@ -111,7 +113,8 @@ def bench_memory_cmd(
     pairs: Annotated[int, typer.Option("--pairs", help="Pairs in the synthetic evaluation.")] = 2000,
     images: Annotated[int, typer.Option("--images", help="Distinct generated images.")] = 400,
     side: Annotated[int, typer.Option("--image-side", help="Image side (small keeps the run short).")] = 96,
-    cache_gb: Annotated[float, typer.Option("--cache-gb", help="Feature cache budget (small: constant eviction).")] = 0.02,
+    cache_gb: Annotated[float, typer.Option("--cache-gb",
+                                            help="Feature cache budget (small: constant eviction).")] = 0.02,
     threads: ThreadsOpt = None,
 ) -> None:
     """Resident memory along a long synthetic evaluation: it must stay flat."""

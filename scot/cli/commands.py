@@ -78,7 +78,8 @@ def match(
     keypoints: Annotated[str | None, typer.Option("--keypoints", "-k", help="Source keypoints to transfer: JSON [[x, "
                                                                             "y], ...] or CSV x,y rows.")] = None,
     pairs: Annotated[Path | None, typer.Option("--pairs", help="CSV of source,target[,keypoints] rows to match in one "
-                                                               "run; relative paths resolve from the CSV's folder.")] = None,
+                                                               "run; relative paths resolve from the CSV's folder.")
+                     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="How many of the most confident matches to draw.")] = 100,
     foreground: Annotated[bool, typer.Option("--foreground/--anywhere", help="Draw only matches on the object (CAM > "
                                                                              "0.4), or rank all.")] = True,
@@ -138,7 +139,8 @@ def match(
         typer.echo("\n".join(f"  {p}" for p in out.files()))
         return
     total, done = len(jobs) + len(failed), [0]
-    with progress(TextColumn("matching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+    with progress(TextColumn("matching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as bar:
         task = bar.add_task("pairs", total=len(jobs))
 
         def advance(*_: Any) -> None:
@@ -177,15 +179,18 @@ def eval_(
     limit: LimitOpt = None,
     category: CategoryOpt = None,
     sample: SampleOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per batched solve (0: 1 on the CPU, 8 on a "
-                                                                 "GPU).")] = 0,
-    cache_gb: Annotated[float, typer.Option("--cache-gb", help="Memory budget of the per-image feature cache, GB.")] = 2.0,
+    batch_size: Annotated[int, typer.Option("--batch-size",
+                                            help="Pairs per batched solve (0: 1 on the CPU, 8 on a GPU).")] = 0,
+    cache_gb: Annotated[float, typer.Option("--cache-gb",
+                                            help="Memory budget of the per-image feature cache, GB.")] = 2.0,
     save_viz: Annotated[int, typer.Option("--save-viz", help="Also draw the N worst and N best pairs.")] = 0,
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run folder.", show_default="results/<dataset>-<backbone>-<time>")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run folder.",
+                                                    show_default="results/<dataset>-<backbone>-<time>")] = None,
     results: Annotated[Path, typer.Option("--results", help="Where run folders are created.")] = Path("results"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this dataset and "
                                                           "backbone (or --output-dir).")] = False,
-    download: Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing, without asking.")] = False,
+    download: Annotated[bool, typer.Option("--download",
+                                           help="Download the dataset if it is missing, without asking.")] = False,
     preset_file: PresetFileOpt = None,
     threads: ThreadsOpt = None,
     rank_timeout: RankTimeoutOpt = 120.0,
@@ -237,10 +242,12 @@ def eval_(
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task(data.name, total=len(data), info="")
             try:
-                summary = evaluate(model, data, run_dir, settings, {"category": category, "limit": limit, "sample": sample,
-                                                                      "pairs": len(data)}, resume=resume,
+                summary = evaluate(model, data, run_dir, settings,
+                                   {"category": category, "limit": limit, "sample": sample, "pairs": len(data)},
+                                   resume=resume,
                                    on_progress=lambda done, total, rate, pck: bar.update(
-                                       task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"), group=group,
+                                       task, completed=done, info=f"{rate:.2f} pairs/s  PCK@0.1 {pck:.1f}%"),
+                                   group=group,
                                    on_sharding=_show_sharding, notice=_notice)
             except Stopped:
                 raise  # torchrun stopped this rank: _ranks says why
@@ -303,7 +310,8 @@ def search_layers_cmd(
     config: dict,
     dataset: DatasetOpt,
     datapath: DatapathOpt = Path("data"),
-    split: Annotated[str, typer.Option("--split", help="Split to search on (use a validation split where there is one).")] = "test",
+    split: Annotated[str, typer.Option("--split", help="Split to search on (use a validation split where there is "
+                                                       "one).")] = "test",
     pair_list: PairListOpt = None,
     limit: LimitOpt = None,
     category: CategoryOpt = None,
@@ -313,14 +321,16 @@ def search_layers_cmd(
                                                                    "hyperpixel grid).")] = 4,
     base_ids: Annotated[str | None, typer.Option("--base-ids", help="Explicit base ids, e.g. '(2,3,4)' (overrides "
                                                                     "--grid-stride).")] = None,
-    candidates: Annotated[str | None, typer.Option("--candidates", help="Ids that may be added.", show_default="every "
-                                                                                                               "id")] = None,
+    candidates: Annotated[str | None, typer.Option("--candidates", help="Ids that may be added.",
+                                                   show_default="every id")] = None,
     beam: Annotated[int, typer.Option("--beam", help="Beam width.")] = 3,
     max_size: Annotated[int, typer.Option("--max-size", help="Largest id set.")] = 6,
     resume_file: Annotated[Path | None, typer.Option("--resume-file", help="Scores are saved here after every "
                                                                            "evaluation and reused on rerun.")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Preset JSON to write (load it with --preset-file).")] = Path("search-layers.json"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing preset file at --output.")] = False,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Preset JSON to write (load it with --preset-file).")
+                      ] = Path("search-layers.json"),
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing preset file at --output.")] = False,
     threads: ThreadsOpt = None,
     rank_timeout: RankTimeoutOpt = 120.0,
 ) -> None:
@@ -349,13 +359,14 @@ def search_layers_cmd(
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn()) as bar:
             images = bar.add_task("backbone passes", total=len(data.image_keys()), info="")
             depth = bar.add_task("depth 1", total=1, info="", visible=False)
-            results = search_layers(model, data, thres=plan.thres, base_ids=plan.base_ids, candidate_ids=plan.candidates,
-                                    beam=beam, max_size=max_size, resume_file=resume_file,
+            results = search_layers(model, data, thres=plan.thres, base_ids=plan.base_ids,
+                                    candidate_ids=plan.candidates, beam=beam, max_size=max_size,
+                                    resume_file=resume_file,
                                     on_image=lambda i, n: bar.update(images, completed=i, total=n),
-                                    on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}", visible=True),
-                                    on_eval=lambda ev, best: bar.update(depth, advance=1, info=f"best "
-                                                                                               f"{best.score:.2f}% "
-                                                                                               f"{list(best.ids)}"),
+                                    on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}",
+                                                                    visible=True),
+                                    on_eval=lambda ev, best: bar.update(
+                                        depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"),
                                     group=group, on_sharding=_show_sharding)
         if main:
             command = "scot search-layers " + " ".join(sys.argv[2:])
@@ -367,7 +378,8 @@ def search_layers_cmd(
 @app.command()
 @cli_errors
 def layers(
-    backbone: Annotated[str, typer.Option("--backbone", "-b", help="The backbone whose ids to list.")] = "efficientnet-lite2",
+    backbone: Annotated[str, typer.Option("--backbone", "-b",
+                                          help="The backbone whose ids to list.")] = "efficientnet-lite2",
     image_side: Annotated[int, typer.Option("--image-side", help="Image side to compute grid sizes for.")] = 300,
 ) -> None:
     """List a backbone's hyperpixel ids with their stride, receptive field and channels (no weights needed)."""

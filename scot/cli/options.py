@@ -31,18 +31,18 @@ PresetFileOpt = Annotated[Path | None, typer.Option("--preset-file", help=(
     "A JSON written by 'scot search-layers': its hyperpixel_ids, exp2 and options "
     f"({', '.join(PRESET_OPTIONS)}) apply unless given explicitly."))]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d",
-                                         help="spair, pfpascal, pfwillow, or custom (your own pairs: --pair-list FILE).")]
+                                         help="spair, pfpascal, pfwillow, or custom (your own pairs: "
+                                              "--pair-list FILE).")]
 DatapathOpt = Annotated[Path, typer.Option("--datapath", help="Folder holding PF-WILLOW/, PF-PASCAL/ and SPair-71k/.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="test, val or trn (PF-PASCAL, SPair-71k).")]
 PairListOpt = Annotated[Path | None, typer.Option(
     "--pair-list", help="Use this pair file instead of the split's (e.g. an NCNet PF-PASCAL csv); with --dataset "
     "custom, your pairs: a JSON list or JSON Lines of {source, target, source_keypoints, target_keypoints[, "
     "target_bbox, category]}, image paths relative to the file.")]
-ThresOpt = Annotated[str | None, typer.Option("--thres", help="PCK threshold: img or bbox.", show_default="the "
-                                                                                                          "dataset's, "
-                                                                                                          "as in the "
-                                                                                                          "paper")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first N pairs (after --category and --sample).")]
+ThresOpt = Annotated[str | None, typer.Option("--thres", help="PCK threshold: img or bbox.",
+                                              show_default="the dataset's, as in the paper")]
+LimitOpt = Annotated[int | None, typer.Option("--limit",
+                                              help="Only the first N pairs (after --category and --sample).")]
 CategoryOpt = Annotated[str | None, typer.Option("--category", help="Only pairs of this class.")]
 SampleOpt = Annotated[int | None, typer.Option("--sample", help="Only N pairs spread evenly over the list (every class "
                                                                 "represented).")]
@@ -149,7 +149,8 @@ def _parameter(name: str, spec: Spec, default: Any, unset: str | None) -> inspec
                              annotation=annotation)
 
 
-def with_config(exclude: tuple[str, ...] = (), unset: dict[str, str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def with_config(exclude: tuple[str, ...] = (),
+                unset: dict[str, str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command one option per :class:`SCOTConfig` field (but ``exclude``).
 
     Help text, flags and the shown default come from the field's declaration.  The

@@ -43,12 +43,14 @@ class Source:
 
 SOURCES = {
     "pfwillow": Source("PF-WILLOW", (google_drive("1tDP0y8RO5s45L-vqnortRaieiWENQco_"),
-                                     google_drive("1Moes_nP-1AGxuG6TkuEl100NaHGWhRfv")), "test_pairs.csv", "about 10 MB"),
+                                     google_drive("1Moes_nP-1AGxuG6TkuEl100NaHGWhRfv")),
+                       "test_pairs.csv", "about 10 MB"),
     "pfpascal": Source("PF-PASCAL", (google_drive("1OOwpGzJnTsFXYh-YffMQ9XKM_Kl_zdzg"),
-                                     google_drive("1r54YXfCWGHe523w3ZQnCP0Y1TDToKx8n")), "test_pairs.csv", "about 60 MB"),
+                                     google_drive("1r54YXfCWGHe523w3ZQnCP0Y1TDToKx8n")),
+                       "test_pairs.csv", "about 60 MB"),
     "spair": Source("SPair-71k", ("http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz",
-                                  google_drive("1KSvB0k2zXA06ojWNvFjBv0Ake426Y76k")), "Layout/large/test.txt", "about "
-                                                                                                               "220 MB"),
+                                  google_drive("1KSvB0k2zXA06ojWNvFjBv0Ake426Y76k")),
+                    "Layout/large/test.txt", "about 220 MB"),
 }
 
 ProgressFn = Callable[[int, int | None], None]  # (bytes so far, total or None)
@@ -144,7 +146,8 @@ def download_dataset(
             work.mkdir()
             folder = _extract_checked(archive, work, source)
             (folder / ".scot-download.json").write_text(json.dumps(
-                {"url": url, "bytes": nbytes, "sha256": sha, "downloaded": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+                {"url": url, "bytes": nbytes, "sha256": sha, "downloaded": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                indent=2))
             os.replace(folder, target)
             return target
         except _DownloadFailed as exc:

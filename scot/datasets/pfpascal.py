@@ -168,7 +168,8 @@ def _image_name(text: str, where: str, column: str) -> str:
     return name
 
 
-def load_pfpascal(datapath: Path, split: str = "test", pair_list: Path | None = None, check_images: bool = True) -> Dataset:
+def load_pfpascal(datapath: Path, split: str = "test", pair_list: Path | None = None,
+                  check_images: bool = True) -> Dataset:
     """Load PF-PASCAL's ``split`` (or the pairs of ``pair_list``) from ``datapath/PF-PASCAL``.
 
     Args:

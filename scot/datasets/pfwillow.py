@@ -39,7 +39,8 @@ COLUMNS = (["imageA", "imageB"] + [f"XA{i}" for i in range(1, 11)] + [f"YA{i}" f
            + [f"XB{i}" for i in range(1, 11)] + [f"YB{i}" for i in range(1, 11)])
 
 
-def load_pfwillow(datapath: Path, split: str = "test", pair_list: Path | None = None, check_images: bool = True) -> Dataset:
+def load_pfwillow(datapath: Path, split: str = "test", pair_list: Path | None = None,
+                  check_images: bool = True) -> Dataset:
     """Load PF-WILLOW's pairs from ``datapath/PF-WILLOW/test_pairs.csv`` (or ``pair_list``).
 
     Args:
@@ -96,7 +97,8 @@ def _read_pairs(reader: Any, csv_path: Path, root: Path, sizes: ImageSizes) -> l
             if size is not None:
                 check_points_inside(kps, size, image, where, _columns(side))
         pairs.append(Pair(
-            index=len(pairs), pair_id=f"{Path(parts_a[-1]).stem}-{Path(parts_b[-1]).stem}:{category}", category=category,
+            index=len(pairs), pair_id=f"{Path(parts_a[-1]).stem}-{Path(parts_b[-1]).stem}:{category}",
+            category=category,
             src=src, trg=trg, src_kps=src_kps, trg_kps=trg_kps,
             src_bbox=keypoint_box(src_kps), trg_bbox=keypoint_box(trg_kps),
         ))

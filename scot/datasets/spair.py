@@ -135,7 +135,8 @@ def read_pair_annotation(path: Path, category: str | None = None) -> dict:
     return out
 
 
-def load_spair(datapath: Path, split: str = "test", pair_list: Path | None = None, check_images: bool = True) -> Dataset:
+def load_spair(datapath: Path, split: str = "test", pair_list: Path | None = None,
+               check_images: bool = True) -> Dataset:
     """Load SPair-71k's ``split`` (or the pairs listed in ``pair_list``) from ``datapath/SPair-71k``.
 
     Args:

@@ -192,12 +192,16 @@ def format_table(summary: dict) -> str:
     head = f"{'class':<18}{'pairs':>7}" + "".join(f"{'a=' + format(a, '.2f'):>9}" for a in alphas)
     lines = [head, "-" * len(head)]
     for cat, row in pck["per_category"].items():
-        lines.append(f"{cat:<18}{row['pairs']:>7}" + "".join(f"{row['pck_mean_over_pairs'][f'{a:.2f}']:>9.1f}" for a in alphas))
+        lines.append(f"{cat:<18}{row['pairs']:>7}"
+                     + "".join(f"{row['pck_mean_over_pairs'][f'{a:.2f}']:>9.1f}" for a in alphas))
     lines.append("-" * len(head))
     ov = pck["overall"]
-    lines.append(f"{'mean over pairs':<18}{ov['pairs']:>7}" + "".join(f"{ov['pck_mean_over_pairs'][f'{a:.2f}']:>9.1f}" for a in alphas))
-    lines.append(f"{'mean over kps':<18}{ov['keypoints']:>7}" + "".join(f"{ov['pck_mean_over_keypoints'][f'{a:.2f}']:>9.1f}" for a in alphas))
+    lines.append(f"{'mean over pairs':<18}{ov['pairs']:>7}"
+                 + "".join(f"{ov['pck_mean_over_pairs'][f'{a:.2f}']:>9.1f}" for a in alphas))
+    lines.append(f"{'mean over kps':<18}{ov['keypoints']:>7}"
+                 + "".join(f"{ov['pck_mean_over_keypoints'][f'{a:.2f}']:>9.1f}" for a in alphas))
     for flag, levels in pck.get("per_flag", {}).items():
-        cells = "  ".join(f"{lvl}: {row['pck_mean_over_pairs']['0.10']:.1f} ({row['pairs']})" for lvl, row in levels.items())
+        cells = "  ".join(f"{lvl}: {row['pck_mean_over_pairs']['0.10']:.1f} ({row['pairs']})"
+                          for lvl, row in levels.items())
         lines.append(f"{flag:<18} PCK@0.10 by level: {cells}")
     return "\n".join(lines)

@@ -43,7 +43,7 @@ import zlib
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ from ..io import atomic_write_bytes
 
 PLACEHOLDER = "__SCOT_DATA__"
 DTYPES: dict[str, str] = {"f32": "<f4", "u8": "u1", "u16": "<u2", "u32": "<u4", "i16": "<i2"}
-ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]]
+ArrayLike = np.ndarray | torch.Tensor | Sequence[Sequence[float]]
 
 
 def template_text() -> str:
@@ -149,7 +149,8 @@ def encode_topk(index: np.ndarray, m: int) -> dict[str, tuple[str, np.ndarray]]:
     return {"top1": ("u32", idx[:, 0]), "index": ("u32", idx.reshape(-1))}
 
 
-def pack_arrays(arrays: dict[str, tuple[str, np.ndarray]], compress: bool = True) -> tuple[dict[str, dict[str, Any]], str]:
+def pack_arrays(arrays: dict[str, tuple[str, np.ndarray]],
+                compress: bool = True) -> tuple[dict[str, dict[str, Any]], str]:
     """One little-endian byte string (deflated when ``compress``) in base64, and where each array sits in it."""
     spec: dict[str, dict[str, Any]] = {}
     chunks: list[bytes] = []
@@ -323,9 +324,12 @@ def read_viewer(source: str | Path) -> dict[str, Any]:
     Adds ``decoded``: ``src_points`` (N, 2), ``trg_points`` (M, 2), ``topk_index`` (N, k)
     int64, ``topk_quantised`` (N, k) uint8, ``order`` (N,) int64, as the page sees them.
     """
-    text = source if isinstance(source, str) and source.lstrip().startswith("<") else Path(source).read_text(encoding="utf-8")
-    start = text.index('<script type="application/json" id="scot-data">') + len('<script type="application/json" '
-                                                                                'id="scot-data">')
+    if isinstance(source, str) and source.lstrip().startswith("<"):
+        text = source
+    else:
+        text = Path(source).read_text(encoding="utf-8")
+    opening = '<script type="application/json" id="scot-data">'
+    start = text.index(opening) + len(opening)
     end = text.index("</script>", start)
     payload = json.loads(text[start:end])
     arrays = unpack_arrays(payload["arrays"], payload["blob"], payload["compressed"])
@@ -342,7 +346,8 @@ def read_viewer(source: str | Path) -> dict[str, Any]:
     if "index" in arrays:
         topk = arrays["index"].astype(np.int64).reshape(n, k)
     else:
-        topk = np.concatenate((top1[:, None], top1[:, None] + arrays["offsets"].astype(np.int64).reshape(n, k - 1)), axis=1)
+        offsets = arrays["offsets"].astype(np.int64).reshape(n, k - 1)
+        topk = np.concatenate((top1[:, None], top1[:, None] + offsets), axis=1)
     drops = arrays["confidence_drop"].astype(np.int64).reshape(k - 1, n).T
     quantised = (arrays["confidence_top"].astype(np.int64)[:, None] - np.concatenate(
         (np.zeros((n, 1), np.int64), np.cumsum(drops, axis=1)), axis=1)).astype(np.uint8)
