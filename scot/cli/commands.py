@@ -153,7 +153,7 @@ def match(
         except KeyboardInterrupt:
             _notice(f"interrupted after {done[0]} of {len(jobs)} pairs; their results are in {folder}: finish with "
                     "the same command plus --skip-existing")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
     already = f" ({len(kept)} already had results)" if kept else ""
     backbone = f" [{model.backbone.name}]" if model is not None else ""
     typer.echo(f"matched {len(written)} of {total} pairs{already}{backbone}; outputs in {folder}")
@@ -255,7 +255,7 @@ def eval_(
                 if main:
                     _notice(f"interrupted; scored pairs are saved in {run_dir}; continue with the same command plus "
                             f"--resume -o {run_dir}")
-                raise typer.Exit(130)
+                raise typer.Exit(130) from None
         if summary is not None:
             typer.echo(protocol_line(summary["protocol"]))
             typer.echo(format_table(summary))

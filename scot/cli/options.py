@@ -106,21 +106,21 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except ScotError as exc:
             _echo_error(exc.for_cli(flag_of))
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _echo_error("interrupted")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
             if _out_of_memory(exc):
                 _echo_error("out of memory; try --low-memory, a smaller --image-side or fewer --hyperpixel ids")
-                raise typer.Exit(1)
+                raise typer.Exit(1) from None
             if os.environ.get("SCOT_DEBUG"):
                 raise
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             _echo_error(f"unexpected {type(exc).__name__}: {first} (set SCOT_DEBUG=1 for the traceback)")
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -54,7 +54,7 @@ def ranks(config: dict[str, Any], timeout: float, hint: Callable[[], str] = str)
                 raise
             exc = PeerError(f"{exc.message} (rank {group.rank} of {group.world_size})", option=exc.option)
         if not exc.report:
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         quiet_hint = exc.agreed or group.launch.restarts_left > 0  # a restarted launch resumes by itself
         raise PeerError(exc.message + ("" if quiet_hint else hint()), option=exc.option) from None
     finally:
