@@ -165,8 +165,10 @@ def run_demo(output: Path = Path("scot-demo"), *, notice: Callable[[str], None] 
     result = model(pair.source, pair.target, keypoints=pair.source_keypoints, keep_plan=False)
     src, trg = str(pair.source), str(pair.target)
     # The PNG and JSON are written exactly as `scot match` writes them (a rerun replaces them).
-    written = write_match(model, result, src, trg, plan_outputs(output, src, trg, overwrite=True), top_k=TOP_K)
+    planned = plan_outputs(output, src, trg, overwrite=True)
+    assert planned is not None  # None only with skip_existing
+    written = write_match(model, result, src, trg, planned, top_k=TOP_K)
     png, js = written.picture, written.record
-    assert result.transferred is not None
+    assert png is not None and result.transferred is not None  # the picture was planned; keypoints were given
     errors = [math.dist(p, q) for p, q in zip(result.transferred.tolist(), pair.target_keypoints)]
     return DemoResult(png=png, json=js, pair=pair, errors_px=errors, backbone=model.backbone.name)

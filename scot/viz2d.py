@@ -125,7 +125,9 @@ def plot_matches(
         alpha = 0.35 + 0.6 * (conf - conf.min()) / max(np.ptp(conf), 1e-12)
         tb = to_b(m[:, 2:4])
         rgba = np.concatenate([colours, alpha[:, None]], 1)
-        ax.add_collection(LineCollection(np.stack([m[:, :2], tb], 1), colors=rgba, linewidths=0.9, capstyle="round"))
+        segments = np.stack([m[:, :2], tb], 1)  # (N, 2, 2): matplotlib takes the array; its stubs want a Sequence
+        ax.add_collection(LineCollection(segments, colors=rgba, linewidths=0.9,  # type: ignore[arg-type]
+                                         capstyle="round"))
         ax.scatter(m[:, 0], m[:, 1], s=7, c=colours, linewidths=0, zorder=3)
         ax.scatter(tb[:, 0], tb[:, 1], s=7, c=colours, linewidths=0, zorder=3)
 
@@ -136,10 +138,10 @@ def plot_matches(
         labelled = len(sk) <= LABELLED_KEYPOINTS  # numbers and outlines only where they stay readable
         if gt_keypoints is not None:
             gk = to_b(_points(gt_keypoints))
-            ax.add_collection(LineCollection(np.stack([tk, gk], 1), colors=cols, linewidths=1.2, linestyles=":",
-                                             zorder=4))
-            ax.scatter(gk[:, 0], gk[:, 1], s=60 if labelled else 12, facecolors="none", edgecolors=cols, linewidths=1.6,
-                       zorder=5)
+            ax.add_collection(LineCollection(np.stack([tk, gk], 1),  # type: ignore[arg-type]
+                                             colors=cols, linewidths=1.2, linestyles=":", zorder=4))
+            ax.scatter(gk[:, 0], gk[:, 1], s=60 if labelled else 12, facecolors="none",
+                       edgecolors=cols, linewidths=1.6, zorder=5)  # type: ignore[arg-type]
         size, edge = (70, 0.8) if labelled else (10, 0.0)
         for pts in (sk, tk):
             ax.scatter(pts[:, 0], pts[:, 1], s=size, c=cols, edgecolors="black", linewidths=edge, zorder=6)

@@ -123,13 +123,17 @@ def match(
         raise ScotError("applies to --pairs runs, without --overwrite", option="skip_existing")
     extras = Extras(flow, warp, mask, html)
     extras.check(several=pairs is not None)
-    jobs = ([Job(r.source, r.target, r.keypoints, r.line) for r in read_pair_list(pairs)] if pairs is not None
-            else [Job(src, trg, keypoints)])
+    if pairs is not None:
+        jobs = [Job(r.source, r.target, r.keypoints, r.line) for r in read_pair_list(pairs)]
+    else:
+        assert src is not None and trg is not None  # checked above
+        jobs = [Job(src, trg, keypoints)]
     folder = check_folder(output)
     jobs, failed = prepare_jobs(jobs, stop_on_error=pairs is None, mask=mask)
     model = _model(config, preset_file) if jobs else None  # no model when every row failed its checks
-    kw = dict(top_k=top_k, foreground=foreground, picture=plot, overwrite=overwrite, extras=extras)
+    kw: dict[str, Any] = dict(top_k=top_k, foreground=foreground, picture=plot, overwrite=overwrite, extras=extras)
     if pairs is None:
+        assert src is not None and trg is not None and model is not None  # one pair, checked: a model was built
         t0 = time.perf_counter()
         [out], _, _ = match_jobs(model, jobs, folder, **kw)
         n = 0 if jobs[0].points is None else len(jobs[0].points)

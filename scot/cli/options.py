@@ -12,7 +12,7 @@ import functools
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,10 +68,11 @@ def _echo_error(message: str) -> None:
 class OneLineErrors(TyperGroup):
     """A command group whose usage errors are one line on stderr (exit status 2)."""
 
-    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True,
-             **extra: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         try:
-            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              windows_expand_args=windows_expand_args, **extra)
         except typer.TyperException as exc:  # usage errors of the command-line parser
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as usual
@@ -144,7 +145,7 @@ def _parameter(name: str, spec: Spec, default: Any, unset: str | None) -> inspec
         shown, default = unset or ",".join(f"{v:g}" for v in default), None
     metavar = {"floats": "<list>", "ids": "<ids>"}.get(kind(name))
     info = typer.Option(*decls, help=spec.help, show_default=shown, metavar=metavar)
-    annotation = Annotated[_TYPES[kind(name)] | None, info]
+    annotation: Any = Annotated[_TYPES[kind(name)] | None, info]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None if unset else default,
                              annotation=annotation)
 

@@ -102,8 +102,10 @@ def _extract_checked(archive: Path, work: Path, source: Source) -> Path:
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()  # reads the whole archive: CRC and truncation checks
-            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(work, members=members, **kwargs)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(work, members=members, filter="data")
+            else:
+                tar.extractall(work, members=members)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise _DownloadFailed(f"the archive is corrupt or truncated ({type(exc).__name__}: {exc})") from None
     candidates = [work / source.folder, work]
@@ -116,7 +118,7 @@ def _extract_checked(archive: Path, work: Path, source: Source) -> Path:
 
 def download_dataset(
     name: str,
-    datapath: Path,
+    datapath: str | Path,
     progress: ProgressFn | None = None,
     urls: tuple[str, ...] | None = None,
     timeout: float | None = None,

@@ -155,6 +155,7 @@ def save_visualisations(model: SCOT, dataset: Dataset, state: RunState, run_dir:
         a, b = src_img.tensor, trg_img.tensor
         if pair.flip:
             a, b = a.flip(-1), b.flip(-1)
+        assert result.transferred is not None  # keypoints were given
         matches = result.matches(60)
         matches[:, 0:2] *= src_img.scale
         matches[:, 2:4] *= trg_img.scale

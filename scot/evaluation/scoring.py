@@ -77,8 +77,11 @@ class PairInputs:
         key = str(path)
         if key not in self._files:
             try:
-                with open(path, "rb") as fh:
-                    self._files[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+                digest = hashlib.sha256()
+                with open(path, "rb") as fh:  # hashlib.file_digest is Python 3.11+
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(chunk)
+                self._files[key] = digest.hexdigest()
             except OSError as exc:
                 raise ScotError(f"{path}: cannot be read ({exc.strerror or exc})") from None
         return self._files[key]
