@@ -75,8 +75,9 @@ def match(
     src: Annotated[str | None, typer.Argument(help="Source image.", show_default=False)] = None,
     trg: Annotated[str | None, typer.Argument(help="Target image.", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the outputs.")] = Path("."),
-    keypoints: Annotated[str | None, typer.Option("--keypoints", "-k", help="Source keypoints to transfer: JSON [[x, "
-                                                                            "y], ...] or CSV x,y rows.")] = None,
+    keypoints: Annotated[str | None, typer.Option("--keypoints", "-k", help="Source keypoints to transfer: "
+                                                                            "JSON [[x, y], ...] or CSV x,y rows.")
+                         ] = None,
     pairs: Annotated[Path | None, typer.Option("--pairs", help="CSV of source,target[,keypoints] rows to match in one "
                                                                "run; relative paths resolve from the CSV's folder.")
                      ] = None,

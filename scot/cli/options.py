@@ -25,8 +25,8 @@ from ..presets import PRESET_OPTIONS
 CONFIG_SPECS: dict[str, Spec] = specs()
 
 # Options that several commands share (not algorithm options: those come from SCOTConfig).
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for PyTorch.", show_default="one per "
-                                                                                                           "core")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for PyTorch.",
+                                                show_default="one per core")]
 PresetFileOpt = Annotated[Path | None, typer.Option("--preset-file", help=(
     "A JSON written by 'scot search-layers': its hyperpixel_ids, exp2 and options "
     f"({', '.join(PRESET_OPTIONS)}) apply unless given explicitly."))]

@@ -287,8 +287,8 @@ def json_points(value: Any, where: str, name: str) -> torch.Tensor:
     rows = []
     for k, item in enumerate(value):
         if item is None:
-            raise ScotError(f"{where}: '{name}' keypoint {k} is null (a pair lists only keypoints visible in both "
-                            f"images)")
+            raise ScotError(f"{where}: '{name}' keypoint {k} is null "
+                            f"(a pair lists only keypoints visible in both images)")
         if not isinstance(item, list) or len(item) != 2:
             raise ScotError(f"{where}: '{name}' keypoint {k} must be [x, y], not {json.dumps(item)[:40]}")
         rows.append([json_number(v, where, f"'{name}' keypoint {k}") for v in item])
@@ -309,8 +309,8 @@ def checked_box(values: Sequence[float], where: str, name: str) -> Box:
     for v in (x1, y1, x2, y2):
         _in_range(v, where, f"'{name}' value", repr(v))
     if not (x2 > x1 and y2 > y1):
-        raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is empty or reversed; need x2 > x1 and y2 "
-                        f"> y1")
+        raise ScotError(f"{where}: '{name}' ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is empty or reversed; "
+                        f"need x2 > x1 and y2 > y1")
     return (x1, y1, x2, y2)
 
 
