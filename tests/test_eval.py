@@ -301,3 +301,16 @@ def test_drop_records_rewrites_only_the_journals_that_lose_records(tmp_path):
     assert (tmp_path / "pairs.rank1.jsonl").stat().st_mtime_ns == before
     state = load_journals(tmp_path, own=None)
     assert sorted(state.done) == [0, 1, 3] and state.totals()["images_extracted"] == 6
+
+
+def test_pair_input_digests_hash_image_bytes_without_file_digest(tmp_path, monkeypatch):
+    """Image digests are the SHA-256 of the bytes, also where hashlib.file_digest is missing (Python 3.10)."""
+    import hashlib
+
+    from scot.evaluation.scoring import PairInputs
+
+    data = bytes(range(256)) * 5000  # more than one read chunk
+    path = tmp_path / "image.bin"
+    path.write_bytes(data)
+    monkeypatch.delattr(hashlib, "file_digest", raising=False)
+    assert PairInputs([])._file(path) == hashlib.sha256(data).hexdigest()
