@@ -175,7 +175,8 @@ class SCOT:
         if backbone is None:
             backbone = build_backbone(cfg.backbone, cfg.weights, notice=notice)
         # Channels-last convolutions are faster on CPU (ResNet-101 ~12 %, EfficientNet-Lite2 ~1.7x).
-        self.backbone = backbone.to(self.device).to(memory_format=torch.channels_last).eval()
+        # Module.to accepts a device and a memory format together; torch's overload stubs do not list it
+        self.backbone = backbone.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         self.config = cfg.resolve(backbone.name)
         if cfg.dropped_by_low_memory(backbone.name):
             notice(f"notice: low-memory mode matches one way; the preset's two-way matching of {backbone.name} is off")
