@@ -84,7 +84,9 @@ def class_activation_map(
             assert first.last_map is not None and first.logits is not None
             last_map, logits = first.last_map, first.logits
         else:
-            scaled = F.interpolate(scaled, (int(scale * size[0]), int(scale * size[1])), mode="bilinear", align_corners=True)
+            scaled = F.interpolate(
+                scaled, (int(scale * size[0]), int(scale * size[1])), mode="bilinear", align_corners=True
+            )
             out = backbone.extract(scaled, feature_ids, head=True)
             assert out.last_map is not None and out.logits is not None
             last_map, logits = out.last_map, out.logits

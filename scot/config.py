@@ -136,7 +136,8 @@ class SCOTConfig:
     # --- backbone and hyperpixels ---------------------------------------------------------
     backbone: str = option(
         "auto", "resnet101, resnet50, efficientnet-lite0, efficientnet-lite2, or auto (ResNet-101 when its "
-        "ImageNet weights are available, else EfficientNet-Lite2).", "--backbone", choices=("auto", *BACKBONES), short="-b")
+        "ImageNet weights are available, else EfficientNet-Lite2).", "--backbone", choices=("auto", *BACKBONES),
+        short="-b")
     weights: str | None = option(
         None, "A state-dict file for the backbone (torchvision or lukemelas key names), or random[:SEED].",
         "--weights", unset="the backbone's ImageNet weights")
@@ -149,7 +150,8 @@ class SCOTConfig:
     device: str = option("cpu", "cpu, cuda or cuda:INDEX.", "--device")
 
     # --- CAM and marginals ----------------------------------------------------------------
-    cam: bool = option(True, "Weight the transport marginals with class activation maps (off: uniform).", "--cam/--no-cam")
+    cam: bool = option(
+        True, "Weight the transport marginals with class activation maps (off: uniform).", "--cam/--no-cam")
     cam_scales: tuple[float, ...] = option(
         (1.0, 1.5, 2.0), "Input scales of the class activation map.", "--cam-scales", parse=_floats, above=0)
     cam_weighting: str = option(
@@ -180,7 +182,8 @@ class SCOTConfig:
         None, "Stop Sinkhorn early once the L1 marginal error is below this.", "--sinkhorn-tol", above=0,
         unset="run every iteration")
     sinkhorn_mode: str = option(
-        "plain", "plain, or log (log-domain iterations, stable at small eps).", "--sinkhorn-mode", choices=("plain", "log"))
+        "plain", "plain, or log (log-domain iterations, stable at small eps).", "--sinkhorn-mode",
+        choices=("plain", "log"))
     unbalanced_tau: float | None = option(
         None, "Unbalanced OT: KL weight of the relaxed marginals.", "--tau", above=0, unset="balanced OT")
     max_eps_doublings: int = option(

@@ -34,7 +34,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -319,8 +319,10 @@ def observe_batch(
                 xs = F.interpolate(x, (int(s * size[0]), int(s * size[1])), mode="bilinear", align_corners=True)
                 extra[s] = backbone.extract(xs, ids, head=False).features
         maps = {
-            i: sum([maps[i]] + [F.interpolate(extra[s][i], maps[i].shape[-2:], mode="bilinear", align_corners=True)
-                                for s in extra_scales]) / len(feature_scales)
+            i: cast(torch.Tensor, sum(
+                [maps[i]] + [F.interpolate(extra[s][i], maps[i].shape[-2:], mode="bilinear", align_corners=True)
+                             for s in extra_scales]
+            )) / len(feature_scales)
             for i in ids
         }
         clock.lap("backbone")
@@ -425,7 +427,9 @@ def describe(
     W, H = view.size
     geometry = backbone.geometry(ids[0], H, W)
     if (geometry.height, geometry.width) != (h, w):
-        raise RuntimeError(f"{backbone.name}: geometry predicts a {geometry.height}x{geometry.width} grid, network gave {h}x{w}")
+        raise RuntimeError(
+            f"{backbone.name}: geometry predicts a {geometry.height}x{geometry.width} grid, network gave {h}x{w}"
+        )
     device = grouped[0][1].device
     side = max(W, H)
     nominal = [backbone.geometry(min(i for i in ids if tuple(view.maps[i].shape[-2:]) == shape), side, side)
@@ -434,7 +438,9 @@ def describe(
 
     groups = []
     for ((h_g, w_g), x), fact in zip(grouped, plan):
-        groups.append(LayerGroup(x.float(), (h_g, w_g), bilinear_matrix(h, h_g, device), bilinear_matrix(w, w_g, device), fact))
+        groups.append(
+            LayerGroup(x.float(), (h_g, w_g), bilinear_matrix(h, h_g, device), bilinear_matrix(w, w_g, device), fact)
+        )
     if center:
         n = h * w
         for g in groups:
@@ -468,7 +474,8 @@ def describe(
     clock.lap("fusion")
     return Hyperpixels(
         dense=dense, factorized=[g for g in groups if g.factorized], inv_norms=inv_norms,
-        layout=[(g.shape, g.channels, g.factorized) for g in groups], dense_reversed=dense.flip(0), xs=centres[:w, 0].clone(), ys=centres[::w, 1].clone(), boxes=boxes,
+        layout=[(g.shape, g.channels, g.factorized) for g in groups], dense_reversed=dense.flip(0),
+        xs=centres[:w, 0].clone(), ys=centres[::w, 1].clone(), boxes=boxes,
         weights=weights, size=view.size, ratio=view.ratio, original_size=view.original_size, geometry=geometry,
         name=view.name, cam=cam, top_classes=view.top_classes, on_object=on_object,
     )

@@ -32,7 +32,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ from .io import open_regular_file
 MIN_SIDE = 32
 MAX_PIXELS = 1_000_000_000  # declared size refused before decoding, whatever Pillow allows
 REDUCE_FROM = 4  # pre-reduce only images whose long side is at least this many times max_side
-ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,

@@ -39,6 +39,9 @@ _DEVICE_BLOCK_BYTES = 256 << 20  # on a GPU: bounds the exp2 temporary of the Si
 _DEVICE_RESERVE = 0.1  # share of a GPU's free memory left to the allocator's slack and small temporaries
 _ACTIVATION_BYTES = 700  # peak bytes of backbone activations per pixel of the largest network input (measured: 320-600)
 _HOST_SHARE = 0.8  # share of the host's available memory a match may plan to use
+_DEFAULTS = SCOTConfig()
+_DEFAULT_SIDE = _DEFAULTS.image_side  # what the memory check compares an image side with
+_DEFAULT_MAX_SCALE = max(_DEFAULTS.cam_scales)  # and the largest enlarged pass the defaults make
 _SUBPIXEL_BYTES = 40  # bytes per source hyperpixel and window cell of the sub-pixel refinement's temporaries
 
 logger = logging.getLogger("scot")
@@ -197,10 +200,13 @@ class Matcher(Generic[R]):
         if available is None:
             return
         cfg = self.config
-        scales = {"image_side": 1.0, "feature_scales": max(cfg.feature_scales or (1.0,)),
+        scales = {"feature_scales": max(cfg.feature_scales or (1.0,)),
                   "cam_scales": max(cfg.cam_scales) if cfg.cam else 1.0}
-        blamed = max(scales, key=lambda k: scales[k])  # image_side on a tie
-        scale = scales[blamed]
+        scale = max(1.0, *scales.values())
+        # blame the option furthest beyond what the defaults ask (their side, passes at up to 2x); image_side on a tie
+        beyond = {"image_side": cfg.image_side / _DEFAULT_SIDE,
+                  **{k: v / _DEFAULT_MAX_SCALE for k, v in scales.items()}}
+        blamed = max(beyond, key=lambda k: beyond[k])
         for w, h in sizes:
             rw, rh = resized_size(w, h, cfg.image_side)
             need = _ACTIVATION_BYTES * (scale * rw) * (scale * rh)

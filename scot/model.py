@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from .image import ImageLike, image_size
 from .matcher import Matched, Matcher
 from .precision import fp32_precision
 from .timing import Clock
+from .transfer import Rule
 
 logger = logging.getLogger("scot")
 
@@ -78,7 +79,8 @@ class MatchResult(Matched):
         """
         from .dense import dense_flow
 
-        how = (self.config.transfer if self.config is not None else None) or "mean"
+        # the configuration's transfer was validated against the same choices as the Rule literal
+        how = cast(Rule, (self.config.transfer if self.config is not None else None) or "mean")
         return dense_flow(self.src.boxes, self.trg.boxes, self.best, self.src.grid, self.src.original_size,
                           self.src.ratio, self.trg.ratio, how=how, confidence=self.best_confidence,
                           usable=self.usable, target_tl=self.target_tl)
@@ -173,7 +175,8 @@ class SCOT:
         if backbone is None:
             backbone = build_backbone(cfg.backbone, cfg.weights, notice=notice)
         # Channels-last convolutions are faster on CPU (ResNet-101 ~12 %, EfficientNet-Lite2 ~1.7x).
-        self.backbone = backbone.to(self.device, memory_format=torch.channels_last).eval()
+        # Module.to accepts a device and a memory format together; torch's overload stubs do not list it
+        self.backbone = backbone.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         self.config = cfg.resolve(backbone.name)
         if cfg.dropped_by_low_memory(backbone.name):
             notice(f"notice: low-memory mode matches one way; the preset's two-way matching of {backbone.name} is off")

@@ -244,3 +244,13 @@ def test_folded_conv_equals_conv_then_batchnorm(kernel, stride, groups):
         got = folded(x)
     assert folded.pointwise == (kernel == 1 and stride == 1)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bn_kwargs", [{"affine": False}, {"track_running_stats": False}])
+def test_folded_conv_refuses_a_batchnorm_it_cannot_fold(bn_kwargs):
+    from scot.backbones.base import FoldedConv
+
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+    bn = torch.nn.BatchNorm2d(6, **bn_kwargs).eval()
+    with pytest.raises(ValueError, match="affine parameters and running statistics"):
+        FoldedConv(conv, bn)

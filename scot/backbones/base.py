@@ -102,9 +102,12 @@ class FoldedConv(nn.Module):
         super().__init__()
         if activation not in (None, "relu", "relu6"):
             raise ValueError(f"unknown activation {activation!r}")
+        gamma, beta, mean, var = bn.weight, bn.bias, bn.running_mean, bn.running_var
+        if gamma is None or beta is None or mean is None or var is None:
+            raise ValueError("only a BatchNorm with affine parameters and running statistics can be folded")
         with torch.no_grad():
-            scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-            bias = bn.bias.double() - bn.running_mean.double() * scale
+            scale = gamma.double() / torch.sqrt(var.double() + bn.eps)
+            bias = beta.double() - mean.double() * scale
             if conv.bias is not None:
                 bias = bias + conv.bias.double() * scale
             weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
@@ -112,7 +115,7 @@ class FoldedConv(nn.Module):
         self.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
         self.kernel = (int(conv.kernel_size[0]), int(conv.kernel_size[1]))
         self.stride = (int(conv.stride[0]), int(conv.stride[1]))
-        self.padding = (int(conv.padding[0]), int(conv.padding[1]))  # type: ignore[index]
+        self.padding = (int(conv.padding[0]), int(conv.padding[1]))
         self.groups = int(conv.groups)
         self.activation = activation
         self.same = same
@@ -210,4 +213,6 @@ class Backbone(nn.Module):
 
         bad = [i for i in ids if not 0 <= i < self.num_ids]
         if bad:
-            raise ScotError(f"id(s) {bad} out of range for {self.name}, which has ids 0..{self.num_ids - 1}", option=option)
+            raise ScotError(
+                f"id(s) {bad} out of range for {self.name}, which has ids 0..{self.num_ids - 1}", option=option
+            )

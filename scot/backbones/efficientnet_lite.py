@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +127,11 @@ class EfficientNetLite(nn.Module):
         self._bn1 = _bn(HEAD_CHANNELS)
         self._fc = nn.Linear(HEAD_CHANNELS, num_classes)
 
+    @property
+    def blocks(self) -> list[MBConv]:
+        """The MBConv blocks (``_blocks``) in network order."""
+        return [cast(MBConv, b) for b in self._blocks]
+
 
 class FoldedMBConv(nn.Module):
     """The inference form of an :class:`MBConv`: three folded convolutions (see :class:`FoldedConv`)."""
@@ -151,7 +157,7 @@ class FoldedEfficientNetLite(nn.Module):
     def __init__(self, net: EfficientNetLite) -> None:
         super().__init__()
         self.stem = FoldedConv(net._conv_stem, net._bn0, "relu6", same=True)
-        self.blocks = nn.ModuleList(FoldedMBConv(b) for b in net._blocks)
+        self.blocks = nn.ModuleList(FoldedMBConv(b) for b in net.blocks)
         self.head = FoldedConv(net._conv_head, net._bn1, "relu6", same=True)
 
 
@@ -194,16 +200,16 @@ class EfficientNetLiteBackbone(Backbone):
 
     def id_names(self) -> list[str]:
         names = ["stem"]
-        for i, b in enumerate(self.net._blocks):
+        for i, b in enumerate(self.net.blocks):
             names.append(f"block{i} (k{b.kernel} s{b.stride}, {b._project_conv.out_channels} ch)")
         return names
 
     def channels(self, hid: int) -> int:
-        return STEM_CHANNELS if hid == 0 else int(self.net._blocks[hid - 1]._project_conv.out_channels)
+        return STEM_CHANNELS if hid == 0 else int(self.net.blocks[hid - 1]._project_conv.out_channels)
 
     def spatial_ops(self, hid: int) -> list[SpatialOp]:
         ops = [SpatialOp(3, 2, None)]
-        for block in self.net._blocks[:hid]:
+        for block in self.net.blocks[:hid]:
             ops.append(SpatialOp(block.kernel, block.stride, None))
         return ops
 

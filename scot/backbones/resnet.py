@@ -12,6 +12,7 @@ form (:class:`FoldedBottleneck`), every BatchNorm folded into its convolution at
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ from torch import nn
 
 from .base import Backbone, BackboneOutput, FoldedConv, SpatialOp
 from .weights import load_into, parse_random_spec, read_state_dict, torchvision_state_dict
+
+if TYPE_CHECKING:
+    from torchvision.models.resnet import Bottleneck
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +41,7 @@ def _variant(name: str):
 class FoldedBottleneck(nn.Module):
     """A torchvision bottleneck in inference form (BatchNorms folded), without its final ReLU."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: Bottleneck) -> None:
         super().__init__()
         self.conv1 = FoldedConv(block.conv1, block.bn1, "relu")
         self.conv2 = FoldedConv(block.conv2, block.bn2, "relu")
@@ -52,6 +56,9 @@ class FoldedBottleneck(nn.Module):
 
 class ResNetBackbone(Backbone):
     """ResNet-50/101 with ImageNet weights ``IMAGENET1K_V1`` (the weights the paper used)."""
+
+    mean: torch.Tensor  # (1, 3, 1, 1) buffer
+    std: torch.Tensor  # (1, 3, 1, 1) buffer
 
     def __init__(self, name: str = "resnet101", weights: str | None = None, allow_download: bool = True) -> None:
         super().__init__()

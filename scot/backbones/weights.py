@@ -29,7 +29,9 @@ def parse_random_spec(spec: str | None) -> int | None:
         try:
             return int(spec.split(":", 1)[1])
         except ValueError:
-            raise ScotError(f"'{spec}' must be 'random' or 'random:SEED' with an integer seed", option="weights") from None
+            raise ScotError(
+                f"'{spec}' must be 'random' or 'random:SEED' with an integer seed", option="weights"
+            ) from None
     return None
 
 
@@ -42,8 +44,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj: Any = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, truncated files
         detail = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
-        raise ScotError(f"{p} is not a loadable PyTorch state dict ({type(exc).__name__}{': ' + detail if detail else ''})",
-                        option="weights") from None
+        raise ScotError(
+            f"{p} is not a loadable PyTorch state dict ({type(exc).__name__}{': ' + detail if detail else ''})",
+            option="weights",
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -87,13 +91,17 @@ def torchvision_state_dict(weights: Any, backbone: str, download: bool = True) -
     cached = torchvision_cache_path(weights)
     if not cached.is_file():
         if not download:
-            raise WeightsUnavailableError(f"{backbone}: ImageNet weights are not cached at {cached}", f"not cached at {cached}")
+            raise WeightsUnavailableError(
+                f"{backbone}: ImageNet weights are not cached at {cached}", f"not cached at {cached}"
+            )
         match = torch.hub.HASH_REGEX.search(cached.name)
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(30)
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(weights.url, str(cached), hash_prefix=match.group(1) if match else None, progress=True)
+            torch.hub.download_url_to_file(
+                weights.url, str(cached), hash_prefix=match.group(1) if match else None, progress=True
+            )
         except Exception as exc:
             reason = str(getattr(exc, "reason", exc)).strip() or type(exc).__name__
             raise WeightsUnavailableError(
@@ -107,6 +115,7 @@ def torchvision_state_dict(weights: Any, backbone: str, download: bool = True) -
         return torch.load(cached, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsUnavailableError(
-            f"{backbone}: the cached weights {cached} cannot be read ({type(exc).__name__}); delete the file to download it again",
+            f"{backbone}: the cached weights {cached} cannot be read ({type(exc).__name__}); "
+            "delete the file to download it again",
             f"cached file {cached} unreadable",
         ) from None

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import torch
 
@@ -489,7 +489,7 @@ class Group:
         return tensor
 
 
-World = Union[Group, WorldOfOne]
+World = Group | WorldOfOne
 """The processes that share a run, seen from one of them (:func:`start`)."""
 
 
