@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from scot.datasets.pfwillow import COLUMNS
+from scot.errors import ScotError
 from scot.demo import KEYPOINTS, sample_photo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -329,3 +331,14 @@ def one_line_error(res, *fragments: str) -> None:
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
     for f in fragments:
         assert f in err, (f, err)
+
+
+def raises_one_line(call: Callable[[], Any], *patterns: str) -> ScotError:
+    """Run ``call``; it must raise a one-line ScotError matching every regex in ``patterns``."""
+    with pytest.raises(ScotError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    for pattern in patterns:
+        assert re.search(pattern, message), (pattern, message)
+    return info.value

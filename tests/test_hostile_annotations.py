@@ -33,26 +33,14 @@ import scipy.io
 import torch
 from typer.testing import CliRunner
 
-from conftest import one_line_error, require_data
+from conftest import one_line_error, raises_one_line, require_data
 from scot.cli import app
 from scot.datasets import Pair, load_dataset
 from scot.datasets.pfpascal import CLASSES as PASCAL_CLASSES
-from scot.errors import ScotError
 from scot.evaluation.scoring import score_pair
 from scot.image import image_size
 
 runner = CliRunner()
-
-
-def raises_one_line(call: Callable[[], Any], *patterns: str) -> ScotError:
-    """Run ``call``; it must raise a one-line ScotError matching every regex in ``patterns``."""
-    with pytest.raises(ScotError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message and "Traceback" not in message, message
-    for pattern in patterns:
-        assert re.search(pattern, message), (pattern, message)
-    return info.value
 
 
 # --------------------------------------------------------------------------------------

@@ -23,21 +23,10 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from conftest import raises_one_line
 from scot.datasets import load_dataset
-from scot.errors import ScotError
 from scot.image import image_size, load_image
 from scot.io import check_keypoint_bounds, read_keypoints
-
-
-def raises_one_line(call: Callable[[], Any], *patterns: str) -> ScotError:
-    """Run ``call``; it must raise a one-line ScotError matching every regex in ``patterns``."""
-    with pytest.raises(ScotError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message and "Traceback" not in message, message
-    for pattern in patterns:
-        assert re.search(pattern, message), (pattern, message)
-    return info.value
 
 
 @pytest.fixture
