@@ -18,7 +18,7 @@ The file is a JSON list of such objects when its first character (after blanks) 
 otherwise JSON Lines (one object per line; blank lines are skipped).  Every value is
 checked, and an impossible one is a one-line error naming the file, the pair (its
 position, its line in JSON Lines, and its images) and the field: keypoints or a box
-outside the image by more than :data:`MARGIN` of its longer side, a box of no extent
+outside the image by more than :data:`~scot.datasets.base.OUTSIDE_MARGIN` of its longer side, a box of no extent
 (longer side under one pixel), an unknown field (a misspelt ``target_bbox`` would
 otherwise silently change the threshold).
 
@@ -36,13 +36,11 @@ import torch
 
 from ..errors import ScotError
 from ..io import open_regular_file
-from .base import Box, Dataset, Pair, check_box_extent, checked_box, json_number
+from .base import Box, Dataset, Pair, check_box_extent, checked_box, json_number, outside_margin
 
 REQUIRED = ("source", "target", "source_keypoints", "target_keypoints")
 OPTIONAL = ("target_bbox", "category")
 DEFAULT_CATEGORY = "all"
-MARGIN = 0.02
-"""How far (a fraction of the image's longer side) a keypoint or box corner may lie outside the image."""
 MAX_FILE_BYTES = 1 << 30
 
 
@@ -55,7 +53,7 @@ def load_custom(datapath: Path | None, split: str = "test", pair_list: Path | No
         split: must be ``test`` (the default); the dataset's split is the pair file's name.
         pair_list: the JSON or JSON Lines file.
         check_images: require every image to be readable, and every keypoint and box to
-            lie in its image (up to :data:`MARGIN`).
+            lie in its image (up to :data:`~scot.datasets.base.OUTSIDE_MARGIN`).
 
     Returns:
         :class:`Dataset` ``custom`` whose split is the file's name.
@@ -132,12 +130,12 @@ def _inside(x: float, y: float, size: tuple[int, int] | None) -> bool:
     if size is None:
         return True
     w, h = size
-    m = MARGIN * max(w, h)
+    m = outside_margin(size)
     return -m <= x <= w + m and -m <= y <= h + m
 
 
 def _keypoints(value: Any, where: str, name: str, size: tuple[int, int] | None) -> list[tuple[float, float] | None]:
-    """A keypoint list: ``[x, y]`` rows in the image (up to :data:`MARGIN`), ``null`` where not visible."""
+    """A keypoint list: ``[x, y]`` rows in the image (up to the loaders' outside margin), ``null`` where not visible."""
     if not isinstance(value, list) or not value:
         raise ScotError(f"{where}: '{name}' must be a non-empty list of [x, y] rows (null where not visible), "
                         f"not {json.dumps(value)[:40]}")
