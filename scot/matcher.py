@@ -31,7 +31,7 @@ from .rhm import GRID_ERROR, HoughWindows, grid_view
 from .solver import SolverPlan
 from .streaming import streamed_best_matches
 from .timing import Clock
-from .transfer import mutual_mask, soft_argmax_targets, transfer_keypoints
+from .transfer import clamp_points, image_bounds, mutual_mask, soft_argmax_targets, transfer_keypoints
 from .votes import log2_votes, scot_votes
 
 _BLOCK_BYTES = 4 << 20  # rows of the N x M matrix processed together on the CPU (kept in cache)
@@ -403,8 +403,10 @@ class Matcher(Generic[R]):
             return
         s, t = result.src, result.trg
         pred = transfer_keypoints(s.boxes, t.boxes, result.best, kps * s.ratio, result.target_tl, result.usable,
-                                  how=self.config.transfer or "mean", confidence=result.best_confidence)
-        result.keypoints, result.transferred_resized, result.transferred = kps, pred, pred / t.ratio
+                                  how=self.config.transfer or "mean", confidence=result.best_confidence,
+                                  bounds=image_bounds(t.original_size, t.ratio))
+        original = clamp_points(pred / t.ratio, image_bounds(t.original_size))  # inside after rounding too
+        result.keypoints, result.transferred_resized, result.transferred = kps, pred, original
 
     # ------------------------------------------------------------------------------------
     # Streamed

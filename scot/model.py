@@ -83,7 +83,7 @@ class MatchResult(Matched):
         how = cast(Rule, (self.config.transfer if self.config is not None else None) or "mean")
         return dense_flow(self.src.boxes, self.trg.boxes, self.best, self.src.grid, self.src.original_size,
                           self.src.ratio, self.trg.ratio, how=how, confidence=self.best_confidence,
-                          usable=self.usable, target_tl=self.target_tl)
+                          usable=self.usable, target_tl=self.target_tl, target_size=self.trg.original_size)
 
     def warp(self, target_image: Any, flow: torch.Tensor | None = None) -> torch.Tensor:
         """(3, H, W) the target image (a path, PIL image, array or tensor) warped into the source

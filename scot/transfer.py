@@ -42,6 +42,17 @@ per-point confidence of the dense flow.  :func:`aggregate_shifts` is this rule, 
 place it is written: :func:`transfer_keypoints` applies it to keypoints and
 :mod:`scot.dense` to every pixel of the source image, so the dense flow at a keypoint is
 the keypoint's transfer by construction.
+
+A correspondence lies in the target image: given the target's extent, a transferred
+point is clamped to it (:func:`image_bounds`, :func:`clamp_points`).  Pixel centres sit
+on integer coordinates, so an original image of W x H pixels spans
+:math:`[0, W-1] \times [0, H-1]`, and :math:`[0, (W-1)\rho] \times [0, (H-1)\rho]` in
+the frame resized by :math:`\rho`.  Boxes near the border reach beyond the image (their
+receptive fields do), so without the clamp a point near an edge can land a few pixels
+outside it.
+
+Memory: keypoints are transferred in chunks of at most :data:`CHUNK_SLOTS` keypoint x
+box pairs, so that beyond the (K, 2) result it does not grow with the keypoint count.
 """
 
 from __future__ import annotations
@@ -56,6 +67,22 @@ from .features import box_centres
 Rule = Literal["mean", "weighted", "median"]
 RULES: tuple[str, ...] = TRANSFERS
 """The ways :func:`aggregate_shifts` combines the shifts of a point's boxes (the ``transfer`` option's choices)."""
+CHUNK_SLOTS = 1 << 20
+"""Point x box slots evaluated at once, by :func:`transfer_keypoints` and the dense lattice."""
+
+
+def image_bounds(size: tuple[int, int], ratio: float = 1.0) -> tuple[float, float]:
+    """(x_max, y_max) of an image of ``size`` (W, H) original pixels in a frame scaled by
+    ``ratio``: its pixel centres span ``[0, (W-1) * ratio] x [0, (H-1) * ratio]``."""
+    return (int(size[0]) - 1) * float(ratio), (int(size[1]) - 1) * float(ratio)
+
+
+def clamp_points(points: torch.Tensor, bounds: tuple[float, float] | None) -> torch.Tensor:
+    """(..., 2) points (x, y) clamped into ``[0, bounds[0]] x [0, bounds[1]]`` in place (as is without bounds)."""
+    if bounds is not None:
+        points[..., 0].clamp_(0.0, float(bounds[0]))
+        points[..., 1].clamp_(0.0, float(bounds[1]))
+    return points
 
 
 def best_matches(confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,11 +217,16 @@ def transfer_keypoints(
     usable: torch.Tensor | None = None,
     how: str = "mean",
     confidence: torch.Tensor | None = None,
+    bounds: tuple[float, float] | None = None,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Transfer (K, 2) source keypoints (x, y) to the target, in the resized frames, on the host.
 
     Every input is moved to the host (they are host tensors in the matcher), and no
-    value is read by Python: the computation has no data-dependent branch.
+    value is read by Python: the computation has no data-dependent branch.  The
+    keypoints are taken ``chunk`` at a time (default: :data:`CHUNK_SLOTS` keypoint x box
+    pairs), so the temporaries are (chunk, N) whatever K is; the result does not depend
+    on the chunk size.
 
     Args:
         src_boxes: (N, 4) source receptive-field boxes.
@@ -205,6 +237,12 @@ def transfer_keypoints(
         usable: (N,) bool; a keypoint moves with its usable boxes if it has any.
         how: ``mean``, ``weighted`` or ``median`` (see the module docstring).
         confidence: (N,) confidence of each source box's match (for ``weighted``).
+        bounds: (x_max, y_max), the target image's extent in the resized frame
+            (:func:`image_bounds`); the results are clamped into it.  None: not clamped.
+        chunk: keypoints transferred at once (>= 1).
+
+    Returns:
+        (K, 2) float32 transferred keypoints in the resized target frame.
     """
     src_boxes, trg_boxes = src_boxes.float().cpu(), trg_boxes.float().cpu()
     kps = keypoints.float().cpu()
@@ -212,10 +250,19 @@ def transfer_keypoints(
         return kps.reshape(0, 2)
     check_rule(how, confidence)
     shift = box_shifts(src_boxes, trg_boxes, best, target_tl)  # (N, 2) top-left displacement
-    inside = containing_boxes(src_boxes, kps)  # (K, N)
-    lonely = ~inside.any(1, keepdim=True)  # no box contains the keypoint: it moves with the nearest one
-    nearest = torch.cdist(kps, box_centres(src_boxes)).argmin(1, keepdim=True)  # (K, 1)
-    inside.scatter_(1, nearest, inside.gather(1, nearest) | lonely)
+    centres = box_centres(src_boxes)
     conf = None if confidence is None or how != "weighted" else confidence.float().cpu()
-    disp, _ = aggregate_shifts(inside, shift, how, conf, None if usable is None else usable.cpu())
-    return kps + disp
+    use = None if usable is None else usable.cpu()
+    step = max(1, CHUNK_SLOTS // max(1, len(src_boxes))) if chunk is None else int(chunk)
+    if step < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    out = torch.empty_like(kps)
+    for start in range(0, len(kps), step):
+        part = kps[start : start + step]
+        inside = containing_boxes(src_boxes, part)  # (k, N)
+        lonely = ~inside.any(1, keepdim=True)  # no box contains the keypoint: it moves with the nearest one
+        nearest = torch.cdist(part, centres).argmin(1, keepdim=True)  # (k, 1)
+        inside.scatter_(1, nearest, inside.gather(1, nearest) | lonely)
+        disp, _ = aggregate_shifts(inside, shift, how, conf, use)
+        out[start : start + step] = part + disp
+    return clamp_points(out, bounds)

@@ -29,6 +29,8 @@ Coordinates: source pixel :math:`(u, v)` (``u`` the column, ``v`` the row) is th
 :math:`(u\,\rho_s, v\,\rho_s)` of the resized source frame (float32, as keypoints are
 resized), and a resized target point :math:`q` is :math:`q / \rho_t` in original
 target pixels, with :math:`\rho` the resize ratio (``resized = original * ratio``).
+Given the target's size, the flow is clamped into the target image,
+:math:`[0, W_t-1] \times [0, H_t-1]`, as transferred keypoints are.
 
 Per-pixel confidence: :math:`\kappa(p)` of :mod:`scot.transfer`, the mean of the match
 confidences :math:`c_i` over the boxes that move the pixel, weighted exactly as their
@@ -43,13 +45,10 @@ from dataclasses import dataclass
 import torch
 
 from ..features import box_centres
-from ..transfer import RULES, Rule, aggregate_shifts, box_shifts, check_rule
+from ..transfer import CHUNK_SLOTS, RULES, Rule, aggregate_shifts, box_shifts, check_rule, clamp_points, image_bounds
 
 __all__ = ["RULES", "GridAxes", "Rule", "box_shifts", "containing_range", "dense_flow", "flow_inside", "grid_axes",
            "identity_flow", "nearest_index", "pixel_coordinates", "transfer_lattice"]
-
-_CHUNK = 1 << 20  # member slots evaluated at once (rectangles x boxes per rectangle)
-
 
 @dataclass(frozen=True)
 class GridAxes:
@@ -169,6 +168,7 @@ def transfer_lattice(
     target_tl: torch.Tensor | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
     out_scale: float = 1.0,
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The keypoint transfer rule at every point of the lattice ``xs x ys`` (resized frames).
 
@@ -189,14 +189,16 @@ def transfer_lattice(
         confidence: (N,) match confidences (needed by ``weighted``).
         usable: (N,) bool boxes preferred when a point has any.
         target_tl: (N, 2) landing points replacing the matches' top-left corners.
-
         out: optional preallocated ((Q, P, 2), (Q, P)) outputs (e.g. float32), filled a few
-            rows at a time so that no (Q, P) float64 temporary is held; the points are
-            multiplied by ``out_scale`` on the way.
+            rows at a time so that no (Q, P) float64 temporary is held.
+        out_scale: the points are multiplied by it (e.g. ``1 / ratio_trg``: original target pixels).
+        bounds: (x_max, y_max) the points are clamped into, ``[0, x_max] x [0, y_max]``, in
+            the units of the result (after ``out_scale``): the target image's extent
+            (:func:`scot.transfer.image_bounds`).  None: not clamped.
 
     Returns:
-        points: (Q, P, 2) transferred (x, y) in the resized target frame (times ``out_scale``
-            in ``out``; float64 otherwise).
+        points: (Q, P, 2) transferred (x, y) in the resized target frame times ``out_scale``
+            (in ``out``; float64 otherwise).
         kappa: (Q, P) per-point confidence (1 without ``confidence``).
     """
     check_rule(how, confidence)
@@ -217,7 +219,7 @@ def transfer_lattice(
     kappa_table = torch.zeros(len(r0), len(c0), dtype=torch.float64)
     if len(r0) and len(c0):
         rows, cols = int((r1 - r0).max()) + 1, int((c1 - c0).max()) + 1
-        step = max(1, _CHUNK // (rows * cols * len(c0)))
+        step = max(1, CHUNK_SLOTS // (rows * cols * len(c0)))
         for start in range(0, len(r0), step):
             sl = slice(start, start + step)
             n_r = len(r0[sl])
@@ -230,10 +232,11 @@ def transfer_lattice(
 
     lattice = _Lattice(disp_table, kappa_table, row_id, col_id, shift, conf, axes, w, xs64, ys64)
     if out is None:
-        return lattice.rows(0, len(ys64))
+        points, kappa = lattice.rows(0, len(ys64))
+        return clamp_points(points.mul_(out_scale), bounds), kappa
     for start in range(0, len(ys64), _ROWS):
         points, kappa = lattice.rows(start, min(start + _ROWS, len(ys64)))
-        out[0][start : start + _ROWS] = points.mul_(out_scale)
+        out[0][start : start + _ROWS] = clamp_points(points.mul_(out_scale), bounds)
         out[1][start : start + _ROWS] = kappa
     return out
 
@@ -295,6 +298,7 @@ def dense_flow(
     confidence: torch.Tensor | None = None,
     usable: torch.Tensor | None = None,
     target_tl: torch.Tensor | None = None,
+    target_size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Where every pixel of the original source image goes in the original target image.
 
@@ -318,6 +322,8 @@ def dense_flow(
         confidence: (N,) match confidences (needed by ``weighted``).
         usable: (N,) bool boxes preferred where a pixel has any (e.g. mutual matches).
         target_tl: (N, 2) landing points replacing the matches' top-left corners.
+        target_size: (Wt, Ht) of the original target image: every flow vector is clamped
+            into it, ``[0, Wt-1] x [0, Ht-1]``, as keypoints are.  None: not clamped.
 
     Returns:
         flow: (H, W, 2) float32 target (x, y) in original target pixels.
@@ -326,7 +332,8 @@ def dense_flow(
     xs, ys = pixel_coordinates(size, ratio_src)
     out = (torch.empty(len(ys), len(xs), 2), torch.empty(len(ys), len(xs)))
     return transfer_lattice(src_boxes, trg_boxes, best, grid, xs, ys, how, confidence, usable, target_tl,
-                            out=out, out_scale=1.0 / float(ratio_trg))
+                            out=out, out_scale=1.0 / float(ratio_trg),
+                            bounds=None if target_size is None else image_bounds(target_size))
 
 
 def identity_flow(size: tuple[int, int]) -> torch.Tensor:
