@@ -20,7 +20,9 @@ scaling through ``Image.draft``, then a box-filter ``Image.reduce``), never belo
 larger than that; smaller images load exactly as without ``max_side``.  Results on a
 reduced image come from the pre-reduced decode, which differs slightly from resizing the
 full-size decode.  :attr:`LoadedImage.size` is always the original size and
-:attr:`LoadedImage.scale` relates the two.
+:attr:`LoadedImage.scale` relates the two.  Pictures need a bound on size rather than on
+resolution: :func:`load_picture` decodes any image larger than the picture reduced to at
+most that side.
 
 :func:`resize_longest_side` reproduces the reference resize exactly: the scale is
 ``side / max(H, W)`` computed in float32, the new size is truncated with ``int()``, and
@@ -100,6 +102,12 @@ class LoadedImage:
         """
         image, ratio = resize_longest_side(self.tensor, side)
         return image, ratio * self.scale
+
+
+def picture_factor(width: int, height: int, side: int) -> int:
+    """The integer factor by which :func:`load_picture` shrinks an image: the smallest that
+    brings its long side to at most ``side``, ``ceil(long / side)`` (1 when it fits)."""
+    return max(1, -(-max(width, height) // side))
 
 
 def reduction_factor(width: int, height: int, max_side: int | None) -> int:
@@ -216,18 +224,20 @@ def _canonical(img: Image.Image, label: str) -> tuple[Image.Image, float]:
     return img, 255.0
 
 
-def _reduce(img: Image.Image, factor: int, already: int) -> tuple[Image.Image, int]:
+def _reduce(img: Image.Image, factor: int, already: int, at_least: bool = False) -> tuple[Image.Image, int]:
     """Shrink a canonical image (see :func:`_canonical`) decoded ``already`` times smaller.
 
     Args:
         img: the loaded, upright PIL image in mode RGB, I or F.
-        factor: the total reduction wanted (from :func:`reduction_factor`).
+        factor: the total reduction wanted (from :func:`reduction_factor` or :func:`picture_factor`).
         already: the reduction the decoder applied (JPEG draft), counted against ``factor``.
+        at_least: reduce by at least ``factor`` in total (a size bound, for pictures)
+            rather than at most (a resolution bound, for the pipeline).
 
     Returns:
         (image, total reduction now applied to it).
     """
-    extra = factor // already
+    extra = -(-factor // already) if at_least else factor // already
     if extra < 2:
         return img, already
     return img.reduce(extra), already * extra
@@ -259,12 +269,15 @@ def _decode(img: Image.Image, factor: int, label: str) -> tuple[torch.Tensor, in
     return _unit_float(_pixels(img), divisor), total
 
 
-def _load_path(path: Path, label: str, max_side: int | None) -> LoadedImage:
+def _load_path(path: Path, label: str, max_side: int | None, picture_side: int | None = None) -> LoadedImage:
     with open_regular_file(path, f"{label}:") as fh:
         img = _open(fh, label)
         stored_w, stored_h = img.size
         _check_min_side(img.size, label)  # the shorter side does not depend on the orientation
-        factor = reduction_factor(stored_w, stored_h, max_side)
+        if picture_side is None:
+            factor = reduction_factor(stored_w, stored_h, max_side)
+        else:
+            factor = picture_factor(stored_w, stored_h, picture_side)
         drafted = 1
         try:
             if factor >= 2:
@@ -285,7 +298,7 @@ def _load_path(path: Path, label: str, max_side: int | None) -> LoadedImage:
         if orientation in _TRANSPOSE:
             img = img.transpose(_TRANSPOSE[orientation])
         img, divisor = _canonical(img, label)
-        img, total = _reduce(img, factor, drafted)
+        img, total = _reduce(img, factor, drafted, at_least=picture_side is not None)
         pixels = _pixels(img)
         del img  # this frame held the only reference: the 8-bit image is freed before the float copy
         tensor = _unit_float(pixels, divisor)
@@ -354,6 +367,19 @@ def load_image(source: ImageLike, name: str | None = None, max_side: int | None 
     size = (int(tensor.shape[2]), int(tensor.shape[1]))
     _check_min_side(size, label)
     return LoadedImage(tensor.float(), label, size)
+
+
+def load_picture(path: str | Path, side: int, name: str | None = None) -> LoadedImage:
+    """An image file decoded for a picture: at most ``side`` pixels on its long side.
+
+    Whatever the image's size, it is decoded reduced by the integer
+    :func:`picture_factor` (JPEG DCT scaling, then a box filter), so no full-size copy
+    is made of an image larger than ``side``; otherwise as :func:`load_image`, whose
+    :class:`LoadedImage` it returns (``size`` the original, ``scale`` the reduction).
+    """
+    _check_max_side(side)
+    path = _local_path(path)
+    return _load_path(path, name or str(path), None, picture_side=side)
 
 
 def _local_path(source: str | Path) -> Path:

@@ -218,12 +218,20 @@ def label_overlay(image: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5)
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, path: str | Path) -> None:
-    """Write two (H, W, 3) float images next to each other, scaled to the same height, as PNG."""
+    """Write two (H, W, 3) float images next to each other as PNG, scaled to one height.
+
+    The height is the taller image's, lowered where needed so that neither image becomes
+    wider than the longest side of the two: the picture is at most twice that wide and
+    that high, whatever the images' shapes.
+    """
     from PIL import Image
 
     a = Image.fromarray(_uint8(left))
     b = Image.fromarray(_uint8(right))
-    b = b.resize((max(1, round(b.width * a.height / b.height)), a.height), Image.Resampling.BILINEAR)
+    longest = max(a.width, a.height, b.width, b.height)
+    height = max(1, int(min(max(a.height, b.height), *(longest * im.height / im.width for im in (a, b)))))
+    a, b = (im if im.height == height else im.resize((max(1, round(im.width * height / im.height)), height),
+                                                        Image.Resampling.BILINEAR) for im in (a, b))
     canvas = Image.new("RGB", (a.width + GAP + b.width, a.height), (255, 255, 255))
     canvas.paste(a, (0, 0))
     canvas.paste(b, (a.width + GAP, 0))

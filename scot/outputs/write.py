@@ -52,7 +52,7 @@ def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, la
     import numpy as np
 
     from ..dense import checkerboard, flow_inside, transfer_mask, warp_image
-    from ..image import load_image
+    from ..image import load_picture
     from ..viz2d import save_image
 
     flow, confidence = result.flow()
@@ -68,7 +68,7 @@ def _write_dense(result: Any, src_path: str, trg_path: str, outputs: Outputs, la
     def picture(path: str) -> Any:
         """The image decoded for the pictures (reduced to about WARP_SIDE), once per file."""
         if path not in pictures:
-            pictures[path] = load_image(path, max_side=WARP_SIDE)
+            pictures[path] = load_picture(path, WARP_SIDE)
         return pictures[path]
 
     if outputs.warp is not None and outputs.checkerboard is not None:
