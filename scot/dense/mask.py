@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-
 _BLOCK = 1 << 20  # source pixels handled at once: temporaries stay a few MB whatever the image size
 
 
@@ -116,10 +115,10 @@ def splat_labels(
         first[0] = True
         np.not_equal(pix[1:], pix[:-1], out=first[1:])
         heads = np.flatnonzero(first)
-        group = (np.cumsum(first, dtype=np.int32) - 1).astype(np.int32, copy=False)
+        group = np.cumsum(first, dtype=np.int32) - 1
         del first
-        best = np.flatnonzero(counts == np.maximum.reduceat(counts, heads)[group])
-        best = best[np.concatenate(([True], group[best[1:]] != group[best[:-1]]))]  # the lowest label of the most
+        best = np.flatnonzero(counts == np.maximum.reduceat(counts, heads)[group])  # runs with the most votes
+        best = best[np.concatenate(([True], group[best[1:]] != group[best[:-1]]))]  # per pixel, the lowest label
         winner[pix[best]] = lab[best]
         votes[pix[heads]] = np.add.reduceat(counts, heads)
     return winner.reshape(ht, wt), votes.reshape(ht, wt)
@@ -171,9 +170,11 @@ def fill_holes(winner: np.ndarray, radius: float) -> np.ndarray:
     rows, cols = np.flatnonzero(labelled.any(1)), np.flatnonzero(labelled.any(0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     inner, holes = winner[box], ~labelled[box]
-    dist, (iy, ix) = ndimage.distance_transform_edt(holes, return_indices=True)
-    fill = holes & bridged(~holes, radius) & (dist <= radius)
-    inner[fill] = inner[iy[fill], ix[fill]]
+    del labelled
+    ys, xs = np.nonzero(holes & bridged(~holes, radius))
+    iy, ix = ndimage.distance_transform_edt(holes, return_distances=False, return_indices=True)[:, ys, xs]
+    near = (iy - ys) ** 2 + (ix - xs) ** 2 <= radius * radius  # the nearest labelled pixel is within the radius
+    inner[ys[near], xs[near]] = inner[iy[near], ix[near]]
     return winner
 
 
@@ -217,9 +218,10 @@ def transfer_mask(
         raise ValueError(f"flow {tuple(f.shape)} does not match mask {tuple(mask.shape)} (expected (H, W, 2))")
     m = mask.detach().cpu().numpy()
     voting = m != background
+    r = fill_radius(f, voting) if radius is None else float(radius)
     values, index = label_indices(m, voting)
     winner, _ = splat_labels(index, f.numpy(), target_size, voting)
-    r = fill_radius(f, voting) if radius is None else float(radius)
+    del index, voting
     winner = fill_holes(winner, r)
     out = np.full(winner.shape, background, dtype=m.dtype)
     placed = winner >= 0
