@@ -18,7 +18,8 @@ foreground level) and their best targets give the weighted correlation
 
 of source and target column positions, weighted by the match confidence :math:`c_i`
 (each orientation in its own frame).  The mirror is kept when
-:math:`\rho_{mirror} - \rho_{plain}` exceeds a margin (``flip_margin``).  docs/accuracy.md
+:math:`\rho_{mirror} - \rho_{plain}` exceeds a margin (``flip_margin``) and the mirror's
+foreground matches are also more confident (:data:`CONFIDENCE_GAIN`).  docs/accuracy.md
 gives the criterion's precision and gain on each benchmark's validation pairs.
 
 A kept mirror (:func:`kept_mirror`) is reported in the source's own frame: keypoints are
@@ -42,6 +43,11 @@ from .matcher import Matched
 R = TypeVar("R", bound=Matched)
 
 Box = tuple[float, float, float, float]
+
+CONFIDENCE_GAIN = 1.05
+"""A kept mirror's foreground matches must also be this much more confident on average than
+the plain match's (chosen with ``flip_margin`` on the SPair-71k validation pairs; see
+docs/accuracy.md)."""
 
 
 def mirror_points(kps: torch.Tensor, width: int) -> torch.Tensor:
@@ -99,13 +105,25 @@ def kept_mirror(result: R, keypoints: torch.Tensor | None) -> R:
     return dataclasses.replace(result, keypoints=keypoints, flipped=True)
 
 
+def _foreground(result: Matched) -> torch.Tensor:
+    """(N,) bool: the source cells on the object (CAM above the foreground level), or every
+    cell when there is no CAM or fewer than two are on the object."""
+    fg = result.src.on_object
+    if fg is None or int(fg.sum()) < 2:
+        return torch.ones(result.src.n, dtype=torch.bool)
+    return fg
+
+
+def confidence(result: Matched) -> float:
+    """The mean best-match confidence of the foreground source cells."""
+    return float(result.best_confidence.float().cpu()[_foreground(result)].mean())
+
+
 def left_right_order(result: Matched) -> float:
     """:math:`\\rho`, the confidence-weighted correlation of source and matched target x over
     the foreground source cells (all cells without a CAM), each in its matched frame; 0 when
     either side has no spread."""
-    fg = result.src.on_object if result.src.on_object is not None else torch.ones(result.src.n, dtype=torch.bool)
-    if int(fg.sum()) < 2:
-        fg = torch.ones(result.src.n, dtype=torch.bool)
+    fg = _foreground(result)
     best = result.best.cpu()[fg]
     c = result.best_confidence.float().cpu()[fg].double().clamp_min(0)
     if float(c.sum()) <= 0:
@@ -120,5 +138,10 @@ def left_right_order(result: Matched) -> float:
 
 def keep_mirror(plain: Matched, mirror: Matched, margin: float) -> bool:
     """True when the mirrored match keeps left-right order better than the plain one by
-    more than ``margin`` (:func:`left_right_order`)."""
-    return left_right_order(mirror) - left_right_order(plain) > margin
+    more than ``margin`` (:func:`left_right_order`) and its foreground matches are at
+    least :data:`CONFIDENCE_GAIN` times as confident (:func:`confidence`).  A margin of
+    -2 keeps every mirror."""
+    if margin <= -2:
+        return True
+    return (left_right_order(mirror) - left_right_order(plain) > margin
+            and confidence(mirror) >= CONFIDENCE_GAIN * confidence(plain))
