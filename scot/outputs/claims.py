@@ -112,7 +112,8 @@ def try_claim(path: Path, inputs: dict[str, Any]) -> Claim | Holder:
     holder: Holder | None = None
     for _ in range(_ATTEMPTS):
         try:
-            fd = os.open(target, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            # the lock is held on a read-only descriptor: an open claim keeps no file open for writing
+            fd = os.open(target, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
             raise WriteError(path, exc) from None
         try:
@@ -131,8 +132,9 @@ def try_claim(path: Path, inputs: dict[str, Any]) -> Claim | Holder:
         try:
             if locked and os.fstat(fd).st_ino != os.stat(target).st_ino:
                 raise FileNotFoundError  # released (removed) between our open and our lock: claim anew
-            os.ftruncate(fd, 0)
-            os.write(fd, record)
+            with open(target, "r+b") as fh:
+                fh.truncate(0)
+                fh.write(record)
         except FileNotFoundError:
             os.close(fd)
             continue
