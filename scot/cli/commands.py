@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -176,6 +178,17 @@ def match(
         for f in failures:
             typer.echo(f"  failed: {pairs} line {f.job.line}: {f.error.for_cli(flag_of)}", err=True)
         raise typer.Exit(1)
+
+
+@contextmanager
+def _on_write_error(then: str, done: str = "") -> Iterator[None]:
+    """A file that cannot be written (a full disk, a read-only folder) is one line saying how to go on."""
+    from ..io import WriteError
+
+    try:
+        yield
+    except WriteError as exc:
+        raise exc.then(then, done) from None
 
 
 def _kept(kept: list[tuple[Any, Any]]) -> str:
@@ -371,7 +384,8 @@ def search_layers_cmd(
     if resume_file is not None:
         check_file(resume_file, option="resume_file", overwrite=True)
     set_threads(threads)
-    with _ranks(config, rank_timeout) as group:
+    again = "run the same command again" + (f" (it reuses the scores saved in {resume_file})" if resume_file else "")
+    with _ranks(config, rank_timeout) as group, _on_write_error(again):
         main = group.rank == 0
         with group.step("setup"):
             data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)

@@ -153,7 +153,8 @@ def check_existing(model: Any, jobs: list[Job], folder: Path, prefixes: list[str
             before = _recorded(doc)
         except (OSError, ValueError, AttributeError):
             continue  # not a record scot can read: plan_outputs treats it as another pair's
-        differences = [(k, _shown(before.get(k)), _shown(v)) for k, v in now.items() if before.get(k) != v]
+        # an option the earlier result does not record did not exist in the scot that made it
+        differences = [(k, _shown(before[k]), _shown(v)) for k, v in now.items() if k in before and before[k] != v]
         if differences:
             raise MixedResults(record, differences)
         if not _same_keypoints(doc, job.points):
