@@ -208,6 +208,13 @@ class SCOTConfig:
     subpixel: int = option(
         0, "Sub-pixel transfer: soft-argmax of the confidence over an NxN target window (odd N; 0: off).",
         "--subpixel", low=0)
+    flip: str | None = option(
+        None, "Mirror-aware matching: off, or auto (also match the mirrored source and keep the mirror when its "
+        "matches keep left-right order clearly better; see docs/accuracy.md).", "--flip", choices=("off", "auto"),
+        unset=preset_default("flip"))
+    flip_margin: float = option(
+        0.05, "With --flip auto: by how much the mirror's left-right order (a correlation in [-1, 1]) must beat the "
+        "plain match's for the mirror to be kept (-2: always).", "--flip-margin", low=-2)
     mutual: bool = option(False, "Move keypoints only with mutually-best matches (when a keypoint has any).",
                           "--mutual/--no-mutual")
 

@@ -144,6 +144,9 @@ class Hyperpixels:
     origin: str = ""
     """The model that made them (:meth:`HyperpixelExtractor.origin`): only features of one
     origin can be matched together."""
+    mirror: Hyperpixels | None = field(default=None, repr=False)
+    """The description of the horizontally mirrored image, for mirror-aware matching
+    (``flip='auto'``, :mod:`scot.mirror`); None unless asked for."""
 
     @property
     def n(self) -> int:
@@ -191,16 +194,18 @@ class Hyperpixels:
             return self
         factorized = [LayerGroup(g.maps.to(device), g.shape, g.rows.to(device), g.cols.to(device), True)
                       for g in self.factorized]
-        moved = ("dense", "factorized", "inv_norms", "dense_reversed")
+        moved = ("dense", "factorized", "inv_norms", "dense_reversed", "mirror")
         fields = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in moved}
         return Hyperpixels(dense=self.dense.to(device), factorized=factorized, inv_norms=self.inv_norms.to(device),
-                           **fields)
+                           mirror=None if self.mirror is None else self.mirror.to(device), **fields)
 
     def _tensors(self) -> list[torch.Tensor]:
         tensors = [self.dense, self.inv_norms, self.xs, self.ys, self.boxes, self.weights]
         tensors += [t for t in (self.cam, self.dense_reversed, self.on_object) if t is not None]
         for g in self.factorized:
             tensors += [g.maps, g.rows, g.cols]
+        if self.mirror is not None:
+            tensors += self.mirror._tensors()
         return tensors
 
     def nbytes(self) -> int:

@@ -69,6 +69,7 @@ class Matched:
     usable: torch.Tensor | None = None  # (N,) bool mutual matches, if used
     topk_index: torch.Tensor | None = None  # (N, k) most confident targets of every source hyperpixel
     topk_confidence: torch.Tensor | None = None  # (N, k) their confidences
+    flipped: bool = False  # the source's mirror was matched and kept (flip='auto'); fields are in the source's frame
 
 
 R = TypeVar("R", bound=Matched)

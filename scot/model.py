@@ -29,6 +29,7 @@ from .errors import ScotError
 from .features import HyperpixelExtractor, Hyperpixels
 from .image import ImageLike, image_size
 from .matcher import Matched, Matcher
+from .mirror import keep_mirror, kept_mirror, mirror_pixels
 from .precision import fp32_precision
 from .timing import Clock
 from .transfer import Rule
@@ -69,7 +70,17 @@ class MatchResult(Matched):
 
     Coordinates in the resized frames (``*_resized``) are what the pipeline works in;
     :meth:`matches` and :attr:`transferred` are in original image pixels.
+
+    With :attr:`flipped` (``flip='auto'`` kept the source's mirror), ``src`` describes the
+    mirrored source and per-cell fields index its cells; :meth:`matches`,
+    :meth:`source_centres`, :meth:`flow` and ``keypoints`` are in the source's own frame.
     """
+
+    def source_centres(self) -> torch.Tensor:
+        """(N, 2) source hyperpixel centres (x, y) in original source pixels, in the source's
+        own frame (mirrored back when :attr:`flipped`), in the order of the cells."""
+        xy = self.src.centres / self.src.ratio
+        return mirror_pixels(xy, self.src.original_size[0]) if self.flipped else xy
 
     def flow(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense correspondence by the keypoint transfer rule: ``(flow (H, W, 2), confidence (H, W))``.
@@ -81,9 +92,12 @@ class MatchResult(Matched):
 
         # the configuration's transfer was validated against the same choices as the Rule literal
         how = cast(Rule, (self.config.transfer if self.config is not None else None) or "mean")
-        return dense_flow(self.src.boxes, self.trg.boxes, self.best, self.src.grid, self.src.original_size,
-                          self.src.ratio, self.trg.ratio, how=how, confidence=self.best_confidence,
-                          usable=self.usable, target_tl=self.target_tl)
+        flow, confidence = dense_flow(self.src.boxes, self.trg.boxes, self.best, self.src.grid, self.src.original_size,
+                                      self.src.ratio, self.trg.ratio, how=how, confidence=self.best_confidence,
+                                      usable=self.usable, target_tl=self.target_tl)
+        if self.flipped:  # computed over the mirrored source: pixel column u is column W - 1 - u there
+            return flow.flip(1), confidence.flip(1)
+        return flow, confidence
 
     def warp(self, target_image: Any, flow: torch.Tensor | None = None) -> torch.Tensor:
         """(3, H, W) the target image (a path, PIL image, array or tensor) warped into the source
@@ -134,7 +148,7 @@ class MatchResult(Matched):
                 order = order[keep]
         if top_k is not None:
             order = order[:top_k]
-        src_xy = self.src.centres[order] / self.src.ratio
+        src_xy = self.source_centres()[order]
         trg_xy = self.trg.centres[self.best.cpu()[order]] / self.trg.ratio
         return torch.cat((src_xy, trg_xy, conf[order].unsqueeze(1)), dim=1)
 
@@ -213,7 +227,7 @@ class SCOT:
         self.matcher.check_sizes(*(image_size(x) for x in (src, trg) if isinstance(x, (str, Path))))
         features: dict[str, float] = {}
         clock = Clock(features, self.device)
-        s = self.extract(src)
+        s = self.extract(src, with_mirror=self.config.flip == "auto")
         t = self.extract(trg)
         clock.lap("features")
         result = self.match(s, t, keypoints, keep_plan=keep_plan, topk=topk)
@@ -221,9 +235,14 @@ class SCOT:
         return result
 
     def extract(self, image: ImageLike, name: str | None = None, flip: bool = False,
-                timings: dict[str, float] | None = None) -> Hyperpixels:
-        """Load, resize (``flip``: mirror) and describe one image (features, boxes, CAM weights)."""
-        return self.extractor(image, name=name, flip=flip, timings=timings)
+                timings: dict[str, float] | None = None, with_mirror: bool = False) -> Hyperpixels:
+        """Load, resize (``flip``: mirror) and describe one image (features, boxes, CAM weights);
+        ``with_mirror`` also describes its mirror (:attr:`Hyperpixels.mirror`), which a source
+        needs with ``flip='auto'``."""
+        h = self.extractor(image, name=name, flip=flip, timings=timings)
+        if with_mirror:
+            h.mirror = self.extractor(image, name=name, flip=not flip, timings=timings)
+        return h
 
     def extract_many(self, images: Sequence[ImageLike], flips: Sequence[bool] | None = None) -> list[Hyperpixels]:
         """:meth:`extract` of many images, in their order; images of one resized size share the
@@ -255,7 +274,15 @@ class SCOT:
         pairs = [_checked_pair(i, s, t) for i, (s, t, _) in enumerate(items)]
         kps = [None if k is None else as_keypoints(k, s.original_size if check_bounds else None) for s, _, k in items]
         with fp32_precision(self.device, self.config.tf32):
-            return self.matcher.match(pairs, kps, keep_plan, topk)
+            plain = self.matcher.match(pairs, kps, keep_plan, topk)
+            if self.config.flip != "auto":
+                return plain
+            mirrors = [(_mirror_of(i, s), t) for i, (s, t) in enumerate(pairs)]
+            width = [s.original_size[0] for s, _ in pairs]
+            mirrored = self.matcher.match(mirrors, [None if k is None else mirror_pixels(k, w)
+                                                    for k, w in zip(kps, width)], keep_plan, topk)
+        margin = self.config.flip_margin
+        return [kept_mirror(m, k) if keep_mirror(p, m, margin) else p for p, m, k in zip(plain, mirrored, kps)]
 
     def release_memory(self) -> None:
         """Free the matching workspaces this thread keeps between calls."""
@@ -273,6 +300,14 @@ class SCOT:
             "device": str(self.device),
             "config": self.config.to_dict(),
         }
+
+
+def _mirror_of(index: int, src: Hyperpixels) -> Hyperpixels:
+    """The description of a source's mirror, which ``flip='auto'`` matches too."""
+    if src.mirror is None:
+        raise ScotError(f"item {index}: flip='auto' also matches the mirrored source, but {src.name} was described "
+                        "without it; describe sources with SCOT.extract(image, with_mirror=True)", option="src")
+    return src.mirror
 
 
 def _checked_pair(index: int, src: Any, trg: Any) -> tuple[Hyperpixels, Hyperpixels]:

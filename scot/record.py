@@ -27,6 +27,7 @@ class Matched(Protocol):
     transferred: torch.Tensor | None
     config: Any
     timings: dict[str, float]
+    flipped: bool
 
     def foreground(self) -> torch.Tensor: ...
 
@@ -59,7 +60,9 @@ def match_record(result: Matched, model: Described | None = None, source: str | 
         ``scot_version``, ``backbone``, ``weights``, ``device``, ``config``, ``source`` and
         ``target`` (name, path, original and resized size, hyperpixel count), ``matches``
         (one per source hyperpixel: source and target x, y rounded to 1e-3 px, confidence,
-        foreground), ``keypoints`` (index, source, target; null without keypoints),
+        foreground), ``flipped`` (the source's mirror was matched and kept, ``flip='auto'``;
+        every coordinate is in the source's own frame either way), ``keypoints`` (index,
+        source, target; null without keypoints),
         ``drawn`` and ``timings`` (seconds).
 
     Raises:
@@ -88,6 +91,7 @@ def match_record(result: Matched, model: Described | None = None, source: str | 
          "confidence": r[4], "foreground": f}
         for r, f in zip(rows.tolist(), on_object)
     ]
+    record["flipped"] = result.flipped
     record["keypoints"] = None
     if result.keypoints is not None and result.transferred is not None:
         pairs = zip(_rounded(result.keypoints), _rounded(result.transferred))

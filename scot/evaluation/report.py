@@ -49,10 +49,11 @@ def write_per_pair_csv(path: Path, records: list[dict], alphas=ALPHAS) -> None:
     flag_names = sorted({k for r in records for k in (r.get("flags") or {})})
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["index", "pair_id", "category", "source", "target", "n_kps", "thr_px"]
+    w.writerow(["index", "pair_id", "category", "source", "target", "flipped", "n_kps", "thr_px"]
                + [f"pck@{a:.2f}" for a in alphas] + flag_names + ["pred_xy", "gt_xy", "dist_over_thr"])
     for r in records:
-        w.writerow([r["index"], r["pair_id"], r["category"], r["src"], r["trg"], r["n_kps"], f"{r['thr']:.3f}"]
+        w.writerow([r["index"], r["pair_id"], r["category"], r["src"], r["trg"], int(r.get("flipped", False)),
+                    r["n_kps"], f"{r['thr']:.3f}"]
                    + [f"{r['pck'][f'{a:.2f}']:.6f}" for a in alphas]
                    + [(r.get("flags") or {}).get(f, "") for f in flag_names]
                    + [";".join(f"{x:.3f} {y:.3f}" for x, y in r["pred"]),
@@ -148,7 +149,8 @@ def save_visualisations(model: SCOT, dataset: Dataset, state: RunState, run_dir:
         pair = by_index.get(rec["index"])
         if pair is None:
             continue
-        s, t = model.extract(pair.src, flip=pair.flip), model.extract(pair.trg, flip=pair.flip)
+        s = model.extract(pair.src, flip=pair.flip, with_mirror=model.config.flip == "auto")
+        t = model.extract(pair.trg, flip=pair.flip)
         src_kps, trg_kps, _ = pair.oriented(s.original_size[0], t.original_size[0])
         result = model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
         src_img, trg_img = load_image(pair.src, max_side=DISPLAY_SIDE), load_image(pair.trg, max_side=DISPLAY_SIDE)
@@ -163,7 +165,8 @@ def save_visualisations(model: SCOT, dataset: Dataset, state: RunState, run_dir:
         plot_matches(a, b, matches, src_kps * src_img.scale, result.transferred * trg_img.scale,
                      gt_keypoints=trg_kps * trg_img.scale,
                      title=f"{pair.pair_id}  ({tag})",
-                     subtitle=f"PCK@0.10 = {100 * rec['pck'][key]:.0f}%   dotted: ground truth   {model.backbone.name}",
+                     subtitle=f"PCK@0.10 = {100 * rec['pck'][key]:.0f}%   dotted: ground truth   {model.backbone.name}"
+                              + ("   source matched mirrored" if result.flipped else ""),
                      path=path)
         written.append(path)
     return written

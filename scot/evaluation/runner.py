@@ -23,6 +23,7 @@ is a :class:`~scot.distributed.group.WorldOfOne`, whose collectives do nothing):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -66,9 +67,12 @@ def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSett
     advance.  Yields each batch's journal records; the caller journals and absorbs them.
     """
 
+    mirrors = model.config.flip == "auto"  # sources are matched mirrored too: their mirror's description
     for batch in batches:
         t0 = time.perf_counter()
         wanted = {k: (path, p.flip) for p in batch for k, path in ((p.src_key, p.src), (p.trg_key, p.trg))}
+        if mirrors:
+            wanted.update({_mirror_key(p): (p.src, not p.flip) for p in batch})
         found = {k: cache.get(k) for k in wanted}
         missing = [k for k, h in found.items() if h is None]  # described together (shared network passes)
         for k, h in zip(missing, model.extract_many([wanted[k][0] for k in missing], [wanted[k][1] for k in missing])):
@@ -79,6 +83,8 @@ def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSett
         for pair in batch:
             s, t = found[pair.src_key], found[pair.trg_key]
             assert s is not None and t is not None
+            if mirrors:
+                s = dataclasses.replace(s, mirror=found[_mirror_key(pair)])
             items.append((s, t, pair.oriented(s.original_size[0], t.original_size[0])[0]))
         t1 = time.perf_counter()
         results = model.match_batch(items, keep_plan=False, check_bounds=False)
@@ -86,6 +92,11 @@ def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSett
         state.feature_seconds += t1 - t0
         state.match_seconds += time.perf_counter() - t1
         yield records
+
+
+def _mirror_key(pair: Pair) -> tuple[str, bool]:
+    """The cache key of the description of a pair's source as mirrored (for ``flip='auto'``)."""
+    return str(pair.src), not pair.flip
 
 
 def evaluate(

@@ -33,7 +33,7 @@ def score_pair(pair: Pair, result: MatchResult, thres: str, alphas: Sequence[flo
     dist = normalised_distances(result.transferred_resized, gt_resized, thr * t.ratio).tolist()
     rec = {
         "index": pair.index, "pair_id": pair.pair_id, "category": pair.category,
-        "src": str(pair.src), "trg": str(pair.trg), "flip": pair.flip, "n_kps": len(dist),
+        "src": str(pair.src), "trg": str(pair.trg), "flip": pair.flip, "flipped": result.flipped, "n_kps": len(dist),
         "thr": thr, "dist": [round(d, 6) for d in dist],
         "pred": [[round(x, 3), round(y, 3)] for x, y in result.transferred.tolist()],
         "gt": [[round(x, 3), round(y, 3)] for x, y in trg_kps.tolist()],

@@ -189,6 +189,6 @@ def _write_viewer(result: Any, src_path: str, trg_path: str, path: Path) -> None
     if result.topk_index is None:
         raise ValueError("the viewer needs the top-k matches: match with topk > 0")
     write_viewer(path, encoded_image(src_path, VIEWER_SIDE), encoded_image(trg_path, VIEWER_SIDE),
-                 result.src.original_size, result.trg.original_size, result.src.centres / result.src.ratio,
+                 result.src.original_size, result.trg.original_size, result.source_centres(),
                  result.trg.centres / result.trg.ratio, result.topk_index, result.topk_confidence, result.src.grid,
                  result.keypoints, result.transferred, title=f"{Path(src_path).name} -> {Path(trg_path).name}")

@@ -33,11 +33,11 @@ DEFAULT_PRESET = "pfpascal"
 PRESET_DIR = Path(__file__).parent
 """Preset files shipped with the package, as written by ``scot search-layers``."""
 
-PRESET_OPTIONS = ("feature_scales", "center_features", "symmetric", "transfer")
+PRESET_OPTIONS = ("feature_scales", "center_features", "symmetric", "transfer", "flip")
 """Options besides the ids and ``exp2`` that a preset file may set."""
 
 PAPER_OPTIONS: dict[str, Any] = {"feature_scales": (1.0,), "center_features": False, "symmetric": False,
-                                 "transfer": "mean"}
+                                 "transfer": "mean", "flip": "off"}
 """What the preset options resolve to when neither the configuration nor the preset sets them."""
 
 Check = Callable[[str, Any], Any]
