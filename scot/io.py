@@ -11,7 +11,9 @@ mistake are reported before any feature is extracted.
 
 :func:`check_folder` and :func:`check_file` prove, before any work, that an output can be
 written where the user asked; :func:`atomic_write_bytes` and its kin then write it so that
-a reader never sees half a file.
+a reader never sees half a file.  A write that fails anyway (a full disk, a folder turned
+read-only) is a :class:`WriteError` naming the file asked for and the cause, to which the
+commands add how to go on.
 """
 
 from __future__ import annotations

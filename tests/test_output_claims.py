@@ -103,8 +103,13 @@ def _holder(out: Path, inputs: dict, seconds: float) -> subprocess.Popen:
 
 def test_processes_racing_for_one_claim_get_it_once(tmp_path):
     out = tmp_path / "r.json"
-    procs = [_holder(out, {"source": str(k)}, 3) for k in range(6)]
-    answers = [p.communicate(timeout=120)[0].strip() for p in procs]
+    procs = [_holder(out, {"source": str(k)}, 600) for k in range(6)]  # each holds on until all have answered
+    try:
+        answers = [p.stdout.readline().strip() for p in procs if p.stdout is not None]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
     assert sorted(answers) == ["lost"] * 5 + ["won"], answers
 
 
