@@ -249,6 +249,29 @@ def test_a_killed_runs_claim_does_not_block_the_rerun(pair, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a__b.json"]
 
 
+def test_a_pairs_run_leaves_the_rows_another_run_is_matching_and_says_so(photo_rows, tmp_path):
+    rows = photo_rows[:2]
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("".join(f"{r['src']},{r['trg']}\n" for r in rows))
+    out = tmp_path / "o"
+    out.mkdir()
+    first = out / f"0000_{Path(rows[0]['src']).stem}__{Path(rows[0]['trg']).stem}.json"
+    proc = _holder(first, {"source": str(Path(rows[0]["src"]).resolve()),
+                           "target": str(Path(rows[0]["trg"]).resolve())}, 600)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "won"
+        args = ["match", "--pairs", str(csv), "-o", str(out), *LITE]
+        res = runner.invoke(app, [*args, "--skip-existing"])
+        assert res.exit_code == 0, res.output
+        assert f"matched 1 of 2 pairs (1 being matched by another scot process (pid {proc.pid} on host" in res.stdout
+        assert not first.exists() and len(list(out.glob("*.json"))) == 1
+        res = runner.invoke(app, args)  # without --skip-existing: that row fails, saying why
+        assert res.exit_code == 1 and "line 1: --output:" in res.stderr and "being written" in res.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_two_match_commands_at_once_never_both_report_one_result(pair, tmp_path):
     """The reported case, with two real processes: one with keypoints, one without, same
     images and folder.  One reports the result; the other fails with one line; the record

@@ -483,7 +483,8 @@ def demo(
     from ..demo import run_demo
 
     one_process("demo")
-    res = run_demo(output, notice=_notice)
+    with _on_write_error("run scot demo again"):
+        res = run_demo(output, notice=_notice)
     typer.echo(f"demo: {res.pair.description} [{res.backbone}]")
     typer.echo(f"{len(res.errors_px)} keypoints transferred, median error {res.median_error_px:.1f} px "
                f"(the copy's crop and scale are known)")
