@@ -244,6 +244,8 @@ def test_a_killed_runs_claim_does_not_block_the_rerun(pair, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert _leftovers(out) == [".a__b.json.claim"]
+    (out / ".a__b.json.part").write_text("{")  # what a writer killed while writing leaves
+    (out / "..a__b.json.part.k2j4h5g6.tmp").write_text("{")
     res = runner.invoke(app, ["match", src, trg, "-o", str(out), *LITE])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["a__b.json"]

@@ -11,6 +11,7 @@ has a record is complete and a rerun finds nothing in its way.  The record is st
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,8 +40,13 @@ class Unit:
 
     @contextmanager
     def part(self, final: Path) -> Iterator[Path]:
-        """The hidden path to write ``final``'s content to; an error writing it names ``final``."""
+        """The hidden path to write ``final``'s content to; an error writing it names ``final``.
+
+        Only the holder of the result's claim writes these names, so what a killed writer
+        left under them (the part, and the temporary file of its atomic write) is removed."""
         hidden = final.parent / f".{final.name}.part"
+        for stale in final.parent.glob(f".{glob.escape(hidden.name)}.*.tmp"):
+            _remove(stale)
         self.parts.append((hidden, final))
         try:
             yield hidden
