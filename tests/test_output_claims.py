@@ -130,6 +130,34 @@ def test_the_claim_of_a_killed_process_is_taken_over(tmp_path):
     assert not claim_path(out).exists()
 
 
+def test_without_file_locks_the_claim_record_decides(tmp_path, monkeypatch):
+    """A file system without flock (ENOLCK): a live process's claim holds, another host's
+    holds, and a dead process's claim on this host is taken over."""
+    import errno
+    import fcntl
+    import socket
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "r.json"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = socket.gethostname()
+    for pid, host, held in ((os.getppid(), here, True), (dead.pid, "elsewhere", True), (dead.pid, here, False)):
+        claim_path(out).write_text(json.dumps({"pid": pid, "host": host, "since": "then", "inputs": {}}))
+        got = try_claim(out, {"source": "a"})
+        assert isinstance(got, Holder if held else Claim), (pid, host, got)
+        if held:
+            assert got.pid == pid
+        else:
+            assert json.loads(claim_path(out).read_text())["pid"] == os.getpid()
+            assert isinstance(try_claim(out, {}), Holder)  # this process's own claim holds too
+            got.release()
+            assert not claim_path(out).exists()
+
+
 # ---------------------------------------------------------------------------------------
 # two writers of one result
 class Gated:

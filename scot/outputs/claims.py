@@ -10,8 +10,10 @@ and name the holder in its message.
 Taking a claim is atomic: of any number of processes (or threads) racing for one name,
 exactly one gets the lock.  The kernel drops the lock when its process ends, however it
 ends (``SIGKILL`` included), so the claim file a killed run leaves behind is taken over by
-the next one, which removes it when done.  On a file system without ``flock`` a claim is
-the file alone and is always granted (the outputs are still written atomically).
+the next one, which removes it when done.  On a file system without ``flock`` the claim
+file's record decides: a claim of a live process of this host, or of another host, holds;
+one whose process has ended on this host is taken over.  There, two processes that claim
+one name within the same instant may both get it.
 """
 
 from __future__ import annotations
@@ -93,6 +95,20 @@ def read_holder(path: Path) -> Holder | None:
         return None
 
 
+def _alive(holder: Holder) -> bool:
+    """Whether the process that wrote a claim may still run: another host's, or a live
+    process of this host (this process's own included: another thread holds the claim)."""
+    if holder.host != socket.gethostname() or holder.pid is None:
+        return True
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
 def try_claim(path: Path, inputs: dict[str, Any]) -> Claim | Holder:
     """Claim the output ``path`` for ``inputs`` (a JSON-able description, e.g. the two image
     paths), or say who holds it.
@@ -120,8 +136,12 @@ def try_claim(path: Path, inputs: dict[str, Any]) -> Claim | Holder:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             locked = True
         except OSError as exc:
-            if exc.errno not in _BUSY:  # no locks on this file system: the file is the claim
+            if exc.errno not in _BUSY:  # no locks on this file system: the claim file's record decides
                 locked = False
+                holder = read_holder(target)
+                if holder is not None and _alive(holder):
+                    os.close(fd)
+                    return holder
             else:
                 os.close(fd)
                 holder = read_holder(target)
