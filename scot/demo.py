@@ -157,7 +157,7 @@ def run_demo(output: Path = Path("scot-demo"), *, notice: Callable[[str], None] 
     from .config import SCOTConfig
     from .io import check_folder
     from .model import SCOT
-    from .outputs import plan_outputs, write_match
+    from .outputs import Outputs, plan_outputs, write_match
 
     output = check_folder(Path(output))
     pair = make_demo_pair(output)
@@ -166,7 +166,7 @@ def run_demo(output: Path = Path("scot-demo"), *, notice: Callable[[str], None] 
     src, trg = str(pair.source), str(pair.target)
     # The PNG and JSON are written exactly as `scot match` writes them (a rerun replaces them).
     planned = plan_outputs(output, src, trg, overwrite=True)
-    assert planned is not None  # None only with skip_existing
+    assert isinstance(planned, Outputs)  # Skipped only with skip_existing
     written = write_match(model, result, src, trg, planned, top_k=TOP_K)
     png, js = written.picture, written.record
     assert png is not None and result.transferred is not None  # the picture was planned; keypoints were given

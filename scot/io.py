@@ -11,12 +11,15 @@ mistake are reported before any feature is extracted.
 
 :func:`check_folder` and :func:`check_file` prove, before any work, that an output can be
 written where the user asked; :func:`atomic_write_bytes` and its kin then write it so that
-a reader never sees half a file.
+a reader never sees half a file.  A write that fails anyway (a full disk, a folder turned
+read-only) is a :class:`WriteError` naming the file asked for and the cause, to which the
+commands add how to go on.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -346,23 +349,86 @@ def name_max(folder: Path) -> int:
         return 255
 
 
+_WHY = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted", errno.EFBIG: "the file is larger than the file system allows"}
+_FIX = {errno.ENOSPC: "free space", errno.EDQUOT: "free space", errno.EFBIG: "choose another folder",
+        errno.EROFS: "make the folder writable or choose another one", errno.EACCES: "make the folder writable or "
+        "choose another one", errno.EPERM: "make the folder writable or choose another one"}
+
+
+class WriteError(ScotError):
+    """A file could not be written: the disk is full, the folder read-only, no permission.
+
+    The message names the file the user asked for (never a hidden temporary file) and the
+    cause; :meth:`then` adds what fixes it and how to continue, which only the caller knows
+    (``cannot write out/a.json: no space left on the device; free space, then run the same
+    command again``).
+
+    Args:
+        path: the file that was being written.
+        cause: the operating system's error.
+        done: what is kept despite the failure, e.g. ``"3 of 10 pairs are written"``.
+        option: the parameter that named the file or its folder.
+    """
+
+    def __init__(self, path: str | Path, cause: OSError, *, done: str = "", then: str = "",
+                 option: str | None = None) -> None:
+        self.path, self.cause, self.done, self.next_step = Path(path), cause, done, then
+        why = _WHY.get(cause.errno or 0) or cause.strerror or str(cause)
+        message = f"cannot write {path}: {why}"
+        if done:
+            message += f"; {done}"
+        if then:
+            fix = _FIX.get(cause.errno or 0)
+            message += f"; {fix}, then {then}" if fix else f"; then {then}"
+        super().__init__(message, option=option)
+
+    def then(self, then: str, done: str = "") -> WriteError:
+        """The same error saying what is kept (``done``) and how to continue (``then``)."""
+        return WriteError(self.path, self.cause, done=done or self.done, then=then, option=self.option)
+
+    def naming(self, path: str | Path) -> WriteError:
+        """The same error naming ``path`` (the file a temporary one stood for)."""
+        return WriteError(path, self.cause, done=self.done, then=self.next_step, option=self.option)
+
+
+def write_error(path: str | Path, exc: BaseException) -> BaseException:
+    """``exc`` raised while writing ``path``: an :class:`OSError` becomes a :class:`WriteError`
+    naming ``path``; a :class:`WriteError` is renamed to ``path``; anything else is kept."""
+    if isinstance(exc, WriteError):
+        return exc.naming(path)
+    if isinstance(exc, OSError):
+        return WriteError(path, exc)
+    return exc
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file so that readers see either the old or the complete new content."""
+    """Write a file so that readers see either the old or the complete new content.
+
+    Raises:
+        WriteError: naming ``path`` (not the temporary file), when the disk is full, the
+            folder read-only or not permitted; the temporary file is removed.
+    """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = None
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            raise WriteError(p, exc) from None
         raise
 
 

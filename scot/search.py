@@ -22,6 +22,7 @@ itself.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -163,13 +164,17 @@ class LayerSearch:
         t0 = time.perf_counter()
         hyper = {}
         rows: list[list[float]] = []
+        mirrors = self.model.config.flip == "auto"  # sources are matched mirrored too
         for i in self.shard:
             pair = self.dataset.pairs[i]
-            for k in (pair.src_key, pair.trg_key):
+            mirror_key = (str(pair.src), not pair.flip)
+            for k in (pair.src_key, pair.trg_key) + ((mirror_key,) if mirrors else ()):
                 if k not in hyper:
                     view = self.view(Path(k[0]), k[1]).to(self.model.device, ids)
                     hyper[k] = self.model.extractor.describe(view, ids)
             s, t = hyper[pair.src_key], hyper[pair.trg_key]
+            if mirrors:
+                s = dataclasses.replace(s, mirror=hyper[mirror_key])
             src_kps, _, _ = pair.oriented(s.original_size[0], t.original_size[0])
             result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
             rec = score_pair(pair, result, self.thres)

@@ -153,7 +153,8 @@ def test_shipped_presets_drive_the_pfwillow_ids():
     from scot.presets import PRESET_DIR
 
     files = sorted(PRESET_DIR.glob("*.json"))
-    assert [f.name for f in files] == ["pfwillow-efficientnet-lite0.json", "pfwillow-efficientnet-lite2.json"]
+    assert [f.name for f in files] == [f"{p}-efficientnet-lite{n}.json" for p in ("pfwillow", "spair") for n in (0, 2)]
+    files = [f for f in files if f.name.startswith("pfwillow")]
     for f in files:
         doc = json.loads(f.read_text())
         loaded = load_preset_file(f, doc["backbone"])
@@ -168,7 +169,6 @@ def test_shipped_presets_drive_the_pfwillow_ids():
     assert SCOTConfig(preset="pfwillow").resolve("efficientnet-lite2").feature_scales == (1.0, 1.5, 2.0)
     assert SCOTConfig(preset="pfwillow", feature_scales=(1.0,)).resolve("efficientnet-lite2").feature_scales == (1.0,)
     assert SCOTConfig(preset="pfwillow").resolve("resnet101").feature_scales == (1.0,)  # the paper's setting
-    assert SCOTConfig(preset="spair").resolve("efficientnet-lite2").feature_scales == (1.0,)
     # the files are declared as package data, so a wheel install has them
     setup_cfg = (PRESET_DIR.parents[1] / "setup.cfg").read_text()
     assert "scot = presets/*.json" in setup_cfg
@@ -253,3 +253,27 @@ def test_scot_config_checks_the_ids_against_the_backbone(tmp_path):
     one_line_error(runner.invoke(app, ["config", "--preset-file", str(f)]), "[40] out of range for efficientnet-lite0")
     res = runner.invoke(app, ["config", "--backbone", "resnet50", "--hyperpixel", "(0,16)"])
     assert res.exit_code == 0 and json.loads(res.stdout)["hyperpixel_ids"] == [0, 16]
+
+
+def test_shipped_spair_presets_record_their_validation():
+    """The SPair-71k presets of the Lite backbones: chosen on the SPair validation pairs, each
+    setting tried recorded with its command and figures, the chosen one first."""
+    from scot.presets import PRESET_DIR
+
+    for backbone in ("efficientnet-lite0", "efficientnet-lite2"):
+        f = PRESET_DIR / f"spair-{backbone}.json"
+        doc = json.loads(f.read_text())
+        loaded = load_preset_file(f, backbone)
+        cfg = SCOTConfig(preset="spair").resolve(backbone)
+        assert cfg.hyperpixel_ids == loaded["hyperpixel_ids"] and cfg.exp2 == doc["exp2"]
+        for option, value in doc["options"].items():
+            assert getattr(cfg, option) == (tuple(value) if isinstance(value, list) else value), option
+        assert doc["dataset"] == {"name": "spair", "split": "val", "pairs": 356, "thres": "bbox"}
+        tried = doc["tried"]
+        assert tried[0]["command"] == doc["chosen_command"]
+        for row in tried:
+            assert row["command"].startswith(f"scot eval --dataset spair --datapath ../shared/datasets/spair-pf-val "
+                                             f"--split val --backbone {backbone}")
+            assert set(row["pck"]) == {"0.05", "0.10", "0.15"} and row["matching_seconds_per_pair"] > 0
+        # the shipped setting is the best at alpha .10 among those within the time budget
+        assert tried[0]["pck"]["0.10"] == max(r["pck"]["0.10"] for r in tried if r["within_budget"])

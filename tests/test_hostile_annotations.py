@@ -255,7 +255,8 @@ def test_spair_box_under_a_pixel(spair_sample, tmp_path):
 
 def _fake_result(trg_kps: torch.Tensor) -> SimpleNamespace:
     frame = SimpleNamespace(original_size=(300, 200), ratio=1.0)
-    return SimpleNamespace(src=frame, trg=frame, transferred=trg_kps + 1.0, transferred_resized=trg_kps + 1.0)
+    return SimpleNamespace(src=frame, trg=frame, transferred=trg_kps + 1.0, transferred_resized=trg_kps + 1.0,
+                           flipped=False)
 
 
 def test_scoring_refuses_a_box_without_extent():

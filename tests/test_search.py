@@ -33,7 +33,8 @@ def test_search_prefers_the_known_better_set(willow_root, tmp_path):
     assert doc["results"][0]["pck"]["0.10"] == max(scores.values())
     assert load_preset_file(out)["hyperpixel_ids"] == tuple(doc["hyperpixel_ids"])
     # the file records the options the sets were scored with, and loading it restores them
-    assert doc["options"] == {"feature_scales": [1.0, 1.5, 2.0], "center_features": True, "symmetric": True, "transfer": "weighted"}
+    assert doc["options"] == {"feature_scales": [1.0, 1.5, 2.0], "center_features": True, "symmetric": True, "transfer": "weighted",
+                              "flip": "off"}
     assert load_preset_file(out)["transfer"] == "weighted"
 
     # the reported PCK is what scot eval gets with that id set

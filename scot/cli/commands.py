@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -109,8 +111,8 @@ def match(
 ) -> None:
     """Match two images (or every row of --pairs); write a JSON of every match and a PNG picture."""
     from ..errors import ScotError
-    from ..io import check_folder, read_pair_list
-    from ..outputs import Extras, Job, match_jobs, prepare_jobs
+    from ..io import WriteError, check_folder, read_pair_list
+    from ..outputs import Extras, Job, Outputs, match_jobs, prepare_jobs
 
     one_process("match")
     if top_k < 1:
@@ -125,7 +127,7 @@ def match(
     extras = Extras(flow, warp, mask, html)
     extras.check(several=pairs is not None)
     if pairs is not None:
-        jobs = [Job(r.source, r.target, r.keypoints, r.line) for r in read_pair_list(pairs)]
+        jobs = [Job(r.source, r.target, r.keypoints, r.line, k) for k, r in enumerate(read_pair_list(pairs))]
     else:
         assert src is not None and trg is not None  # checked above
         jobs = [Job(src, trg, keypoints)]
@@ -136,20 +138,24 @@ def match(
     if pairs is None:
         assert src is not None and trg is not None and model is not None  # one pair, checked: a model was built
         t0 = time.perf_counter()
-        [out], _, _ = match_jobs(model, jobs, folder, **kw)
+        try:
+            [out], _, _ = match_jobs(model, jobs, folder, **kw)
+        except WriteError as exc:
+            raise exc.then("run the same command again", done="nothing of this result was kept") from None
         n = 0 if jobs[0].points is None else len(jobs[0].points)
         moved = f", {n} keypoint{'s' if n != 1 else ''} transferred" if n else ""
         typer.echo(f"matched {Path(src).name} -> {Path(trg).name}{moved} [{model.backbone.name}, "
                    f"{time.perf_counter() - t0:.2f}s]")
         typer.echo("\n".join(f"  {p}" for p in out.files()))
         return
-    total, done = len(jobs) + len(failed), [0]
+    total, done, saved = len(jobs) + len(failed), [0], [0]
     with progress(TextColumn("matching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   transient=True) as bar:
         task = bar.add_task("pairs", total=len(jobs))
 
-        def advance(*_: Any) -> None:
+        def advance(_: Any, outcome: Any) -> None:
             done[0] += 1
+            saved[0] += isinstance(outcome, Outputs)
             bar.advance(task)
 
         try:
@@ -159,7 +165,10 @@ def match(
             _notice(f"interrupted after {done[0]} of {len(jobs)} pairs; their results are in {folder}: finish with "
                     "the same command plus --skip-existing")
             raise typer.Exit(130) from None
-    already = f" ({len(kept)} already had results)" if kept else ""
+        except WriteError as exc:
+            raise exc.then("finish with the same command plus --skip-existing",
+                           done=f"{saved[0]} pairs were written in this run and are kept") from None
+    already = _kept(kept)
     backbone = f" [{model.backbone.name}]" if model is not None else ""
     typer.echo(f"matched {len(written)} of {total} pairs{already}{backbone}; outputs in {folder}")
     failures = failed + more
@@ -169,6 +178,26 @@ def match(
         for f in failures:
             typer.echo(f"  failed: {pairs} line {f.job.line}: {f.error.for_cli(flag_of)}", err=True)
         raise typer.Exit(1)
+
+
+@contextmanager
+def _on_write_error(then: str, done: str = "") -> Iterator[None]:
+    """A file that cannot be written (a full disk, a read-only folder) is one line saying how to go on."""
+    from ..io import WriteError
+
+    try:
+        yield
+    except WriteError as exc:
+        raise exc.then(then, done) from None
+
+
+def _kept(kept: list[tuple[Any, Any]]) -> str:
+    """`` (2 already had results; 1 being matched by another scot process (pid ...))``, or ``""``."""
+    had = sum(skip.holder is None for _, skip in kept)
+    busy = sorted({skip.holder.describe() for _, skip in kept if skip.holder is not None})
+    parts = ([f"{had} already had results"] if had else []) + (
+        [f"{len(kept) - had} being matched by {' and '.join(busy)}"] if busy else [])
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 @app.command("eval")
@@ -209,7 +238,7 @@ def eval_(
     from ..evaluation import EvalSettings, evaluate, format_table
     from ..evaluation.folder import check_resumable, shared_run_folder
     from ..evaluation.protocol import check_threshold, protocol_line
-    from ..io import check_folder
+    from ..io import WriteError, check_folder
 
     # the folder that will hold the run, checked before the data and the model (nothing is created yet)
     if output_dir is not None:
@@ -261,6 +290,9 @@ def eval_(
                     _notice(f"interrupted; scored pairs are saved in {run_dir}; continue with the same command plus "
                             f"--resume -o {run_dir}")
                 raise typer.Exit(130) from None
+            except WriteError as exc:
+                raise exc.then(f"continue with the same command plus --resume -o {run_dir}",
+                               done="the pairs scored before are kept") from None
         if summary is not None:
             typer.echo(protocol_line(summary["protocol"]))
             typer.echo(format_table(summary))
@@ -352,7 +384,8 @@ def search_layers_cmd(
     if resume_file is not None:
         check_file(resume_file, option="resume_file", overwrite=True)
     set_threads(threads)
-    with _ranks(config, rank_timeout) as group:
+    again = "run the same command again" + (f" (it reuses the scores saved in {resume_file})" if resume_file else "")
+    with _ranks(config, rank_timeout) as group, _on_write_error(again):
         main = group.rank == 0
         with group.step("setup"):
             data = load_dataset(dataset, datapath, split, pair_list).select(category, limit, sample)
@@ -450,7 +483,8 @@ def demo(
     from ..demo import run_demo
 
     one_process("demo")
-    res = run_demo(output, notice=_notice)
+    with _on_write_error("run scot demo again"):
+        res = run_demo(output, notice=_notice)
     typer.echo(f"demo: {res.pair.description} [{res.backbone}]")
     typer.echo(f"{len(res.errors_px)} keypoints transferred, median error {res.median_error_px:.1f} px "
                f"(the copy's crop and scale are known)")

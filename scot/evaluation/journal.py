@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ScotError
-from ..io import atomic_write_bytes
+from ..io import WriteError, atomic_write_bytes
 from ..pck import PCKTable
 
 JOURNAL = "pairs.jsonl"
@@ -179,16 +179,35 @@ def absorb(state: RunState, rec: dict) -> None:
 
 
 class Journal:
-    """A journal open for appending: every :meth:`write` is flushed and fsync'd."""
+    """A journal open for appending: every :meth:`write` is written whole and fsync'd, or not
+    at all (the file is cut back to its last whole line when the disk fills up).
+
+    Raises:
+        WriteError: naming the journal, when it cannot be opened or written.
+    """
 
     def __init__(self, path: Path) -> None:
-        self.fh = open(path, "a", encoding="utf-8")
+        self.path = path
+        try:
+            self.fh = open(path, "ab", buffering=0)  # unbuffered: nothing is left to write at close
+        except OSError as exc:
+            raise WriteError(path, exc) from None
 
     def write(self, records: list[dict]) -> None:
-        for rec in records:
-            self.fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        data = b"".join(json.dumps(rec, separators=(",", ":")).encode() + b"\n" for rec in records)
+        fd = self.fh.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise WriteError(self.path, exc) from None
 
     def close(self) -> None:
         self.fh.close()
