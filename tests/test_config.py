@@ -153,14 +153,14 @@ def test_shipped_presets_drive_the_pfwillow_ids():
     from scot.presets import PRESET_DIR
 
     files = sorted(PRESET_DIR.glob("*.json"))
-    assert [f.name for f in files] == [f"{p}-efficientnet-lite{n}.json" for p in ("pfwillow", "spair") for n in (0, 2)]
+    assert [f.name for f in files] == [f"{p}-efficientnet-lite{n}.json" for p in ("pfpascal", "pfwillow", "spair")
+                                       for n in (0, 2)]
     files = [f for f in files if f.name.startswith("pfwillow")]
     for f in files:
         doc = json.loads(f.read_text())
         loaded = load_preset_file(f, doc["backbone"])
         assert loaded["backbone"] == doc["backbone"]
-        for name in ("pfwillow", "pfpascal"):
-            assert SCOTConfig(preset=name).resolve(doc["backbone"]).hyperpixel_ids == loaded["hyperpixel_ids"]
+        assert SCOTConfig(preset="pfwillow").resolve(doc["backbone"]).hyperpixel_ids == loaded["hyperpixel_ids"]
         assert doc["found_with"].startswith("scot search-layers")
         # the shipped set was checked on all 200 dev pairs, not only the searched ones
         check = doc["check_on_dev_split"]
@@ -255,25 +255,29 @@ def test_scot_config_checks_the_ids_against_the_backbone(tmp_path):
     assert res.exit_code == 0 and json.loads(res.stdout)["hyperpixel_ids"] == [0, 16]
 
 
-def test_shipped_spair_presets_record_their_validation():
-    """The SPair-71k presets of the Lite backbones: chosen on the SPair validation pairs, each
-    setting tried recorded with its command and figures, the chosen one first."""
+@pytest.mark.parametrize("preset, folder, pairs, thres", [("spair", "spair-pf-val", 356, "bbox"),
+                                                         ("pfpascal", "pfpascal-val", 308, "img")])
+def test_shipped_benchmark_presets_record_their_validation(preset, folder, pairs, thres):
+    """The PF-PASCAL and SPair-71k presets of the Lite backbones: chosen on that benchmark's
+    validation pairs, each setting tried recorded with its command and figures, the chosen one first."""
     from scot.presets import PRESET_DIR
 
     for backbone in ("efficientnet-lite0", "efficientnet-lite2"):
-        f = PRESET_DIR / f"spair-{backbone}.json"
+        f = PRESET_DIR / f"{preset}-{backbone}.json"
         doc = json.loads(f.read_text())
         loaded = load_preset_file(f, backbone)
-        cfg = SCOTConfig(preset="spair").resolve(backbone)
+        cfg = SCOTConfig(preset=preset).resolve(backbone)
         assert cfg.hyperpixel_ids == loaded["hyperpixel_ids"] and cfg.exp2 == doc["exp2"]
         for option, value in doc["options"].items():
             assert getattr(cfg, option) == (tuple(value) if isinstance(value, list) else value), option
-        assert doc["dataset"] == {"name": "spair", "split": "val", "pairs": 356, "thres": "bbox"}
+        assert doc["dataset"] == {"name": preset, "split": "val", "pairs": pairs, "thres": thres}
         tried = doc["tried"]
         assert tried[0]["command"] == doc["chosen_command"]
         for row in tried:
-            assert row["command"].startswith(f"scot eval --dataset spair --datapath ../shared/datasets/spair-pf-val "
+            assert row["command"].startswith(f"scot eval --dataset {preset} --datapath ../shared/datasets/{folder} "
                                              f"--split val --backbone {backbone}")
             assert set(row["pck"]) == {"0.05", "0.10", "0.15"} and row["matching_seconds_per_pair"] > 0
-        # the shipped setting is the best at alpha .10 among those within the time budget
-        assert tried[0]["pck"]["0.10"] == max(r["pck"]["0.10"] for r in tried if r["within_budget"])
+        # the selection rule: no setting tried within the time budget beats the shipped one by
+        # a point or more at alpha .10 (a smaller gain is noise and adopts nothing)
+        assert tried[0]["within_budget"]
+        assert max(r["pck"]["0.10"] for r in tried if r["within_budget"]) < tried[0]["pck"]["0.10"] + 1.0

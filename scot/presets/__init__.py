@@ -4,9 +4,11 @@ A preset (``pfpascal``, ``pfwillow``, ``spair``) gives, per backbone, the hyperp
 the plan exponent ``exp2``, the PCK rule, and defaults of a few other options
 (:data:`PRESET_OPTIONS`).  The ResNet presets are those of the SCOT paper's code (Liu et
 al., CVPR 2020); ResNet-50 on PF-PASCAL/PF-WILLOW, for which SCOT gives none, uses
-Hyperpixel Flow's set.  The EfficientNet-Lite ids and options on PF-PASCAL/PF-WILLOW are
-the files of this folder, written by ``scot search-layers`` (each records its command and
-the PCK behind its choice).
+Hyperpixel Flow's set.  The EfficientNet-Lite ids and options of each preset are the
+files of this folder, ``<preset>-<backbone>.json``, each chosen on that benchmark's
+validation pairs: the PF-WILLOW ones written by ``scot search-layers`` (each records its
+command and the PCK behind its choice), the PF-PASCAL and SPair-71k ones from the
+``scot eval`` runs they list (each with its command and figures).
 
 :func:`read_preset_file` reads such a file, shipped or the user's ``--preset-file``.  What a
 valid value of an option is belongs to the option's declaration
@@ -137,44 +139,35 @@ def _shipped(name: str) -> dict[str, Any]:
 
 
 LITE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
-_PF_LITE = {b: _shipped(f"pfwillow-{b}") for b in LITE_BACKBONES}
-_SPAIR_LITE = {b: _shipped(f"spair-{b}") for b in LITE_BACKBONES}
-_PF_IDS = {
-    "resnet101": (2, 22, 24, 25, 27, 28, 29),
-    "resnet50": (2, 7, 11, 12, 13),
-    # Found by `scot search-layers` on the shared PF-WILLOW development pairs; each file
-    # records the command, the PCK of the best sets and their check on all 200 pairs.
-    **{b: shipped["hyperpixel_ids"] for b, shipped in _PF_LITE.items()},
+# The EfficientNet-Lite settings of each benchmark, chosen on its validation (PF-WILLOW:
+# development) pairs: pfwillow-*.json by `scot search-layers` (each records the command, the
+# PCK of the best sets and their check on all 200 pairs); pfpascal-*.json and spair-*.json
+# by `scot eval` runs of the settings they list, with their figures.
+_LITE = {p: {b: _shipped(f"{p}-{b}") for b in LITE_BACKBONES} for p in ("pfpascal", "pfwillow", "spair")}
+_RESNET_IDS = {
+    "pf": {"resnet101": (2, 22, 24, 25, 27, 28, 29), "resnet50": (2, 7, 11, 12, 13)},
+    "spair": {"resnet101": (0, 19, 27, 28, 29, 30), "resnet50": (0, 11, 12, 13)},
 }
 
 
-def _options(shipped: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {b: {k: v for k, v in f.items() if k in PRESET_OPTIONS} for b, f in shipped.items()}
+def _preset(name: str, exp2: float, resnet: str, thres: str, description: str) -> Preset:
+    """A preset: the ResNet ids of the SCOT paper (``resnet``: its PF or SPair choice) and the
+    shipped Lite files of ``name``."""
+    lite = _LITE[name]
+    for backbone, f in lite.items():  # exp2 is one per preset; a shipped file must agree with it
+        if f.get("exp2", exp2) != exp2:
+            raise RuntimeError(f"scot installation: the {name} preset file of {backbone} sets exp2 {f['exp2']}, "
+                               f"not the preset's {exp2}")
+    ids = {**_RESNET_IDS[resnet], **{b: f["hyperpixel_ids"] for b, f in lite.items()}}
+    options = {b: {k: v for k, v in f.items() if k in PRESET_OPTIONS} for b, f in lite.items()}
+    return Preset(name, exp2, ids, thres, description, options)
 
 
 PRESETS: dict[str, Preset] = {
-    "pfpascal": Preset("pfpascal", 0.5, dict(_PF_IDS), "img", "PF-PASCAL", _options(_PF_LITE)),
-    "pfwillow": Preset("pfwillow", 0.5, dict(_PF_IDS), "bbox", "PF-WILLOW", _options(_PF_LITE)),
-    "spair": Preset(
-        "spair",
-        1.0,
-        {
-            "resnet101": (0, 19, 27, 28, 29, 30),
-            "resnet50": (0, 11, 12, 13),
-            # Chosen on the shared SPair-71k validation pairs within a matching-time budget;
-            # each file records the settings tried and their validation figures.
-            **{b: shipped["hyperpixel_ids"] for b, shipped in _SPAIR_LITE.items()},
-        },
-        "bbox",
-        "SPair-71k",
-        _options(_SPAIR_LITE),
-    ),
+    "pfpascal": _preset("pfpascal", 0.5, "pf", "img", "PF-PASCAL"),
+    "pfwillow": _preset("pfwillow", 0.5, "pf", "bbox", "PF-WILLOW"),
+    "spair": _preset("spair", 1.0, "spair", "bbox", "SPair-71k"),
 }
-for _preset, _files in (("pfpascal", _PF_LITE), ("pfwillow", _PF_LITE), ("spair", _SPAIR_LITE)):
-    for _backbone, _file in _files.items():  # exp2 is one per preset; a shipped file must agree with it
-        if _file.get("exp2", PRESETS[_preset].exp2) != PRESETS[_preset].exp2:
-            raise RuntimeError(f"scot installation: the {_preset} preset file of {_backbone} sets exp2 "
-                               f"{_file['exp2']}, not the preset's {PRESETS[_preset].exp2}")
 
 
 # --------------------------------------------------------------------------------------
