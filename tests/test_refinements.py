@@ -24,9 +24,10 @@ def pair(lite0, photo_rows):
 
 
 def test_presets_adopt_the_refinements_only_for_efficientnet_lite():
-    lite = SCOTConfig(preset="pfwillow").resolve("efficientnet-lite2")
-    assert (lite.center_features, lite.symmetric, lite.transfer) == (True, True, "weighted")
-    for preset, backbone in (("pfwillow", "resnet101"), ("pfpascal", "resnet50"), ("spair", "efficientnet-lite2")):
+    for preset in ("pfwillow", "pfpascal", "spair"):
+        lite = SCOTConfig(preset=preset).resolve("efficientnet-lite2")
+        assert (lite.center_features, lite.symmetric, lite.transfer) == (True, True, "weighted")
+    for preset, backbone in (("pfwillow", "resnet101"), ("pfpascal", "resnet50"), ("spair", "resnet101")):
         cfg = SCOTConfig(preset=preset).resolve(backbone)
         assert (cfg.center_features, cfg.symmetric, cfg.transfer) == (False, False, "mean")  # the paper
     # explicit options win over the preset
