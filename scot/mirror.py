@@ -42,54 +42,20 @@ from .matcher import Matched
 
 R = TypeVar("R", bound=Matched)
 
-Box = tuple[float, float, float, float]
-
 CONFIDENCE_GAIN = 1.05
 """A kept mirror's foreground matches must also be this much more confident on average than
 the plain match's (chosen with ``flip_margin`` on the SPair-71k validation pairs; see
 docs/accuracy.md)."""
 
 
-def mirror_points(kps: torch.Tensor, width: int) -> torch.Tensor:
-    """Keypoints as they lie in the horizontally mirrored image, as the reference mirrors them.
-
-    Args:
-        kps: (K, 2) x, y in pixels of an image ``width`` pixels wide.
-        width: the image's width W in pixels.
-
-    Returns:
-        (K, 2) copy with x replaced by ``W - x`` (y unchanged).
-    """
-    out = kps.clone()
-    out[:, 0] = width - out[:, 0]
-    return out
-
-
 def mirror_pixels(xy: torch.Tensor, width: int) -> torch.Tensor:
     """(K, 2) points x, y of an image ``width`` pixels wide, as they lie in its mirror made by
     flipping the pixel columns: column ``u`` becomes ``W - 1 - u`` (so the dense flow, read at
-    a pixel, and the keypoints agree).  Benchmarks that mirror pairs use :func:`mirror_points`."""
+    a pixel, and the keypoints agree).  Benchmarks that mirror pairs use
+    :func:`scot.datasets.base.mirror_points` (the reference's ``W - x``)."""
     out = xy.clone()
     out[:, 0] = (width - 1) - out[:, 0]
     return out
-
-
-def mirror_box(box: Box | None, width: int) -> Box | None:
-    """A box (x1, y1, x2, y2) as it lies in the horizontally mirrored image (None stays None).
-
-    Args:
-        box: (x1, y1, x2, y2) in pixels, or None.
-        width: the image's width W in pixels.
-
-    Returns:
-        (W - x2, y1, W - x1, y2), still with x1 < x2, or None.
-    """
-    if box is None:
-        return None
-    x1, y1, x2, y2 = box
-    return (width - x2, y1, width - x1, y2)
-
-
 
 
 def kept_mirror(result: R, keypoints: torch.Tensor | None) -> R:

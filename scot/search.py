@@ -167,14 +167,13 @@ class LayerSearch:
         mirrors = self.model.config.flip == "auto"  # sources are matched mirrored too
         for i in self.shard:
             pair = self.dataset.pairs[i]
-            mirror_key = (str(pair.src), not pair.flip)
-            for k in (pair.src_key, pair.trg_key) + ((mirror_key,) if mirrors else ()):
+            for k in (pair.src_key, pair.trg_key) + ((pair.src_mirror_key,) if mirrors else ()):
                 if k not in hyper:
                     view = self.view(Path(k[0]), k[1]).to(self.model.device, ids)
                     hyper[k] = self.model.extractor.describe(view, ids)
             s, t = hyper[pair.src_key], hyper[pair.trg_key]
             if mirrors:
-                s = dataclasses.replace(s, mirror=hyper[mirror_key])
+                s = dataclasses.replace(s, mirror=hyper[pair.src_mirror_key])
             src_kps, _, _ = pair.oriented(s.original_size[0], t.original_size[0])
             result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
             rec = score_pair(pair, result, self.thres)

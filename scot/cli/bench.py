@@ -59,6 +59,7 @@ def bench_pairs_cmd(
     threads: ThreadsOpt = None,
 ) -> None:
     """Every stage on real pairs, for each correlation path (factorized, dense, and the chosen one)."""
+    from .. import SCOT
     from ..bench import bench_pairs, format_pairs
     from ..datasets import load_dataset
     from ..errors import ScotError
@@ -71,7 +72,7 @@ def bench_pairs_cmd(
     if model.config.flip == "auto":  # the stages of one orientation; auto matches two
         typer.echo("note: timed with --flip off; --flip auto also matches the mirrored source (twice the matching; "
                    "scot eval reports its matching time)", err=True)
-        model = build_model({**config, "flip": "off"}, None, **dataset_preset(dataset))
+        model = SCOT(model.config.replace(flip="off"), backbone=model.backbone)
     res = bench_pairs(model, [(p.src, p.trg, p.src_kps) for p in data.pairs], repeats)
     typer.echo(format_pairs(res, dataset))
 

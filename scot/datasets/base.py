@@ -32,7 +32,6 @@ import torch
 from ..errors import ScotError
 from ..image import image_size
 from ..io import MAX_COORDINATE
-from ..mirror import Box, mirror_box, mirror_points
 
 OUTSIDE_MARGIN = 0.02
 """How far beyond its image an annotation may reach, as a fraction of the image's longer side
@@ -46,7 +45,39 @@ class DatasetMissingError(ScotError):
     """The benchmark's files are not where they should be."""
 
 
+Box = tuple[float, float, float, float]
 Size = tuple[int, int]
+
+
+def mirror_points(kps: torch.Tensor, width: int) -> torch.Tensor:
+    """Keypoints as they lie in the horizontally mirrored image, as the reference mirrors them.
+
+    Args:
+        kps: (K, 2) x, y in pixels of an image ``width`` pixels wide.
+        width: the image's width W in pixels.
+
+    Returns:
+        (K, 2) copy with x replaced by ``W - x`` (y unchanged).
+    """
+    out = kps.clone()
+    out[:, 0] = width - out[:, 0]
+    return out
+
+
+def mirror_box(box: Box | None, width: int) -> Box | None:
+    """A box (x1, y1, x2, y2) as it lies in the horizontally mirrored image (None stays None).
+
+    Args:
+        box: (x1, y1, x2, y2) in pixels, or None.
+        width: the image's width W in pixels.
+
+    Returns:
+        (W - x2, y1, W - x1, y2), still with x1 < x2, or None.
+    """
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    return (width - x2, y1, width - x1, y2)
 
 
 @dataclass
@@ -87,6 +118,11 @@ class Pair:
     @property
     def trg_key(self) -> tuple[str, bool]:
         return str(self.trg), self.flip
+
+    @property
+    def src_mirror_key(self) -> tuple[str, bool]:
+        """The key of the source as mirrored relative to :attr:`src_key` (``flip='auto'`` matches it too)."""
+        return str(self.src), not self.flip
 
     def oriented(self, src_width: int, trg_width: int) -> tuple[torch.Tensor, torch.Tensor, Box | None]:
         """The annotations as they lie in the images the pair is matched on.

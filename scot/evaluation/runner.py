@@ -72,7 +72,7 @@ def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSett
         t0 = time.perf_counter()
         wanted = {k: (path, p.flip) for p in batch for k, path in ((p.src_key, p.src), (p.trg_key, p.trg))}
         if mirrors:
-            wanted.update({_mirror_key(p): (p.src, not p.flip) for p in batch})
+            wanted.update({p.src_mirror_key: (p.src, not p.flip) for p in batch})
         found = {k: cache.get(k) for k in wanted}
         missing = [k for k, h in found.items() if h is None]  # described together (shared network passes)
         for k, h in zip(missing, model.extract_many([wanted[k][0] for k in missing], [wanted[k][1] for k in missing])):
@@ -84,7 +84,7 @@ def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSett
             s, t = found[pair.src_key], found[pair.trg_key]
             assert s is not None and t is not None
             if mirrors:
-                s = dataclasses.replace(s, mirror=found[_mirror_key(pair)])
+                s = dataclasses.replace(s, mirror=found[pair.src_mirror_key])
             items.append((s, t, pair.oriented(s.original_size[0], t.original_size[0])[0]))
         t1 = time.perf_counter()
         results = model.match_batch(items, keep_plan=False, check_bounds=False)
@@ -92,11 +92,6 @@ def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSett
         state.feature_seconds += t1 - t0
         state.match_seconds += time.perf_counter() - t1
         yield records
-
-
-def _mirror_key(pair: Pair) -> tuple[str, bool]:
-    """The cache key of the description of a pair's source as mirrored (for ``flip='auto'``)."""
-    return str(pair.src), not pair.flip
 
 
 def evaluate(
