@@ -110,8 +110,10 @@ def main() -> None:
     parser.add_argument("--preset", default="pfpascal")
     parser.add_argument("--images", default=None, help="folder of images (describe)")
     parser.add_argument("--count", type=int, default=10, help="images timed per round (describe)")
-    parser.add_argument("rest", nargs="*", help="arguments after -- go to scot eval / scot bench pairs")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    rest = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[: len(argv) - len(rest) - (1 if "--" in argv else 0)])
+    args.rest = rest  # what follows -- goes to scot eval / scot bench pairs
     if args.kind == "describe" and not args.images:
         parser.error("describe needs --images FOLDER")
     roots = {"old": Path(args.old), "new": Path(args.new)}
