@@ -35,7 +35,7 @@ import torch
 
 from . import device as _device
 from .errors import ScotError
-from .features import Hyperpixels
+from .hyperpixels import Hyperpixels
 from .precision import fp32_precision
 from .timing import synchronize
 
@@ -174,7 +174,7 @@ def _synthetic_hyperpixels(grid: tuple[int, int], fine_dim: int, coarse_dim: int
     """Random maps in the layout of a real preset: ``fine_dim`` channels on the grid and
     ``coarse_dim`` channels ``coarse_stride`` times coarser, with boxes, weights and geometry."""
     from .backbones import Geometry
-    from .features import LayerGroup, bilinear_matrix, box_centres, receptive_field_boxes
+    from .hyperpixels import LayerGroup, bilinear_matrix, box_centres, receptive_field_boxes
 
     h, w = grid
     g = torch.Generator().manual_seed(seed)

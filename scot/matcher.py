@@ -24,7 +24,7 @@ from . import device as _device
 from .config import SCOTConfig
 from .cost import Correlation, cost_from_log2_kernel_, kernel_scale, log2_kernel_
 from .errors import ScotError
-from .features import Hyperpixels
+from .hyperpixels import Hyperpixels
 from .image import resized_size
 from .ot import Scalings, dampening, kernel_sinkhorn
 from .rhm import GRID_ERROR, HoughWindows, grid_view
@@ -382,7 +382,7 @@ class Matcher(Generic[R]):
 
     def _hough(self, s: Hyperpixels, t: Hyperpixels, reverse: bool = False) -> HoughWindows:
         """The pair's Hough tables on the device.  Both grids are regular by construction
-        (:func:`~scot.features.receptive_field_boxes`); their spacing is the geometry's
+        (:func:`~scot.hyperpixels.receptive_field_boxes`); their spacing is the geometry's
         jump, compared here without reading a tensor."""
         if s.geometry.jump != t.geometry.jump:
             raise ValueError(GRID_ERROR)

@@ -34,7 +34,7 @@ from ..datasets import Dataset, Pair
 from ..distributed.group import World, WorldOfOne
 from ..distributed.sharding import Sharding
 from ..errors import ScotError
-from ..features import Hyperpixels
+from ..hyperpixels import Hyperpixels
 from ..io import atomic_write_json, check_folder
 from ..model import SCOT
 from ..pck import HEADLINE_ALPHA
