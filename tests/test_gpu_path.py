@@ -490,7 +490,7 @@ def test_timers_synchronise_the_models_own_gpu(monkeypatch, lite0, described):
     assert len(machine.synchronized) >= 5  # the clock's start and its four laps
     assert {torch.device(d) for d in machine.synchronized} == {torch.device("cuda", 1)}
     machine.synchronized.clear()
-    from scot.bench import _time
+    from scot.bench.measure import _time
 
     _time(lambda: None, "cuda:1")
     Clock({}, "cuda:1").lap("stage")
