@@ -234,7 +234,8 @@ def eval_(
     Under torchrun (torchrun --nproc-per-node N -m scot eval ...) the ranks share the pairs.
     """
     from ..datasets import open_dataset
-    from ..distributed.group import Stopped, in_turns
+    from ..distributed.group import Stopped
+    from ..distributed.world import in_turns
     from ..evaluation import EvalSettings, evaluate, format_table
     from ..evaluation.folder import check_resumable, shared_run_folder
     from ..evaluation.protocol import check_threshold, protocol_line
