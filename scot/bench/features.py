@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .measure import Stat, _time, copy_bandwidth
+from .measure import Stat, copy_bandwidth, timed
 
 FEATURE_SCALES = (1.0, 1.5, 2.0)
 CAM_SETTINGS = ((1.0,), (1.0, 1.5), (1.0, 1.5, 2.0))
@@ -31,7 +31,7 @@ def matmul_roof(n: int = 2048, device: torch.device | str = "cpu", repeats: int 
     """FLOP/s of an n x n by n x n float32 matrix product: the compute roof."""
     a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
     torch.mm(a, b)
-    return 2 * n**3 / min(_time(lambda: torch.mm(a, b), device) for _ in range(repeats))
+    return 2 * n**3 / min(timed(lambda: torch.mm(a, b), device) for _ in range(repeats))
 
 
 def _image_tensor(side: int, seed: int = 0) -> torch.Tensor:
@@ -82,7 +82,7 @@ def bench_features(backbones: Sequence[str], weights: str | None = None, side: i
             with torch.inference_mode():
                 backbone.extract(x, [0], head=True)
                 run = functools.partial(backbone.extract, x, [0], head=True)
-                pass_times = [_time(run, dev) for _ in range(repeats)]
+                pass_times = [timed(run, dev) for _ in range(repeats)]
             stat = Stat.of(pass_times)
             flops = pass_flops(backbone, x)
             passes.append({"scale": scale, "size": (w, h), "time": stat, "flops": flops, "rate": flops / stat.median})
@@ -95,7 +95,7 @@ def bench_features(backbones: Sequence[str], weights: str | None = None, side: i
         times: list[list[float]] = [[] for _ in models]
         for _ in range(repeats):  # the settings take turns, so a change in the machine's load hits them alike
             for k, model in enumerate(models):
-                times[k].append(_time(functools.partial(model.extract, image), dev))
+                times[k].append(timed(functools.partial(model.extract, image), dev))
         describe = [{"cam_scales": m.config.cam_scales, "feature_scales": m.config.feature_scales, "time": Stat.of(t)}
                     for m, t in zip(models, times)]
         out["backbones"][name] = {"weights": backbone.weights_source, "passes": passes, "describe": describe}

@@ -88,7 +88,7 @@ class PeakMemory:
         return int(torch.cuda.max_memory_allocated(self.device)) if self.cuda else peak_rss_bytes()
 
 
-def _time(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
+def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
     """Seconds ``fn`` takes, from and to an idle ``device``."""
     synchronize(device)
     t0 = time.perf_counter()
@@ -124,7 +124,7 @@ def copy_bandwidth(n: int, m: int, device: torch.device | str = "cpu", repeats: 
     x = torch.rand(n, m, device=device)
     y = torch.empty(n, m, device=device)
     y.copy_(x)
-    best = min(_time(lambda: y.copy_(x), device) for _ in range(repeats))
+    best = min(timed(lambda: y.copy_(x), device) for _ in range(repeats))
     return 2 * 4 * n * m / best
 
 
@@ -132,8 +132,9 @@ def format_bytes(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.0f} MiB"
 
 
-def _stage_lines(stages: dict[str, Stat], bandwidth: dict[str, float] | None = None,
+def stage_lines(stages: dict[str, Stat], bandwidth: dict[str, float] | None = None,
                  floor: float | None = None) -> list[str]:
+    """Report lines: each stage's time, and where given its bandwidth against the copy floor."""
     lines = []
     for name, stat in stages.items():
         extra = ""

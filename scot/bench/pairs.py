@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..hyperpixels import Hyperpixels
-from .measure import MATCH_STAGES, PeakMemory, Stat, _stage_lines, copy_bandwidth, format_bytes, matrix_passes
+from .measure import MATCH_STAGES, PeakMemory, Stat, copy_bandwidth, format_bytes, matrix_passes, stage_lines
 
 
 def _describe_all(model, paths, timings: dict[str, list[float]]):
@@ -106,7 +106,7 @@ def format_pairs(res: dict, dataset: str) -> str:
     n, m = res["hyperpixels"]
     lines = [f"{res['pairs']} {dataset} pairs x {res['repeats']} repeats | {res['backbone']} | {n} x {m} hyperpixels | "
              f"{'two' if res['two_way'] else 'one'}-way | {res['threads']} threads, {res['device']} | median [min-max]"]
-    lines += _stage_lines(res["features"])
+    lines += stage_lines(res["features"])
     for path, label in (("auto", "chosen"), ("always", "factorized"), ("never", "dense")):
         r = res["paths"][path]
         groups = ", ".join(f"{c} ch at {h}x{w}{' (Gram)' if f else ''}" for (h, w), c, f in r["groups"])
@@ -114,7 +114,7 @@ def format_pairs(res: dict, dataset: str) -> str:
         lines.append(f"  estimate: {r['flops']['planned'] / 1e9:.2f} G multiply-adds for the correlation vs "
                      f"{r['flops']['dense'] / 1e9:.2f} G dense")
         lines.append(f"  {'fusion':<13}{r['fusion'].ms()}")
-        lines += _stage_lines(r["stages"], r["bandwidth"], res["copy_bandwidth"])
+        lines += stage_lines(r["stages"], r["bandwidth"], res["copy_bandwidth"])
         raised = 'resident set' if res.get('memory_label', 'peak RSS') == 'peak RSS' else 'GPU memory allocated'
         lines.append(f"  matching per pair: {r['matching']:.3f} s; image in cache: {format_bytes(r['image_bytes'])}; "
                      f"matching raised the {raised} "

@@ -15,13 +15,13 @@ from .measure import (
     MATCH_STAGES,
     PeakMemory,
     Stat,
-    _stage_lines,
-    _time,
     copy_bandwidth,
     format_bytes,
     matrix_passes,
     peak_rss_bytes,
     rss_bytes,
+    stage_lines,
+    timed,
 )
 
 
@@ -97,12 +97,12 @@ def bench_synthetic(
         for rep in range(repeats + 2):
             memory.reset()
             result = model.match(src, trg, keypoints, keep_plan=False)
-            t = _time(lambda: torch.mm(dense_src, dense_trg.t()), dev)
+            t = timed(lambda: torch.mm(dense_src, dense_trg.t()), dev)
             if rep >= 2:
                 runs.append(dict(result.timings))
                 dense.append(t)
         peak = memory.peak()
-        t_corr = [_time(lambda: Correlation(src, trg).full(), dev) for _ in range(repeats)]
+        t_corr = [timed(lambda: Correlation(src, trg).full(), dev) for _ in range(repeats)]
     floor = copy_bandwidth(src.n, trg.n, dev)
     stages = {k: Stat.of([r[k] for r in runs]) for k in MATCH_STAGES}
     out.update(
@@ -120,7 +120,7 @@ def format_synthetic(res: dict, repeats: int, fine_dim: int, coarse_dim: int, co
     lines = [f"synthetic match: n={res['n']} x m={res['m']}, D={res['dim']} ({fine_dim} on the grid + {coarse_dim} at "
              f"1/{coarse_stride}), {'two' if two_way else 'one'}-way, {res['threads']} threads, {res['device']}, "
              f"median [min-max] of {repeats}"]
-    lines += _stage_lines(res["stages"], res["bandwidth"], res["copy_bandwidth"])
+    lines += stage_lines(res["stages"], res["bandwidth"], res["copy_bandwidth"])
     lines.append(f"  {'after feats':<13}{res['after_features'].ms()}")
     lines.append(f"  correlation: factorized {res['correlation'].ms().strip()} vs the dense matmul "
                  f"{res['dense_matmul'].ms().strip()}: {res['dense_matmul'].median / res['correlation'].median:.1f}x")
