@@ -1,4 +1,5 @@
-"""Image loading and the resize step that starts the pipeline.
+"""Image loading: files, PIL images, arrays and tensors as float RGB (the resize that follows
+is :mod:`scot.resize`).
 
 :func:`load_image` turns a path, PIL image, array or tensor into a float RGB tensor in
 [0, 1], handling the formats users actually have (EXIF rotation, grayscale, palette,
@@ -23,10 +24,6 @@ full-size decode.  :attr:`LoadedImage.size` is always the original size and
 :attr:`LoadedImage.scale` relates the two.  Pictures need a bound on size rather than on
 resolution: :func:`load_picture` decodes any image larger than the picture reduced to at
 most that side.
-
-:func:`resize_longest_side` reproduces the reference resize exactly: the scale is
-``side / max(H, W)`` computed in float32, the new size is truncated with ``int()``, and
-the image is resampled bilinearly with ``align_corners=False``, up or down.
 """
 
 from __future__ import annotations
@@ -37,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .errors import ScotError
 from .io import open_regular_file
+from .resize import resize_longest_side
 
 MIN_SIDE = 32
 MAX_PIXELS = 1_000_000_000  # declared size refused before decoding, whatever Pillow allows
@@ -459,30 +456,3 @@ def _tensor_to_rgb(t: torch.Tensor, label: str) -> torch.Tensor:
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
     return t.contiguous()
-
-
-def resize_ratio(width: int, height: int, side: int = 300) -> float:
-    """The reference's resize factor ``side / max(H, W)``, evaluated in float32 as the reference does.
-
-    The reference divides a Python number by a float32 tensor, which PyTorch evaluates as
-    ``reciprocal(max(H, W)) * side``; that rounds differently from a true float32 division
-    for about one long side in ten (e.g. 490 px: 299 rows after truncation, not 300).
-    """
-    ratio = torch.tensor(float(max(width, height)), dtype=torch.float32).reciprocal() * side
-    return float(ratio)
-
-
-def resized_size(width: int, height: int, side: int = 300) -> tuple[int, int]:
-    """(new_width, new_height) exactly as the reference truncates them."""
-    ratio = torch.tensor(resize_ratio(width, height, side), dtype=torch.float32)
-    new_h = int(torch.tensor(float(height), dtype=torch.float32) * ratio)
-    new_w = int(torch.tensor(float(width), dtype=torch.float32) * ratio)
-    return new_w, new_h
-
-
-def resize_longest_side(image: torch.Tensor, side: int = 300) -> tuple[torch.Tensor, float]:
-    """Resize a (3, H, W) image so its longest side is ``side``; return it and the ratio."""
-    h, w = int(image.shape[-2]), int(image.shape[-1])
-    new_w, new_h = resized_size(w, h, side)
-    out = F.interpolate(image.unsqueeze(0), size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
-    return out, resize_ratio(w, h, side)

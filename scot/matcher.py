@@ -25,8 +25,8 @@ from .config import SCOTConfig
 from .cost import Correlation, cost_from_log2_kernel_, kernel_scale, log2_kernel_
 from .errors import ScotError
 from .hyperpixels import Hyperpixels
-from .image import resized_size
 from .ot import Scalings, dampening, kernel_sinkhorn
+from .resize import resized_size
 from .rhm import GRID_ERROR, HoughWindows, grid_view
 from .solver import SolverPlan
 from .streaming import streamed_best_matches
