@@ -84,3 +84,9 @@ def bar(show: bool, *columns: Any, transient: bool = False) -> Any:
     from rich.progress import Progress
 
     return Progress(*columns, disable=True)
+
+
+def show_sharding(sharding: Any) -> None:
+    """Rank 0 prints how the pairs are split when several processes share them."""
+    if sharding.world_size > 1:
+        typer.echo(sharding.describe())
