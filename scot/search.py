@@ -39,9 +39,10 @@ from .distributed.world import World, WorldOfOne
 from .errors import ScotError
 from .evaluation import score_pair
 from .features import NetworkView
-from .io import atomic_write_json, read_json
+from .io import read_json
 from .model import SCOT
 from .pck import ALPHAS, HEADLINE_ALPHA, pair_pck
+from .writing import atomic_write_json
 
 if TYPE_CHECKING:
     from .datasets import Pair

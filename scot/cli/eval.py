@@ -80,7 +80,7 @@ def eval_(
     from ..evaluation import EvalSettings, evaluate, format_table
     from ..evaluation.folder import check_resumable, shared_run_folder
     from ..evaluation.protocol import check_threshold, protocol_line
-    from ..io import WriteError, check_folder
+    from ..writing import WriteError, check_folder
 
     # the folder that will hold the run, checked before the data and the model (nothing is created yet)
     if output_dir is not None:
@@ -164,7 +164,7 @@ def compare(
     """Compare two scot eval runs on the pairs they share: per-class and overall PCK, B − A, and a
     paired bootstrap 95 % interval of the overall difference."""
     from ..evaluation.compare import compare_runs, format_comparison, read_run
-    from ..io import atomic_write_json, check_file
+    from ..writing import atomic_write_json, check_file
 
     if json_file is not None:
         check_file(json_file, option="json", overwrite=True)

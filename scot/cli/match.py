@@ -63,8 +63,9 @@ def match(
 ) -> None:
     """Match two images (or every row of --pairs); write a JSON of every match and a PNG picture."""
     from ..errors import ScotError
-    from ..io import WriteError, check_folder, read_pair_list
+    from ..io import read_pair_list
     from ..outputs import Extras, Job, Outputs, match_jobs, prepare_jobs
+    from ..writing import WriteError, check_folder
 
     one_process("match")
     if top_k < 1:

@@ -238,7 +238,7 @@ def progress(*columns: Any, transient: bool = False) -> Any:
 @contextmanager
 def on_write_error(then: str, done: str = "") -> Iterator[None]:
     """A file that cannot be written (a full disk, a read-only folder) is one line saying how to go on."""
-    from ..io import WriteError
+    from ..writing import WriteError
 
     try:
         yield

@@ -67,8 +67,8 @@ def search_layers_cmd(
     Under torchrun (torchrun --nproc-per-node N -m scot search-layers ...) the ranks share the pairs.
     """
     from ..datasets import load_dataset
-    from ..io import check_file
     from ..search import check_beam, format_results, plan_search, search_layers, write_preset
+    from ..writing import check_file
 
     check_beam(beam, max_size)
     check_file(output, option="output", overwrite=overwrite)  # before hours of search, not after

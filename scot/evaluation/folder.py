@@ -21,7 +21,7 @@ from typing import Any
 
 from ..distributed.world import World
 from ..errors import ScotError
-from ..io import atomic_write_json
+from ..writing import atomic_write_json
 from .journal import drop_records, journal_files
 from .scoring import PairInputs
 

@@ -35,9 +35,9 @@ from ..distributed.sharding import Sharding
 from ..distributed.world import World, WorldOfOne
 from ..errors import ScotError
 from ..hyperpixels import Hyperpixels
-from ..io import atomic_write_json, check_folder
 from ..model import SCOT
 from ..pck import HEADLINE_ALPHA
+from ..writing import atomic_write_json, check_folder
 from .folder import check_shared, claim_run_folder
 from .journal import Journal, RunLock, RunState, absorb, journal_name, load_journals, lock_name
 from .report import build_summary, write_figures, write_per_pair_csv
