@@ -227,24 +227,69 @@ def test_folded_efficientnet_equals_the_checkpoint_network(size):
     torch.testing.assert_close(out.last_map, last, rtol=1e-4, atol=1e-5 * float(last.abs().max()))
 
 
-@pytest.mark.parametrize("kernel,stride,groups", [(1, 1, 1), (1, 2, 1), (3, 1, 1), (3, 2, 1), (5, 2, 8)])
-def test_folded_conv_equals_conv_then_batchnorm(kernel, stride, groups):
-    from scot.backbones.base import FoldedConv
-
-    conv = torch.nn.Conv2d(8, 16, kernel, stride, padding=kernel // 2, groups=groups, bias=True)
-    bn = torch.nn.BatchNorm2d(16, eps=1e-3).eval()
+def _conv_and_batchnorm(kernel, stride, groups, cin=8, cout=16):
+    conv = torch.nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=True)
+    bn = torch.nn.BatchNorm2d(cout, eps=1e-3).eval()
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.1, 4)
         bn.weight.uniform_(-2, 2)
         bn.bias.uniform_(-1, 1)
+    return conv, bn
+
+
+@pytest.mark.parametrize("path", ["fused", "portable"])
+@pytest.mark.parametrize("kernel,stride,groups", [(1, 1, 1), (1, 2, 1), (3, 1, 1), (3, 2, 1), (5, 2, 8)])
+def test_folded_conv_equals_conv_then_batchnorm(kernel, stride, groups, path, monkeypatch):
+    from scot.backbones import base
+    from scot.backbones.base import FoldedConv
+
+    if path == "portable":
+        monkeypatch.setattr(base, "fused_cpu_kernels", lambda x: False)
+    conv, bn = _conv_and_batchnorm(kernel, stride, groups)
     x = torch.randn(2, 8, 23, 30).contiguous(memory_format=torch.channels_last)
     folded = FoldedConv(conv, bn, "relu6")
     with torch.no_grad():
         want = torch.nn.functional.relu6(bn(conv(x)))
         got = folded(x)
     assert folded.pointwise == (kernel == 1 and stride == 1)
+    assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["fused", "portable"])
+@pytest.mark.parametrize("kernel,relu", [(1, False), (1, True), (3, True)])
+def test_folded_conv_adds_a_residual_before_the_relu(kernel, relu, path, monkeypatch):
+    from scot.backbones import base
+    from scot.backbones.base import FoldedConv
+
+    if path == "portable":
+        monkeypatch.setattr(base, "fused_cpu_kernels", lambda x: False)
+    conv, bn = _conv_and_batchnorm(kernel, 1, 1)
+    x = torch.randn(2, 8, 17, 21).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(2, 16, 17, 21)  # planar: the convolution takes it in its own layout
+    folded = FoldedConv(conv, bn)
+    with torch.no_grad():
+        want = bn(conv(x)) + residual
+        want = torch.relu(want) if relu else want
+        got = folded(x, residual, relu=relu)
+    assert bool((got < 0).any()) != relu
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="a ReLU after a convolution that ends in 'relu6'"):
+        FoldedConv(conv, bn, "relu6")(x, relu=True)
+
+
+def test_fused_kernels_serve_cpu_inference_only(monkeypatch):
+    from scot.backbones.base import fused_cpu_kernels
+
+    x = torch.randn(1, 3, 8, 8)
+    if hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available():
+        assert fused_cpu_kernels(x)  # the fast path is the one that runs on this machine
+        monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+        assert not fused_cpu_kernels(x)
+        monkeypatch.undo()
+    assert not fused_cpu_kernels(x.double())
+    assert not fused_cpu_kernels(x.requires_grad_())
 
 
 @pytest.mark.parametrize("bn_kwargs", [{"affine": False}, {"track_running_stats": False}])

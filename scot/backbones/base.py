@@ -76,6 +76,27 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def fused_cpu_kernels(x: torch.Tensor) -> bool:
+    """Whether ``x`` can go through oneDNN's fused convolution kernels.
+
+    These are CPU float32 kernels that apply the bias, an activation and a residual sum in the
+    convolution's own pass over its output (oneDNN "post-ops", PyTorch's
+    ``torch.ops.mkldnn._convolution_pointwise``).  They are used where PyTorch has them and
+    ``torch.backends.mkldnn`` is enabled, and never while gradients are recorded (they have no
+    backward).
+    """
+    return (_HAS_FUSED and x.device.type == "cpu" and x.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+_HAS_FUSED = hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+# Each activation's oneDNN post-op: its name and scalars.
+_FUSED_ACTIVATION: dict[str | None, tuple[str, list[float]]] = {
+    None: ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])
+}
+
+
 class FoldedConv(nn.Module):
     r"""A convolution with the BatchNorm that follows it folded in, and an optional activation.
 
@@ -88,19 +109,23 @@ class FoldedConv(nn.Module):
     ``same=True`` pads as TensorFlow's "SAME" does, from the actual input size.  Where that
     padding is symmetric (every stride-1 convolution with an odd kernel; a stride-2 one on
     odd sizes) it is the convolution's own zero padding, with no padded copy of the input;
-    otherwise the input is padded first (``F.pad``).
+    otherwise the input is padded first (``F.pad``), unless the caller has padded it.
+
+    On the CPU (see :func:`fused_cpu_kernels`) the bias, the activation and a residual sum run
+    inside oneDNN's convolution; elsewhere a pointwise convolution on the CPU is one ``addmm``
+    and any other one ``F.conv2d``, each followed by the sum and the activation in place.
 
     Args:
         conv: the trained convolution (any bias is folded too).
         bn: the BatchNorm applied to its output (eval statistics).
-        activation: ``None``, ``"relu"`` or ``"relu6"``, applied in place after the bias.
+        activation: ``None``, ``"relu"`` or ``"relu6"``, applied after the bias.
         same: TensorFlow "SAME" padding instead of ``conv.padding``.
     """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str | None = None,
                  same: bool = False) -> None:
         super().__init__()
-        if activation not in (None, "relu", "relu6"):
+        if activation not in _FUSED_ACTIVATION:
             raise ValueError(f"unknown activation {activation!r}")
         gamma, beta, mean, var = bn.weight, bn.bias, bn.running_mean, bn.running_var
         if gamma is None or beta is None or mean is None or var is None:
@@ -125,36 +150,74 @@ class FoldedConv(nn.Module):
         """A 1 x 1, stride-1, unpadded, ungrouped convolution: a matrix product over the pixels."""
         return self.kernel == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def same_pads(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """TensorFlow "SAME" padding ``(left, right, top, bottom)`` of an ``height x width`` input."""
+        (top, bottom), (left, right) = (same_padding(height, self.kernel[0], self.stride[0]),
+                                        same_padding(width, self.kernel[1], self.stride[1]))
+        return left, right, top, bottom
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, *, relu: bool = False,
+                padded: bool = False) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H', W').
 
-        A pointwise convolution runs as one ``addmm`` over the pixels of a channels-last input
-        (its rows are the pixels' channel vectors, a view), giving a channels-last output: at one
-        thread PyTorch sends 1 x 1 convolutions to its reference kernel, which converts the
-        layout twice and is several times slower.
+        Args:
+            x: the input, channels-last for speed.
+            residual: (B, C_out, H', W') added to the convolution's output (a residual
+                connection), before the activation.
+            relu: a ReLU after the sum, for a convolution without an activation of its own.
+            padded: ``x`` already carries its "SAME" padding (see :meth:`same_pads`).
+
+        Returns:
+            ``act(conv(x) + bias [+ residual])``, channels-last for a channels-last input.
         """
-        if self.pointwise:
-            b, c, h, w = x.shape
-            cout = int(self.weight.shape[0])
-            rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
-            y = torch.addmm(self.bias, rows, self.weight.reshape(cout, c).t())
-            return self._activate(y.view(b, h, w, cout).permute(0, 3, 1, 2))
-        padding = self.padding
-        if self.same:
-            (top, bottom), (left, right) = (same_padding(int(x.shape[-2]), self.kernel[0], self.stride[0]),
-                                            same_padding(int(x.shape[-1]), self.kernel[1], self.stride[1]))
+        activation = self.activation
+        if relu:
+            if activation is not None:
+                raise ValueError(f"a ReLU after a convolution that ends in {activation!r}")
+            activation = "relu"
+        padding = (0, 0) if padded else self.padding
+        if self.same and not padded:
+            left, right, top, bottom = self.same_pads(int(x.shape[-2]), int(x.shape[-1]))
             if top == bottom and left == right:
                 padding = (top, left)
             else:
                 x, padding = F.pad(x, [left, right, top, bottom]), (0, 0)
-        return self._activate(F.conv2d(x, self.weight, self.bias, self.stride, padding, 1, self.groups))
+        if fused_cpu_kernels(x):
+            return self._fused(x, padding, residual, activation)
+        if self.pointwise and x.device.type == "cpu":
+            # At one thread PyTorch sends 1 x 1 convolutions to its reference kernel, which
+            # converts the layout twice; addmm over the pixels of the channels-last input (a
+            # view) gives a channels-last output.
+            b, c, h, w = x.shape
+            cout = int(self.weight.shape[0])
+            rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+            y = torch.addmm(self.bias, rows, self.weight.reshape(cout, c).t()).view(b, h, w, cout).permute(0, 3, 1, 2)
+        else:
+            y = F.conv2d(x, self.weight, self.bias, self.stride, padding, 1, self.groups)
+        if residual is not None:
+            y = y.add_(residual)
+        return _activate(y, activation)
 
-    def _activate(self, y: torch.Tensor) -> torch.Tensor:
-        if self.activation == "relu":
-            return y.relu_()
-        if self.activation == "relu6":
-            return F.relu6(y, inplace=True)
-        return y
+    def _fused(self, x: torch.Tensor, padding: tuple[int, int], residual: torch.Tensor | None,
+               activation: str | None) -> torch.Tensor:
+        attr, scalars = _FUSED_ACTIVATION[activation]
+        geometry = ([padding[0], padding[1]], [self.stride[0], self.stride[1]], [1, 1], self.groups)
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *geometry, attr, scalars, "")
+        if x.is_contiguous(memory_format=torch.channels_last):
+            residual = residual.contiguous(memory_format=torch.channels_last)
+        # The binary form takes no "none" post-op: no activation is None.
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, self.weight, self.bias, *geometry, "add", None,
+            None if activation is None else attr, scalars, None)
+
+
+def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    if activation == "relu":
+        return y.relu_()
+    if activation == "relu6":
+        return F.relu6(y, inplace=True)
+    return y
 
 
 @dataclass

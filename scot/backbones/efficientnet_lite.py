@@ -144,10 +144,33 @@ class FoldedMBConv(nn.Module):
         self.skip = block.skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)."""
-        h = self.expand(x) if self.expand is not None else x
-        h = self.project(self.depthwise(h))
-        return h.add_(x) if self.skip else h
+        """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride).
+
+        Where the depthwise convolution's "SAME" padding is asymmetric (a stride-2 layer on an
+        even size), the narrow input is padded instead of the expanded one (a sixth of the
+        copy): the expansion maps the padded cells to ``relu6(bias)``, which are set back to
+        zero, so the depthwise convolution sees the zeros it would have been padded with.
+        The skip connection's sum runs inside the projection (see :class:`FoldedConv`).
+        """
+        if self.expand is None:
+            h = self.depthwise(x)
+        else:
+            left, right, top, bottom = self.depthwise.same_pads(int(x.shape[-2]), int(x.shape[-1]))
+            if top == bottom and left == right:
+                h = self.depthwise(self.expand(x))
+            else:
+                h = self.expand(F.pad(x, [left, right, top, bottom]))
+                _zero_border(h, left, right, top, bottom)
+                h = self.depthwise(h, padded=True)
+        return self.project(h, x if self.skip else None)
+
+
+def _zero_border(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> None:
+    """Set the outer ``top``/``bottom`` rows and ``left``/``right`` columns of (B, C, H, W) ``x`` to zero."""
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    for rows, cols in ((slice(0, top), slice(None)), (slice(height - bottom, height), slice(None)),
+                       (slice(None), slice(0, left)), (slice(None), slice(width - right, width))):
+        x[:, :, rows, cols] = 0
 
 
 class FoldedEfficientNetLite(nn.Module):

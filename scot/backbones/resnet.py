@@ -48,10 +48,13 @@ class FoldedBottleneck(nn.Module):
         self.conv3 = FoldedConv(block.conv3, block.bn3)
         self.downsample = None if block.downsample is None else FoldedConv(block.downsample[0], block.downsample[1])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride), before the block's ReLU."""
-        out = self.conv3(self.conv2(self.conv1(x)))
-        return out.add_(self.downsample(x) if self.downsample is not None else x)
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride), before the block's ReLU unless ``relu``.
+
+        The residual sum (and the ReLU) run inside the last convolution (see :class:`FoldedConv`).
+        """
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        return self.conv3(self.conv2(self.conv1(x)), shortcut, relu=relu)
 
 
 class ResNetBackbone(Backbone):
@@ -128,12 +131,11 @@ class ResNetBackbone(Backbone):
         for hid, block in enumerate(self.folded_blocks, start=1):
             if hid > last_needed:
                 break
-            pre = block(x)
             if hid in wanted:
-                feats[hid] = pre
-                x = torch.relu(pre)
+                feats[hid] = block(x)
+                x = torch.relu(feats[hid])
             else:
-                x = pre.relu_()
+                x = block(x, relu=True)
         if not head:
             return BackboneOutput(feats)
         logits = net.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
