@@ -280,7 +280,7 @@ def test_folded_conv_adds_a_residual_before_the_relu(kernel, relu, path, monkeyp
 
 
 def test_fused_kernels_serve_cpu_inference_only(monkeypatch):
-    from scot.backbones.base import fused_cpu_kernels
+    from scot.backbones.base import fused_cpu_kernels, portable_kernels
 
     x = torch.randn(1, 3, 8, 8)
     if hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available():
@@ -288,6 +288,9 @@ def test_fused_kernels_serve_cpu_inference_only(monkeypatch):
         monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
         assert not fused_cpu_kernels(x)
         monkeypatch.undo()
+        with portable_kernels():
+            assert not fused_cpu_kernels(x)
+        assert fused_cpu_kernels(x)
     assert not fused_cpu_kernels(x.double())
     assert not fused_cpu_kernels(x.requires_grad_())
 

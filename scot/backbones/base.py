@@ -9,7 +9,9 @@ lead to it, so hyperpixel boxes follow the architecture instead of a hand-made t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -83,14 +85,33 @@ def fused_cpu_kernels(x: torch.Tensor) -> bool:
     convolution's own pass over its output (oneDNN "post-ops", PyTorch's
     ``torch.ops.mkldnn._convolution_pointwise``).  They are used where PyTorch has them and
     ``torch.backends.mkldnn`` is enabled, and never while gradients are recorded (they have no
-    backward).
+    backward) or within :func:`portable_kernels`.
     """
-    return (_HAS_FUSED and x.device.type == "cpu" and x.dtype == torch.float32
+    return (_HAS_FUSED and not _portable.depth and x.device.type == "cpu" and x.dtype == torch.float32
             and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
             and not (torch.is_grad_enabled() and x.requires_grad))
 
 
+@contextmanager
+def portable_kernels() -> Iterator[None]:
+    """Within this block, folded convolutions use plain PyTorch operators only (``F.conv2d``,
+    ``addmm``, in-place sums and activations), e.g. for ``torch.utils.flop_counter``, which
+    does not see oneDNN's fused kernels."""
+    _portable.depth += 1
+    try:
+        yield
+    finally:
+        _portable.depth -= 1
+
+
 _HAS_FUSED = hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class _Portable(threading.local):
+    depth = 0  # nesting of portable_kernels() blocks in this thread
+
+
+_portable = _Portable()
 # Each activation's oneDNN post-op: its name and scalars.
 _FUSED_ACTIVATION: dict[str | None, tuple[str, list[float]]] = {
     None: ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])
