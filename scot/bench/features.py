@@ -18,11 +18,15 @@ CAM_SETTINGS = ((1.0,), (1.0, 1.5), (1.0, 1.5, 2.0))
 def pass_flops(backbone, x: torch.Tensor) -> int:
     """Floating-point operations of one full network pass (to the classifier) on ``x``, as
     :class:`torch.utils.flop_counter.FlopCounterMode` counts them (2 per multiply-add of the
-    convolutions and matrix products; element-wise work is not counted)."""
+    convolutions and matrix products; element-wise work is not counted).  The pass runs with
+    plain PyTorch operators (:func:`~scot.backbones.base.portable_kernels`): the counter does
+    not see oneDNN's fused convolutions."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from ..backbones.base import portable_kernels
+
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
+    with torch.inference_mode(), portable_kernels(), counter:
         backbone.extract(x, [0], head=True)
     return int(counter.get_total_flops())
 
