@@ -9,7 +9,7 @@ perfect reuse; memory stays bounded however long the pair list is.
 memory as the N x M workspaces of :meth:`SCOT.match_batch <scot.SCOT.match_batch>`, which
 sizes its batches from the device's free memory (so it sees what the cache holds).  The
 byte count of a value (``size_of``, e.g. :meth:`Hyperpixels.nbytes
-<scot.features.Hyperpixels.nbytes>`) therefore counts against the budget wherever it
+<scot.hyperpixels.Hyperpixels.nbytes>`) therefore counts against the budget wherever it
 lives, and entries living on a CUDA device are also kept below :data:`DEVICE_SHARE` of
 that device's memory, so a budget larger than the GPU (the default 2 GB on a small card)
 cannot crowd the matching out.

@@ -4,7 +4,7 @@ r"""Step 2 of the pipeline: the transport cost between hyperpixels.
     C_{ij} = 1 - \max\big(0,\ \cos(f_i, g_j)\big)
 
 **Factorized correlation.**  A hyperpixel concatenates layer groups upsampled to the grid
-(:mod:`scot.features`): :math:`f = [U_1 X_1, \dots]` for the source and
+(:mod:`scot.hyperpixels`): :math:`f = [U_1 X_1, \dots]` for the source and
 :math:`g = [V_1 Y_1, \dots]` for the target, with separable bilinear matrices
 :math:`U = U_y \otimes U_x`.  Their inner products are
 
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .features import Hyperpixels
+    from .hyperpixels import Hyperpixels
 
 def correlation_flops(src: Hyperpixels, trg: Hyperpixels) -> dict[str, float]:
     """Multiply-adds of one pair's correlation: as planned, and with every group upsampled.

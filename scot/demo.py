@@ -155,9 +155,9 @@ def run_demo(output: Path = Path("scot-demo"), *, notice: Callable[[str], None] 
         ScotError: when ``output`` is not a folder or the sample photo is missing.
     """
     from .config import SCOTConfig
-    from .io import check_folder
     from .model import SCOT
     from .outputs import Outputs, plan_outputs, write_match
+    from .writing import check_folder
 
     output = check_folder(Path(output))
     pair = make_demo_pair(output)

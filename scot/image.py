@@ -1,16 +1,14 @@
-"""Image loading and the resize step that starts the pipeline.
+"""Image loading: files, PIL images, arrays and tensors as float RGB (the resize that follows
+is :mod:`scot.resize`).
 
 :func:`load_image` turns a path, PIL image, array or tensor into a float RGB tensor in
 [0, 1], handling the formats users actually have (EXIF rotation, grayscale, palette,
 alpha, 16-bit) and rejecting unreadable, non-regular, too-small or absurdly large files
 with a one-line error.
 
-Pixel values: 8-bit images are divided by 255 and 16-bit ones by 65535.  Float pixels
-(float TIFFs, PIL mode ``F``, float arrays, tensors) and 32-bit integer ones (PIL mode
-``I``) carry no range of their own, so the image's largest value decides it: the smallest
-of [0, 1] (kept as it is), [0, 255] and [0, 65535] that holds every value (integer images:
-[0, 255] or [0, 65535]).  A NaN or infinite value, a negative one, or one above 65535
-fits no range and is an error naming the image, never clipped or passed on.
+Pixel values are mapped to [0, 1] as :mod:`scot.pixels` describes (8-bit by 255, 16-bit by
+65535, float and 32-bit integer pixels by the smallest range that holds them), which also
+converts arrays and tensors.
 
 Large images: the pipeline shrinks every image to ``image_side`` (300 px) on its longest
 side, so decoding a 108-megapixel photo at full size wastes gigabytes.  With ``max_side``
@@ -23,10 +21,6 @@ full-size decode.  :attr:`LoadedImage.size` is always the original size and
 :attr:`LoadedImage.scale` relates the two.  Pictures need a bound on size rather than on
 resolution: :func:`load_picture` decodes any image larger than the picture reduced to at
 most that side.
-
-:func:`resize_longest_side` reproduces the reference resize exactly: the scale is
-``side / max(H, W)`` computed in float32, the new size is truncated with ``int()``, and
-the image is resampled bilinearly with ``align_corners=False``, up or down.
 """
 
 from __future__ import annotations
@@ -37,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .errors import ScotError
 from .io import open_regular_file
+from .pixels import INTEGER_RANGES, array_to_tensor, tensor_to_rgb, value_divisor
+from .resize import resize_longest_side
 
 MIN_SIDE = 32
 MAX_PIXELS = 1_000_000_000  # declared size refused before decoding, whatever Pillow allows
@@ -59,8 +54,6 @@ _TRANSPOSE = {
 }
 _SWAPS_AXES = (5, 6, 7, 8)
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-FLOAT_RANGES = (1.0, 255.0, 65535.0)  # the ranges float pixels may come in, smallest first
-INTEGER_RANGES = (255.0, 65535.0)  # the same for 32-bit integer pixels (PIL mode I)
 
 
 @dataclass
@@ -164,35 +157,6 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and value in _TRANSPOSE else 1
 
 
-def value_divisor(values: np.ndarray | torch.Tensor, label: str, ranges: tuple[float, ...] = FLOAT_RANGES) -> float:
-    """The divisor that maps an image's pixel values into [0, 1]: the smallest range holding them.
-
-    Args:
-        values: the image's pixel values, any shape (float or integer).
-        label: how the error names the image.
-        ranges: the candidate ranges [0, r], smallest first (:data:`FLOAT_RANGES` or
-            :data:`INTEGER_RANGES`); the last one is the most any image may use.
-
-    Returns:
-        r, the smallest of ``ranges`` with every value in [0, r].
-
-    Raises:
-        ScotError: naming the image, for a NaN or infinite value, a negative one, or one
-            above the last range.
-    """
-    if isinstance(values, torch.Tensor):
-        finite, low, high = bool(torch.isfinite(values).all()), float(values.min()), float(values.max())
-    else:
-        finite, low, high = bool(np.isfinite(values).all()), float(values.min()), float(values.max())
-    if not finite:
-        raise ScotError(f"{label}: the image holds NaN or infinite values")
-    if low < 0:
-        raise ScotError(f"{label}: pixel values go down to {low:g}; an image holds no negative values "
-                        f"(scale it to [0, 1], [0, 255] or [0, {ranges[-1]:.0f}])")
-    if high > ranges[-1]:
-        raise ScotError(f"{label}: pixel values reach {high:g}, beyond {ranges[-1]:.0f} (the 16-bit range); "
-                        f"scale the image to [0, 1], [0, 255] or [0, {ranges[-1]:.0f}]")
-    return next(r for r in ranges if high <= r)
 
 
 def _canonical(img: Image.Image, label: str) -> tuple[Image.Image, float]:
@@ -322,7 +286,7 @@ def load_image(source: ImageLike, name: str | None = None, max_side: int | None 
     EXIF orientation is applied to files, alpha is composited over white, grayscale and
     palette images become RGB, 16-bit images are scaled to [0, 1], and float (or 32-bit
     integer) pixels by the smallest of [0, 1], [0, 255], [0, 65535] that holds them (a
-    NaN, infinite, negative or larger value is an error; see the module's docstring).  Only regular files
+    NaN, infinite, negative or larger value is an error; see :mod:`scot.pixels`).  Only regular files
     are opened (a named pipe, device or directory is refused without blocking); files
     declaring more than ``MAX_PIXELS`` pixels, or more than Pillow's decompression-bomb
     limit (``PIL.Image.MAX_IMAGE_PIXELS`` x 2, 179 MP by default), are refused before
@@ -358,10 +322,10 @@ def load_image(source: ImageLike, name: str | None = None, max_side: int | None 
         return LoadedImage(tensor, label, size, 1.0 / total)
     if isinstance(source, np.ndarray):
         label = name or "array"
-        tensor = _array_to_tensor(source, label)
+        tensor = array_to_tensor(source, label)
     elif isinstance(source, torch.Tensor):
         label = name or "tensor"
-        tensor = _tensor_to_rgb(source, label)
+        tensor = tensor_to_rgb(source, label)
     else:
         raise ScotError(f"{name or 'image'}: unsupported image type {type(source).__name__}")
     size = (int(tensor.shape[2]), int(tensor.shape[1]))
@@ -422,67 +386,3 @@ def image_size(source: str | Path) -> tuple[int, int]:
         w, h = img.size
         orientation = _orientation(img)
     return (h, w) if orientation in _SWAPS_AXES else (w, h)
-
-
-def _array_to_tensor(arr: np.ndarray, label: str) -> torch.Tensor:
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise ScotError(f"{label}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got shape {arr.shape}")
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    if arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    if arr.dtype == np.uint8:
-        out = arr.astype(np.float32) / 255.0
-    elif arr.dtype == np.uint16:
-        out = arr.astype(np.float32) / 65535.0
-    elif np.issubdtype(arr.dtype, np.floating):
-        out = (arr / value_divisor(arr, label)).astype(np.float32)
-    else:
-        raise ScotError(f"{label}: unsupported array dtype {arr.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).contiguous()
-
-
-def _tensor_to_rgb(t: torch.Tensor, label: str) -> torch.Tensor:
-    if t.device.type == "meta":
-        raise ScotError(f"{label}: the tensor is on the meta device, which holds no pixel values")
-    if t.dim() == 4 and t.shape[0] == 1:
-        t = t[0]
-    if t.dim() != 3 or t.shape[0] not in (1, 3):
-        raise ScotError(f"{label}: expected a (3, H, W) tensor, got shape {tuple(t.shape)}")
-    t = t.detach().to("cpu")
-    if t.dtype == torch.bool or t.is_complex():
-        raise ScotError(f"{label}: unsupported tensor dtype {t.dtype}")
-    divisor = value_divisor(t if t.is_floating_point() else t.double(), label)
-    t = t.to(torch.float32) / divisor if divisor != 1.0 else t.to(torch.float32)
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
-    return t.contiguous()
-
-
-def resize_ratio(width: int, height: int, side: int = 300) -> float:
-    """The reference's resize factor ``side / max(H, W)``, evaluated in float32 as the reference does.
-
-    The reference divides a Python number by a float32 tensor, which PyTorch evaluates as
-    ``reciprocal(max(H, W)) * side``; that rounds differently from a true float32 division
-    for about one long side in ten (e.g. 490 px: 299 rows after truncation, not 300).
-    """
-    ratio = torch.tensor(float(max(width, height)), dtype=torch.float32).reciprocal() * side
-    return float(ratio)
-
-
-def resized_size(width: int, height: int, side: int = 300) -> tuple[int, int]:
-    """(new_width, new_height) exactly as the reference truncates them."""
-    ratio = torch.tensor(resize_ratio(width, height, side), dtype=torch.float32)
-    new_h = int(torch.tensor(float(height), dtype=torch.float32) * ratio)
-    new_w = int(torch.tensor(float(width), dtype=torch.float32) * ratio)
-    return new_w, new_h
-
-
-def resize_longest_side(image: torch.Tensor, side: int = 300) -> tuple[torch.Tensor, float]:
-    """Resize a (3, H, W) image so its longest side is ``side``; return it and the ratio."""
-    h, w = int(image.shape[-2]), int(image.shape[-1])
-    new_w, new_h = resized_size(w, h, side)
-    out = F.interpolate(image.unsqueeze(0), size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
-    return out, resize_ratio(w, h, side)

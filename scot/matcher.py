@@ -24,9 +24,9 @@ from . import device as _device
 from .config import SCOTConfig
 from .cost import Correlation, cost_from_log2_kernel_, kernel_scale, log2_kernel_
 from .errors import ScotError
-from .features import Hyperpixels
-from .image import resized_size
+from .hyperpixels import Hyperpixels
 from .ot import Scalings, dampening, kernel_sinkhorn
+from .resize import resized_size
 from .rhm import GRID_ERROR, HoughWindows, grid_view
 from .solver import SolverPlan
 from .streaming import streamed_best_matches
@@ -382,7 +382,7 @@ class Matcher(Generic[R]):
 
     def _hough(self, s: Hyperpixels, t: Hyperpixels, reverse: bool = False) -> HoughWindows:
         """The pair's Hough tables on the device.  Both grids are regular by construction
-        (:func:`~scot.features.receptive_field_boxes`); their spacing is the geometry's
+        (:func:`~scot.hyperpixels.receptive_field_boxes`); their spacing is the geometry's
         jump, compared here without reading a tensor."""
         if s.geometry.jump != t.geometry.jump:
             raise ValueError(GRID_ERROR)

@@ -26,7 +26,8 @@ from .backbones import Backbone, build_backbone
 from .config import SCOTConfig
 from .device import resolve_device
 from .errors import ScotError
-from .features import HyperpixelExtractor, Hyperpixels
+from .features import HyperpixelExtractor
+from .hyperpixels import Hyperpixels
 from .image import ImageLike, image_size
 from .matcher import Matched, Matcher
 from .mirror import keep_mirror, kept_mirror, mirror_pixels

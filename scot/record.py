@@ -18,7 +18,7 @@ from .version import __version__
 
 class Matched(Protocol):
     """What the record reads of a match (:class:`scot.MatchResult`): ``src`` and ``trg`` are
-    the images' :class:`~scot.features.Hyperpixels`."""
+    the images' :class:`~scot.hyperpixels.Hyperpixels`."""
 
     src: Any
     trg: Any

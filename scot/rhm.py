@@ -146,7 +146,7 @@ class HoughWindows:
         target -> source matching (still indexed source x reversed target), on ``device``.
 
         The tables are computed on the host from the coordinates (host tensors in
-        :class:`~scot.features.Hyperpixels`) and copied once.  With ``check``, raises
+        :class:`~scot.hyperpixels.Hyperpixels`) and copied once.  With ``check``, raises
         ValueError unless both grids are evenly spaced with the same spacing (read on the
         host); callers that know it from the grids' geometry pass ``check=False``.
         """

@@ -16,7 +16,7 @@ only its shard of the pairs (pairs grouped by image); each set's per-pair PCKs a
 over the ranks (every pair's row comes from exactly one rank, the others add zeros) and
 then averaged in pair order on every rank, so the scores, and the chosen set, are bit for
 bit those of one process.  Rank 0 reads and writes the resume file.  A process alone is a
-:class:`~scot.distributed.group.WorldOfOne` and runs the same code: one shard, sums over
+:class:`~scot.distributed.world.WorldOfOne` and runs the same code: one shard, sums over
 itself.
 """
 
@@ -34,14 +34,15 @@ import torch
 from .backbones import Backbone
 from .config import PRESET_OPTIONS
 from .datasets import Dataset
-from .distributed.group import World, WorldOfOne
 from .distributed.sharding import Sharding, images_per_shard
+from .distributed.world import World, WorldOfOne
 from .errors import ScotError
 from .evaluation import score_pair
 from .features import NetworkView
-from .io import atomic_write_json, read_json
+from .io import read_json
 from .model import SCOT
 from .pck import ALPHAS, HEADLINE_ALPHA, pair_pck
+from .writing import atomic_write_json
 
 if TYPE_CHECKING:
     from .datasets import Pair

@@ -27,7 +27,7 @@ import torch
 
 from . import device as _device
 from .cost import Correlation, kernel_scale, log2_kernel_
-from .features import Hyperpixels
+from .hyperpixels import Hyperpixels
 from .ot import Scalings, dampening, eps_doublings, kernel_sinkhorn
 from .rhm import HoughWindows, grid_view, smooth_histogram
 from .votes import log2_votes

@@ -62,7 +62,7 @@ from typing import Literal
 import torch
 
 from .config import TRANSFERS
-from .features import box_centres
+from .hyperpixels import box_centres
 
 Rule = Literal["mean", "weighted", "median"]
 RULES: tuple[str, ...] = TRANSFERS

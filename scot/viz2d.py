@@ -17,7 +17,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 
-from .io import atomic_write_bytes
+from .writing import atomic_write_bytes
 
 if TYPE_CHECKING:
     from PIL import Image

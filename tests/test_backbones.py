@@ -9,7 +9,8 @@ import torchvision
 from scot.backbones import build_backbone
 from scot.backbones.base import propagate_geometry
 from scot.errors import ScotError
-from scot.image import load_image, resize_longest_side
+from scot.image import load_image
+from scot.resize import resize_longest_side
 
 IMAGENET = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
 REFERENCE_JUMP = [4, 4, 4, 4, 8, 8, 8, 8, 16, 16]

@@ -58,7 +58,7 @@ def test_pass_flops_agree_with_torchvision():
     import torchvision
 
     from scot.backbones import build_backbone
-    from scot.bench import pass_flops
+    from scot.bench.features import pass_flops
 
     bb = build_backbone("resnet50", "random")
     ops = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["_ops"]  # giga multiply-adds at 224 x 224

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from scot.backbones import build_backbone
 from scot.cost import Correlation
 from scot.features import factorize_groups
-from scot.features import NetworkView, bilinear_matrix, describe, observe
+from scot.features import NetworkView, describe, observe
+from scot.hyperpixels import bilinear_matrix
 
 
 @pytest.fixture(scope="module")

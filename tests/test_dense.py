@@ -20,7 +20,7 @@ from scot.dense import (
     transfer_mask,
     warp_image,
 )
-from scot.features import box_centres, receptive_field_boxes
+from scot.hyperpixels import box_centres, receptive_field_boxes
 from scot.transfer import containing_boxes, transfer_keypoints
 
 SRC = Geometry(jump=4, rf=27, offset_x=0, offset_y=0, height=50, width=75)

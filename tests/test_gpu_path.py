@@ -490,9 +490,9 @@ def test_timers_synchronise_the_models_own_gpu(monkeypatch, lite0, described):
     assert len(machine.synchronized) >= 5  # the clock's start and its four laps
     assert {torch.device(d) for d in machine.synchronized} == {torch.device("cuda", 1)}
     machine.synchronized.clear()
-    from scot.bench import _time
+    from scot.bench.measure import timed
 
-    _time(lambda: None, "cuda:1")
+    timed(lambda: None, "cuda:1")
     Clock({}, "cuda:1").lap("stage")
     Clock(None, "cuda:1").lap("stage")  # no sink: nothing to time, nothing to wait for
     assert [torch.device(d) for d in machine.synchronized] == [torch.device("cuda", 1)] * 4

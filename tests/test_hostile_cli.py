@@ -107,7 +107,7 @@ def test_an_existing_flow_file_is_not_replaced_without_overwrite(images, tmp_pat
 
 
 def test_unwritable_system_folder_is_refused_before_any_work(images, monkeypatch):
-    import scot.cli.commands as cli_app
+    import scot.cli.match as cli_app
 
     monkeypatch.setattr(cli_app, "_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no model first")))
     # /proc accepts no new folders, even for root
@@ -119,7 +119,7 @@ def test_search_layers_checks_its_files_before_any_work(tmp_path, monkeypatch):
     """A layer search can run for hours: an existing preset at ``-o`` (no ``--overwrite``),
     an unwritable ``-o`` or ``--resume-file``, or a folder as ``-o`` fail before the data
     is even read, not after the search."""
-    import scot.cli.commands as cli_app
+    import scot.cli.search as cli_app
 
     monkeypatch.setattr(cli_app, "_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no model first")))
     search = ["search-layers", "--dataset", "pfwillow", "--datapath", str(tmp_path / "not-read"), "--limit", "2"]
@@ -141,7 +141,7 @@ def test_eval_checks_its_run_folder_before_any_work(tmp_path, monkeypatch):
     """``scot eval -o FILE`` or an unwritable ``--results`` used to end in "unexpected
     FileExistsError/FileNotFoundError" after the model was built; now a one-line error
     comes before the data is read, and nothing is created on the way."""
-    import scot.cli.commands as cli_app
+    import scot.cli.eval as cli_app
 
     monkeypatch.setattr(cli_app, "_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no model first")))
     a_file = tmp_path / "a-file"
@@ -186,7 +186,7 @@ def test_names_longer_than_the_filesystem_allows_are_refused_before_work(images,
     ("{oops", "not valid JSON"), ("[]", "no keypoints"), ("[[1, 2, 3]]", "keypoints"),
 ])
 def test_bad_keypoints_are_reported_before_feature_extraction(images, tmp_path, monkeypatch, content, fragment):
-    import scot.cli.commands as cli_app
+    import scot.cli.match as cli_app
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be built before the keypoints are checked")
@@ -314,7 +314,7 @@ def test_layers_needs_no_weights():
 @pytest.mark.parametrize("case, expected", [("size", "10x10"), ("colour", "is a colour image"),
                                             ("text", "not an image file")])
 def test_a_bad_mask_is_refused_before_any_work(images, tmp_path, monkeypatch, case, expected):
-    import scot.cli.commands as cli_app
+    import scot.cli.match as cli_app
 
     monkeypatch.setattr(cli_app, "_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no model first")))
     mask = tmp_path / "m.png"
@@ -403,7 +403,7 @@ def test_missing_images_are_found_before_the_model_is_built(images, tmp_path, mo
     """Both images of every pair are checked from their headers first: a missing or empty
     target fails before the network is built, and a --pairs run whose rows all fail that
     check reports them without building it."""
-    import scot.cli.commands as cli_app
+    import scot.cli.match as cli_app
 
     monkeypatch.setattr(cli_app, "_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no model first")))
     empty = tmp_path / "empty.png"

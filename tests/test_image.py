@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from scot.errors import ScotError
-from scot.image import image_size, load_image, reduction_factor, resize_longest_side, resized_size
+from scot.image import image_size, load_image, reduction_factor
+from scot.resize import resize_longest_side, resized_size
 
 
 def rgb_array(h=40, w=60):

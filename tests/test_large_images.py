@@ -19,7 +19,7 @@ from scot.backbones.base import Geometry
 from scot.cli import app
 from scot.demo import sample_photo
 from scot.dense import bridged, dense_flow, fill_radius, identity_flow, transfer_mask
-from scot.features import receptive_field_boxes
+from scot.hyperpixels import receptive_field_boxes
 from scot.image import load_image, load_picture, picture_factor
 from scot.outputs import WARP_SIDE
 from scot.viz2d import GAP

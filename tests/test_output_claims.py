@@ -473,7 +473,7 @@ def test_eval_on_a_full_disk_says_how_to_resume(photo_willow, tmp_path, tmpfs):
 
 def test_a_journal_write_on_a_full_disk_keeps_whole_lines(tmp_path, tmpfs):
     from scot.evaluation.journal import Journal
-    from scot.io import WriteError
+    from scot.writing import WriteError
 
     disk = tmpfs("64k")
     journal = Journal(disk / "pairs.jsonl")

@@ -36,7 +36,7 @@ def bench_synthetic_cmd(
     threads: ThreadsOpt = None,
 ) -> None:
     """Matching stages on random hyperpixels (default: ResNet-101's PF layout) against their floors."""
-    from ..bench import bench_synthetic, format_synthetic
+    from ..bench.synthetic import bench_synthetic, format_synthetic
     from ..errors import ScotError
     from ..model import resolve_device
 
@@ -60,7 +60,7 @@ def bench_pairs_cmd(
 ) -> None:
     """Every stage on real pairs, for each correlation path (factorized, dense, and the chosen one)."""
     from .. import SCOT
-    from ..bench import bench_pairs, format_pairs
+    from ..bench.pairs import bench_pairs, format_pairs
     from ..datasets import load_dataset
     from ..errors import ScotError
 
@@ -93,7 +93,7 @@ def bench_features_cmd(
 ) -> None:
     """Network passes per backbone and input scale (time, FLOPs, GFLOP/s) against the compute and memory roofs."""
     from ..backbones import BACKBONE_NAMES
-    from ..bench import bench_features, format_features
+    from ..bench.features import bench_features, format_features
     from ..errors import ScotError
     from ..model import resolve_device
 
@@ -123,7 +123,7 @@ def bench_memory_cmd(
     threads: ThreadsOpt = None,
 ) -> None:
     """Resident memory along a long synthetic evaluation: it must stay flat."""
-    from ..bench import bench_memory_run, format_memory
+    from ..bench.memory import bench_memory_run, format_memory
 
     set_threads(threads)
     typer.echo(format_memory(bench_memory_run(pairs, images, side, cache_gb), side, cache_gb))

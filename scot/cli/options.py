@@ -12,7 +12,8 @@ import functools
 import inspect
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,9 @@ from ..config import SCOTConfig, Spec, kind, specs
 from ..presets import PRESET_OPTIONS
 
 CONFIG_SPECS: dict[str, Spec] = specs()
+
+DATASET_PRESET = {"preset": "the dataset's; pfpascal for custom"}
+"""How the commands that take ``--dataset`` describe their default preset."""
 
 # Options that several commands share (not algorithm options: those come from SCOTConfig).
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for PyTorch.",
@@ -229,3 +233,14 @@ def progress(*columns: Any, transient: bool = False) -> Any:
     from rich.progress import Progress
 
     return Progress(*columns, console=Console(stderr=True), transient=transient)
+
+
+@contextmanager
+def on_write_error(then: str, done: str = "") -> Iterator[None]:
+    """A file that cannot be written (a full disk, a read-only folder) is one line saying how to go on."""
+    from ..writing import WriteError
+
+    try:
+        yield
+    except WriteError as exc:
+        raise exc.then(then, done) from None

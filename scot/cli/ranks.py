@@ -12,7 +12,7 @@ import typer
 from .options import progress
 
 if TYPE_CHECKING:
-    from ..distributed.group import World
+    from ..distributed.world import World
 
 RankTimeoutOpt = Annotated[float, typer.Option("--rank-timeout", help=(
     "Under torchrun: seconds another rank may show no sign of life before the run stops with an error naming it."))]
@@ -21,14 +21,15 @@ RankTimeoutOpt = Annotated[float, typer.Option("--rank-timeout", help=(
 @contextmanager
 def ranks(config: dict[str, Any], timeout: float, hint: Callable[[], str] = str) -> Iterator[World]:
     """The processes of the run: under torchrun, join the other ranks (yields a
-    :class:`~scot.distributed.group.Group`), else a :class:`~scot.distributed.group.WorldOfOne`.
+    :class:`~scot.distributed.group.Group`), else a :class:`~scot.distributed.world.WorldOfOne`.
 
     In a group, sets ``config['device']`` to the rank's device; when the run fails, one
     rank prints one line (``hint()`` is added to it) and the others exit quietly.  A
     process alone reports its errors as any command does.
     """
     from ..config import SCOTConfig
-    from ..distributed.group import PeerError, Stopped, start
+    from ..distributed.group import PeerError, Stopped
+    from ..distributed.world import start
     from ..errors import ScotError
 
     try:
@@ -83,3 +84,9 @@ def bar(show: bool, *columns: Any, transient: bool = False) -> Any:
     from rich.progress import Progress
 
     return Progress(*columns, disable=True)
+
+
+def show_sharding(sharding: Any) -> None:
+    """Rank 0 prints how the pairs are split when several processes share them."""
+    if sharding.world_size > 1:
+        typer.echo(sharding.describe())

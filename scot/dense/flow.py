@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..features import box_centres
+from ..hyperpixels import box_centres
 from ..transfer import CHUNK_SLOTS, RULES, Rule, aggregate_shifts, box_shifts, check_rule, clamp_points, image_bounds
 
 __all__ = ["RULES", "GridAxes", "Rule", "box_shifts", "containing_range", "dense_flow", "flow_inside", "grid_axes",

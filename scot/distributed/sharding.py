@@ -18,7 +18,7 @@ from ..datasets import Dataset
 from ..image import image_size
 
 if TYPE_CHECKING:
-    from .group import World
+    from .world import World
 
 
 def shard_by_images(items: Sequence[Sequence[Hashable]], world_size: int, weights: Sequence[float] | None = None,

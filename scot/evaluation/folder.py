@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..distributed.group import World
+from ..distributed.world import World
 from ..errors import ScotError
-from ..io import atomic_write_json
+from ..writing import atomic_write_json
 from .journal import drop_records, journal_files
 from .scoring import PairInputs
 

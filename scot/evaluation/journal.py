@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ScotError
-from ..io import WriteError, atomic_write_bytes
 from ..pck import PCKTable
+from ..writing import WriteError, atomic_write_bytes
 
 JOURNAL = "pairs.jsonl"
 LOCK = "run.lock"

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..datasets import Dataset
-from ..io import atomic_write_json, atomic_write_text
 from ..pck import ALPHAS, HEADLINE_ALPHA
+from ..writing import atomic_write_json, atomic_write_text
 from .journal import RunState
 from .protocol import build_protocol, threshold_label
 

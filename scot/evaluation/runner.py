@@ -1,7 +1,7 @@
 """``scot eval``: run a benchmark through the SCOT API and report PCK like the paper.
 
 One loop serves one process and every rank of a torchrun launch alike (a process alone
-is a :class:`~scot.distributed.group.WorldOfOne`, whose collectives do nothing):
+is a :class:`~scot.distributed.world.WorldOfOne`, whose collectives do nothing):
 
 * the pairs are split by image (:class:`~scot.distributed.sharding.Sharding`): the units
   are the batches one process solves (``--batch-size`` consecutive pairs), so every pair
@@ -31,13 +31,13 @@ from typing import Any
 
 from ..cache import LRUCache
 from ..datasets import Dataset, Pair
-from ..distributed.group import World, WorldOfOne
 from ..distributed.sharding import Sharding
+from ..distributed.world import World, WorldOfOne
 from ..errors import ScotError
-from ..features import Hyperpixels
-from ..io import atomic_write_json, check_folder
+from ..hyperpixels import Hyperpixels
 from ..model import SCOT
 from ..pck import HEADLINE_ALPHA
+from ..writing import atomic_write_json, check_folder
 from .folder import check_shared, claim_run_folder
 from .journal import Journal, RunLock, RunState, absorb, journal_name, load_journals, lock_name
 from .report import build_summary, write_figures, write_per_pair_csv
@@ -116,7 +116,7 @@ def evaluate(
             whose inputs changed, and score the rest.
         on_progress: ``on_progress(done, total, pairs_per_second, running_pck)`` after
             each batch (on rank 0, counting the pairs of every rank).
-        group: the processes sharing the run (:func:`scot.distributed.group.start`); None:
+        group: the processes sharing the run (:func:`scot.distributed.world.start`); None:
             this process alone.  Every rank calls this with the same arguments.
         on_sharding: ``on_sharding(sharding)`` tells rank 0 how the pairs are split over
             the processes, before the work starts.

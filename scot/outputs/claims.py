@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io import WriteError
+from ..writing import WriteError
 
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # flock's "held by another open file"
 _ATTEMPTS = 200  # a claim file changing hands under us is retried; each retry waits 5 ms

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ScotError
-from ..io import WriteError, read_keypoints
+from ..io import read_keypoints
+from ..writing import WriteError
 from .labels import LabelMask, read_mask
 from .names import Extras, Outputs, Skipped, plan_outputs
 from .write import VIEWER_TOPK, write_match

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ScotError
-from ..io import WriteError, check_file, name_max
+from ..writing import WriteError, check_file, name_max
 from .claims import Claim, Holder, try_claim
 
 RECORD = ".json"

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ..io import WriteError, atomic_write_bytes, atomic_write_json, write_error
 from ..record import match_record
+from ..writing import WriteError, atomic_write_bytes, atomic_write_json, write_error
 from .labels import LabelMask
 from .names import Outputs
 

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import atomic_write_bytes
+from ..writing import atomic_write_bytes
 
 PLACEHOLDER = "__SCOT_DATA__"
 DTYPES: dict[str, str] = {"f32": "<f4", "u8": "u1", "u16": "<u2", "u32": "<u4", "i16": "<i2"}
