@@ -70,8 +70,14 @@ def sign_interval(ratios: list[float], level: float = 0.9) -> tuple[float, float
 
 
 def run_version(root: Path, argv: list[str]) -> str:
+    """Run ``python -P ARGV`` with ``root`` as the only source of ``scot``, in the caller's folder.
+
+    ``-P`` keeps the working folder off ``sys.path`` (else ``-m scot`` run from one checkout
+    would import that checkout whatever ``PYTHONPATH`` says), so relative paths in the
+    arguments mean what they mean to the caller.
+    """
     env = dict(os.environ, PYTHONPATH=str(root.resolve()), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, cwd=root)
+    done = subprocess.run([sys.executable, "-P", *argv], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
         sys.exit(f"{root}: {' '.join(argv[:3])} failed: {tail[0]}")
@@ -100,6 +106,8 @@ def measure(kind: str, root: Path, args: argparse.Namespace) -> dict[str, float]
 
 
 def main() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit("benchmarks/ab.py needs Python 3.11 or later (python -P)")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=["describe", "eval", "pairs"])
     parser.add_argument("--old", required=True, help="checkout of the previous version")
