@@ -88,8 +88,7 @@ def fused_cpu_kernels(x: torch.Tensor) -> bool:
     backward) or within :func:`portable_kernels`.
     """
     return (_HAS_FUSED and not _portable.depth and x.device.type == "cpu" and x.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
-            and not (torch.is_grad_enabled() and x.requires_grad))
+            and bool(torch.backends.mkldnn.enabled) and not (torch.is_grad_enabled() and x.requires_grad))
 
 
 @contextmanager
@@ -104,7 +103,8 @@ def portable_kernels() -> Iterator[None]:
         _portable.depth -= 1
 
 
-_HAS_FUSED = hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+# Whether this PyTorch build has the kernels at all (fixed for the process, so checked once).
+_HAS_FUSED = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
 
 
 class _Portable(threading.local):
