@@ -215,6 +215,10 @@ class SCOTConfig:
     flip_margin: float = option(
         0.05, "With --flip auto: by how much the mirror's left-right order (a correlation in [-1, 1]) must beat the "
         "plain match's for the mirror to be kept (-2: always).", "--flip-margin", low=-2)
+    sided_parts: str = option(
+        "swap", "With --flip auto, on a benchmark that names its parts with a side (SPair-71k): a kept mirror moves "
+        "each such keypoint by its partner's match, so a left wing tip lands on the target's left wing tip (swap), "
+        "or by its own, landing on its mirrored look-alike (keep).", "--sided-parts", choices=("swap", "keep"))
     mutual: bool = option(False, "Move keypoints only with mutually-best matches (when a keypoint has any).",
                           "--mutual/--no-mutual")
 

@@ -206,7 +206,7 @@ class SCOT:
         return self.config.hyperpixel_ids
 
     def __call__(self, src: ImageLike, trg: ImageLike, keypoints: Any = None, keep_plan: bool = True,
-                 topk: int = 0) -> MatchResult:
+                 topk: int = 0, mirror_keypoints: Any = None) -> MatchResult:
         """Match two images: the one entry point for images (:meth:`extract` then :meth:`match`).
 
         Args:
@@ -216,6 +216,11 @@ class SCOT:
             keep_plan: also return the (N, M) ``votes`` and ``confidence`` (on the model's
                 device); off saves memory.
             topk: > 0 keeps every source hyperpixel's ``topk`` most confident targets.
+            mirror_keypoints: (K, 2) or None: for each keypoint, the source point whose
+                mirror image looks like it (for a left eye, the right eye; for a part
+                without a side, the keypoint itself).  With ``flip='auto'``, a kept mirror
+                transfers these instead of ``keypoints``, so a keypoint lands on its own
+                part rather than on its mirrored look-alike.  None: ``keypoints``.
 
         Returns:
             A :class:`MatchResult` with N source and M target hyperpixels:
@@ -232,7 +237,7 @@ class SCOT:
         s = self.extract(src, with_mirror=self.config.flip == "auto")
         t = self.extract(trg)
         clock.lap("features")
-        result = self.match(s, t, keypoints, keep_plan=keep_plan, topk=topk)
+        result = self.match(s, t, keypoints, keep_plan=keep_plan, topk=topk, mirror_keypoints=mirror_keypoints)
         result.timings = {**features, **result.timings}
         return result
 
@@ -252,18 +257,23 @@ class SCOT:
         return self.extractor.extract_many(images, flips=flips)
 
     def match(self, src: Hyperpixels, trg: Hyperpixels, keypoints: Any = None, keep_plan: bool = True,
-              check_bounds: bool = True, topk: int = 0) -> MatchResult:
+              check_bounds: bool = True, topk: int = 0, mirror_keypoints: Any = None) -> MatchResult:
         """Match two extracted images (:meth:`extract`); arguments and result as for :meth:`__call__`.
 
         ``check_bounds=False`` accepts keypoints outside the source image (benchmark
         annotations sometimes are).
         """
-        return self.match_batch([(src, trg, keypoints)], keep_plan=keep_plan, check_bounds=check_bounds, topk=topk)[0]
+        return self.match_batch([(src, trg, keypoints)], keep_plan=keep_plan, check_bounds=check_bounds, topk=topk,
+                                mirror_keypoints=[mirror_keypoints])[0]
 
     @torch.inference_mode()
     def match_batch(self, items: Sequence[tuple[Hyperpixels, Hyperpixels, Any]], keep_plan: bool = False,
-                    check_bounds: bool = True, topk: int = 0) -> list[MatchResult]:
+                    check_bounds: bool = True, topk: int = 0,
+                    mirror_keypoints: Sequence[Any] | None = None) -> list[MatchResult]:
         """Match several (src, trg, keypoints) items of extracted images (see :meth:`match`).
+
+        ``mirror_keypoints``, one per item (each (K, 2) or None), are what a kept mirror
+        transfers (see :meth:`__call__`).
 
         Pairs of different sizes are solved together, each result equal to matching the
         pair alone; on a GPU in as few batches as its free memory allows, halved on
@@ -275,6 +285,7 @@ class SCOT:
             raise ScotError("no pairs to match (give at least one (src, trg, keypoints) item)", option="items")
         pairs = [_checked_pair(i, s, t) for i, (s, t, _) in enumerate(items)]
         kps = [None if k is None else as_keypoints(k, s.original_size if check_bounds else None) for s, _, k in items]
+        partners = _mirror_keypoints(items, kps, mirror_keypoints, check_bounds)
         with fp32_precision(self.device, self.config.tf32):
             plain = self.matcher.match(pairs, kps, keep_plan, topk)
             if self.config.flip != "auto":
@@ -282,7 +293,7 @@ class SCOT:
             mirrors = [(_mirror_of(i, s), t) for i, (s, t) in enumerate(pairs)]
             width = [s.original_size[0] for s, _ in pairs]
             mirrored = self.matcher.match(mirrors, [None if k is None else mirror_pixels(k, w)
-                                                    for k, w in zip(kps, width)], keep_plan, topk)
+                                                    for k, w in zip(partners, width)], keep_plan, topk)
         margin = self.config.flip_margin
         return [kept_mirror(m, k) if keep_mirror(p, m, margin) else p for p, m, k in zip(plain, mirrored, kps)]
 
@@ -302,6 +313,26 @@ class SCOT:
             "device": str(self.device),
             "config": self.config.to_dict(),
         }
+
+
+def _mirror_keypoints(items: Sequence[tuple[Hyperpixels, Hyperpixels, Any]], kps: list[torch.Tensor | None],
+                      given: Sequence[Any] | None, check_bounds: bool) -> list[torch.Tensor | None]:
+    """The keypoints a kept mirror transfers, item by item: ``given``'s where set, else the keypoints."""
+    if given is None:
+        return kps
+    if len(given) != len(items):
+        raise ScotError(f"{len(given)} sets of mirror keypoints for {len(items)} pairs", option="mirror_keypoints")
+    out = []
+    for i, ((s, _, _), k, m) in enumerate(zip(items, kps, given)):
+        if m is None:
+            out.append(k)
+            continue
+        m = as_keypoints(m, s.original_size if check_bounds else None, name="mirror_keypoints")
+        if k is None or len(m) != len(k):
+            raise ScotError(f"item {i}: {len(m)} mirror keypoints for {0 if k is None else len(k)} keypoints "
+                            "(one per keypoint)", option="mirror_keypoints")
+        out.append(m)
+    return out
 
 
 def _mirror_of(index: int, src: Hyperpixels) -> Hyperpixels:

@@ -96,6 +96,11 @@ class Pair:
             annotations above are those of the stored images, see :meth:`oriented`.
         hidden_kps: keypoints the pair's annotation lists but that are not visible in both
             images, so not in ``src_kps``/``trg_kps`` and not scored (counted where a loader knows).
+        src_mirror_kps: float32 (K, 2) or None: for each source keypoint, the source point
+            whose mirror image looks like it: its symmetric partner's (a right wing tip for a
+            left one) where the benchmark names one and the source shows it, else its own.
+            A kept mirror (``flip='auto'``) transfers these with ``sided_parts='swap'``.
+            None where the benchmark names no sided parts.
     """
 
     index: int
@@ -110,6 +115,7 @@ class Pair:
     flags: dict[str, int] = field(default_factory=dict)
     flip: bool = False
     hidden_kps: int = 0
+    src_mirror_kps: torch.Tensor | None = None
 
     @property
     def src_key(self) -> tuple[str, bool]:
@@ -142,6 +148,13 @@ class Pair:
             return self.src_kps, self.trg_kps, self.trg_bbox
         return (mirror_points(self.src_kps, src_width), mirror_points(self.trg_kps, trg_width),
                 mirror_box(self.trg_bbox, trg_width))
+
+    def oriented_mirror_kps(self, src_width: int) -> torch.Tensor | None:
+        """:attr:`src_mirror_kps` as they lie in the source the pair is matched on (see
+        :meth:`oriented`), or None."""
+        if self.src_mirror_kps is None or not self.flip:
+            return self.src_mirror_kps
+        return mirror_points(self.src_mirror_kps, src_width)
 
 
 @dataclass

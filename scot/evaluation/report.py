@@ -16,6 +16,7 @@ from ..pck import ALPHAS, HEADLINE_ALPHA
 from ..writing import atomic_write_json, atomic_write_text
 from .journal import RunState
 from .protocol import build_protocol, threshold_label
+from .scoring import mirror_keypoints
 
 if TYPE_CHECKING:
     from ..cache import LRUCache
@@ -152,7 +153,8 @@ def save_visualisations(model: SCOT, dataset: Dataset, state: RunState, run_dir:
         s = model.extract(pair.src, flip=pair.flip, with_mirror=model.config.flip == "auto")
         t = model.extract(pair.trg, flip=pair.flip)
         src_kps, trg_kps, _ = pair.oriented(s.original_size[0], t.original_size[0])
-        result = model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
+        result = model.match(s, t, src_kps, keep_plan=False, check_bounds=False,
+                             mirror_keypoints=mirror_keypoints(model, pair, s.original_size[0]))
         src_img, trg_img = load_image(pair.src, max_side=DISPLAY_SIDE), load_image(pair.trg, max_side=DISPLAY_SIDE)
         a, b = src_img.tensor, trg_img.tensor
         if pair.flip:

@@ -41,7 +41,7 @@ from ..writing import atomic_write_json, check_folder
 from .folder import check_shared, claim_run_folder
 from .journal import Journal, RunLock, RunState, absorb, journal_name, load_journals, lock_name
 from .report import build_summary, write_figures, write_per_pair_csv
-from .scoring import PairInputs, score_pair
+from .scoring import PairInputs, mirror_keypoints, score_pair
 from .settings import EvalSettings
 
 SNAPSHOT_SECONDS = 15.0
@@ -79,15 +79,16 @@ def score_batches(model: SCOT, batches: Iterable[list[Pair]], settings: EvalSett
             cache.put(k, h)
             found[k] = h
         state.images_extracted += len(missing)
-        items = []
+        items, partners = [], []
         for pair in batch:
             s, t = found[pair.src_key], found[pair.trg_key]
             assert s is not None and t is not None
             if mirrors:
                 s = dataclasses.replace(s, mirror=found[pair.src_mirror_key])
             items.append((s, t, pair.oriented(s.original_size[0], t.original_size[0])[0]))
+            partners.append(mirror_keypoints(model, pair, s.original_size[0]))
         t1 = time.perf_counter()
-        results = model.match_batch(items, keep_plan=False, check_bounds=False)
+        results = model.match_batch(items, keep_plan=False, check_bounds=False, mirror_keypoints=partners)
         records = [score_pair(pair, res, settings.thres, settings.alphas) for pair, res in zip(batch, results)]
         state.feature_seconds += t1 - t0
         state.match_seconds += time.perf_counter() - t1

@@ -14,7 +14,19 @@ from ..errors import ScotError
 from ..pck import ALPHAS, normalised_distances, pair_pck, pck_threshold
 
 if TYPE_CHECKING:
-    from ..model import MatchResult
+    import torch
+
+    from ..model import SCOT, MatchResult
+
+
+def mirror_keypoints(model: SCOT, pair: Pair, src_width: int) -> torch.Tensor | None:
+    """What a kept mirror transfers for ``pair`` (see :meth:`SCOT.__call__ <scot.model.SCOT.__call__>`):
+    the sided parts' partners with ``flip='auto'`` and ``sided_parts='swap'`` where the
+    benchmark names them (:attr:`~scot.datasets.base.Pair.src_mirror_kps`), else None."""
+    cfg = model.config
+    if cfg.flip != "auto" or cfg.sided_parts != "swap":
+        return None
+    return pair.oriented_mirror_kps(src_width)
 
 
 def score_pair(pair: Pair, result: MatchResult, thres: str, alphas: Sequence[float] = ALPHAS) -> dict:
@@ -48,7 +60,7 @@ class PairInputs:
     """Digests of what each pair's score depends on besides the model and the run's settings.
 
     A pair's digest covers its annotations as loaded (name, class, image paths, keypoints,
-    boxes, difficulty flags, mirroring) and the bytes of its two images (SHA-256, each
+    boxes, difficulty flags, mirroring, sided parts' partners) and the bytes of its two images (SHA-256, each
     file read once per process), so it changes when an annotation or an image changes,
     whatever the file format, and not when a file is only touched or reformatted.  A run
     records it with every scored pair (``inputs``) and ``--resume`` scores again the
@@ -71,6 +83,8 @@ class PairInputs:
         doc = [pair.pair_id, pair.category, str(pair.src), str(pair.trg), bool(pair.flip), pair.src_kps.tolist(),
                pair.trg_kps.tolist(), boxes, sorted((k, int(v)) for k, v in pair.flags.items()),
                self._file(pair.src), self._file(pair.trg)]
+        if pair.src_mirror_kps is not None:  # only then, so the digests of other benchmarks stay as they were
+            doc.append(pair.src_mirror_kps.tolist())
         return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:32]
 
     def _file(self, path: Path) -> str:
