@@ -27,8 +27,11 @@ those given, and matches and the dense flow are mapped back from the mirror (so 
 warps and the viewer, which are drawn from them).  A correspondence through a mirror is a
 reflection: a point just right of a part in the source lands just left of it in the
 target.  Mirroring keeps each part where it is but changes which side of the object it seems to
-be on: a car's left headlight, mirrored, looks like a right headlight.  scot does not
-relabel such parts: a keypoint is moved to where its mirrored look-alike matches.
+be on: a car's left headlight, mirrored, looks like a right headlight, and matches the
+target's right headlight.  Given each keypoint's mirror partner (``mirror_keypoints``: for
+the left headlight, the right one's position; SPair-71k names its sided parts), a kept
+mirror moves the keypoint by its partner's match, and it lands on its own part; without
+them, a keypoint is moved to where its mirrored look-alike matches.
 """
 
 from __future__ import annotations

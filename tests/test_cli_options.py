@@ -27,7 +27,7 @@ SAMPLES = {
     "sinkhorn_iters": ("3", 3), "sinkhorn_tol": ("0.001", 0.001), "sinkhorn_mode": ("log", "log"),
     "unbalanced_tau": ("0.5", 0.5), "max_eps_doublings": ("4", 4), "exp2": ("0.7", 0.7), "rhm": (False, False),
     "rhm_cells": ("4096", 4096), "rhm_kernel": ("5", 5), "symmetric": (True, True), "transfer": ("median", "median"),
-    "subpixel": ("3", 3), "flip": ("auto", "auto"), "flip_margin": ("0.1", 0.1), "mutual": (True, True), "low_memory": (False, False), "low_memory_rows": ("512", 512),
+    "subpixel": ("3", 3), "flip": ("auto", "auto"), "flip_margin": ("0.1", 0.1), "sided_parts": ("keep", "keep"), "mutual": (True, True), "low_memory": (False, False), "low_memory_rows": ("512", 512),
 }
 
 

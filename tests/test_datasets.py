@@ -374,3 +374,61 @@ def test_spair_on_real_images(request, fixture):
         x1, y1, x2, y2 = pair.trg_bbox
         thr = pck_threshold(ds.default_thres, image_size(pair.trg), pair.trg_bbox)
         assert thr == max(x2 - x1, y2 - y1) and 1 <= thr <= max(image_size(pair.trg))
+
+
+def test_sided_parts_table_is_a_set_of_disjoint_swaps():
+    from scot.datasets.spair import CATEGORIES, SIDED_PARTS, mirror_partner
+
+    assert set(SIDED_PARTS) == set(CATEGORIES)
+    for category, pairs in SIDED_PARTS.items():
+        ids = [k for pair in pairs for k in pair]
+        assert len(ids) == len(set(ids)) and all(0 <= k < 30 for k in ids), category
+        partner = mirror_partner(category)
+        assert all(partner[partner[k]] == k != partner[k] for k in partner)
+    assert mirror_partner("unicorn") == {}
+
+
+def test_sided_parts_lie_on_opposite_sides_as_the_object_faces(spair_val, spair_fullres):
+    """On every annotated image facing the camera (SPair azimuth 7, 0, 1) or away from it
+    (3, 4, 5), the two parts of a listed pair lie on opposite sides, the same way round for
+    the same facing: the table names left-right counterparts (a wrong pair, such as a
+    bicycle's two wheels, would not keep a side)."""
+    from scot.datasets.spair import SIDED_PARTS
+
+    votes: dict[tuple[str, int, int], list[int]] = {}
+    for root in (spair_val, spair_fullres):
+        for path in sorted((root / "ImageAnnotation").glob("*/*.json")):
+            ann = json.loads(path.read_text())
+            facing = {7: 1, 0: 1, 1: 1, 3: -1, 4: -1, 5: -1}.get(ann["azimuth_id"])
+            if facing is None:
+                continue
+            for a, b in SIDED_PARTS[ann["category"]]:
+                pa, pb = ann["kps"].get(str(a)), ann["kps"].get(str(b))
+                if pa is not None and pb is not None and pa[0] != pb[0]:
+                    votes.setdefault((ann["category"], a, b), []).append(facing * (1 if pa[0] > pb[0] else -1))
+    seen = sum(len(v) for v in votes.values())
+    kept = sum(max(v.count(1), v.count(-1)) for v in votes.values())
+    assert seen >= 200 and len({c for c, _, _ in votes}) >= 12
+    assert kept / seen >= 0.95
+
+
+def test_spair_mirror_partners_come_from_the_pair_and_the_source_annotation(spair_val):
+    from scot.datasets.spair import mirror_partner
+
+    ds = load_dataset("spair", spair_val.parent, split="val")
+    swapped = 0
+    for pair in ds.pairs:
+        raw = json.loads((spair_val / "PairAnnotation" / "val" / f"{pair.pair_id}.json").read_text())
+        shown = json.loads((spair_val / "ImageAnnotation" / pair.category / f"{pair.src.stem}.json").read_text())["kps"]
+        partner = mirror_partner(pair.category)
+        assert pair.src_mirror_kps is not None and pair.src_mirror_kps.shape == pair.src_kps.shape
+        for row, k in enumerate(int(i) for i in raw["kps_ids"]):
+            p = partner.get(k)
+            want = shown[str(p)] if p is not None and shown.get(str(p)) is not None else raw["src_kps"][row]
+            np.testing.assert_allclose(pair.src_mirror_kps[row].numpy(), want, rtol=1e-6)
+            swapped += want != raw["src_kps"][row]
+    assert swapped > 1000  # most of the 3068 keypoints have a partner the source shows
+    # a mirrored pair (PF-PASCAL's training layout) mirrors the partners with its keypoints
+    pair = dataclasses.replace(ds.pairs[0], flip=True)
+    assert torch.equal(pair.oriented_mirror_kps(300), flip_keypoints(ds.pairs[0].src_mirror_kps, 300))
+    assert dataclasses.replace(pair, src_mirror_kps=None).oriented_mirror_kps(300) is None

@@ -137,3 +137,23 @@ def _save_mirror(path, folder):
     out = folder / "mirror.png"
     Image.fromarray(_mirrored_array(path)).save(out)
     return out
+
+
+def test_a_kept_mirror_transfers_the_mirror_keypoints(always, plain, auto, pair):
+    """``mirror_keypoints`` are what a kept mirror moves (each keypoint's look-alike in the
+    mirror); the keypoints stay those given, and a plain match ignores them."""
+    src, trg = pair["src"], pair["trg"]
+    kps = torch.as_tensor(pair["src_kps"], dtype=torch.float32)
+    partners = kps.flip(0)  # row k moved by the match of row K-1-k
+    swapped = always(src, trg, kps, mirror_keypoints=partners)
+    assert swapped.flipped and torch.equal(swapped.keypoints, kps)
+    assert torch.equal(swapped.transferred, always(src, trg, partners).transferred)
+    assert not torch.equal(swapped.transferred, always(src, trg, kps).transferred)
+    kept = auto(src, trg, kps, mirror_keypoints=partners)
+    assert not kept.flipped and torch.equal(kept.transferred, plain(src, trg, kps).transferred)
+    with pytest.raises(ScotError) as info:
+        always(src, trg, kps, mirror_keypoints=partners[:2])
+    assert info.value.option == "mirror_keypoints" and "one per keypoint" in str(info.value)
+    with pytest.raises(ScotError) as info:
+        always(src, trg, kps, mirror_keypoints=[[1.0, float("nan")]] * len(kps))
+    assert "mirror_keypoints" in str(info.value) and "NaN" in str(info.value)
