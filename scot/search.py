@@ -6,6 +6,13 @@ selected layer), and grows the ``beam`` best sets one id at a time, adding only 
 ids so that the grid stays the base's.  Every evaluated set is scored on the same pairs
 with the full SCOT pipeline.
 
+Then, with ``tries`` (``--try NAME=VALUE``), the best set is scored again under every
+combination of the values tried for the preset's options (:data:`SEARCHABLE`: feature
+scales, centring, two-way matching, transfer rule, mirror-aware matching, exp2), the
+search's own value of each included.  Only a change of feature scales runs the backbone
+again (once per image and value, for the best set's ids); the others reuse the maps.  The
+preset file gets the best combination found.
+
 The backbone runs once per image for the whole search: each image's maps of *every*
 candidate id (and its CAM) are kept, and each candidate set is fused from them.  Scores
 are saved after every evaluation to a resume file, so an interrupted search continues
@@ -23,6 +30,7 @@ itself.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,22 +45,36 @@ from .datasets import Dataset
 from .distributed.sharding import Sharding, images_per_shard
 from .distributed.world import World, WorldOfOne
 from .errors import ScotError
-from .evaluation import score_pair
+from .evaluation import mirror_keypoints, score_pair
 from .features import NetworkView
 from .io import read_json
 from .model import SCOT
 from .pck import ALPHAS, HEADLINE_ALPHA, pair_pck
+from .presets import FILE_OPTIONS
 from .writing import atomic_write_json
 
 if TYPE_CHECKING:
+    from .config import SCOTConfig
     from .datasets import Pair
 
 Key = tuple[int, ...]
+SEARCHABLE = FILE_OPTIONS
+"""The options ``--try`` may vary: those a preset file records."""
 PREPARE_AHEAD = 16  # images loaded at once by prepare (those of one resized size share their network passes)
 
 
-def _key(ids: Sequence[int]) -> str:
-    return ",".join(str(i) for i in sorted(ids))
+def _key(ids: Sequence[int], options: dict[str, Any] | None = None) -> str:
+    text = ",".join(str(i) for i in sorted(ids))
+    return text + "".join(f" {k}={_shown(v)}" for k, v in sorted((options or {}).items()))
+
+
+def _shown(value: Any) -> str:
+    """An option value as ``--try`` writes it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass
@@ -60,6 +82,7 @@ class Evaluated:
     ids: Key
     pck: dict[str, float]  # alpha -> mean over pairs, percent
     seconds: float
+    options: dict[str, Any] = field(default_factory=dict)  # the tried options' values, where not the search's own
 
     @property
     def score(self) -> float:
@@ -78,6 +101,7 @@ class LayerSearch:
     settings: dict = field(default_factory=dict)
     views: dict = field(default_factory=dict)
     done: dict[str, Evaluated] = field(default_factory=dict)
+    models: dict[str, SCOT] = field(default_factory=dict)
     group: World = field(default_factory=WorldOfOne)
     """The processes sharing the search (a process alone by default)."""
     sharding: Sharding | None = None
@@ -117,20 +141,35 @@ class LayerSearch:
         """Take the resume file's scores (under torchrun rank 0 reads it and every rank gets them)."""
         evaluated = self.group.decide("resume file", self.read_resume)
         for key, rec in evaluated.items():
-            self.done[key] = Evaluated(tuple(rec["ids"]), rec["pck"], rec["seconds"])
+            self.done[key] = Evaluated(tuple(rec["ids"]), rec["pck"], rec["seconds"], rec.get("options", {}))
 
     def save_resume(self) -> None:
         if self.resume_file is None or self.group.rank != 0:
             return
         atomic_write_json(self.resume_file, {
             "settings": self.settings,
-            "evaluated": {k: {"ids": list(e.ids), "pck": e.pck, "seconds": e.seconds} for k, e in self.done.items()},
+            "evaluated": {k: {"ids": list(e.ids), "pck": e.pck, "seconds": e.seconds, "options": e.options}
+                          for k, e in self.done.items()},
         })
 
-    def view(self, path: Path, flip: bool) -> NetworkView:
-        key = (str(path), flip)
+    def model_for(self, options: dict[str, Any]) -> SCOT:
+        """The search's model with ``options`` changed (sharing its backbone)."""
+        key = _key((), options)
+        if key not in self.models:
+            self.models[key] = (SCOT(self.model.config.replace(**options), backbone=self.model.backbone)
+                                if options else self.model)
+        return self.models[key]
+
+    def view(self, path: Path, flip: bool, model: SCOT | None = None, ids: Sequence[int] | None = None) -> NetworkView:
+        """One image's maps (every candidate id), or with another ``model`` whose network
+        passes differ (its feature scales), the maps of ``ids`` that model gives."""
+        if model is None or model.config.feature_scales == self.model.config.feature_scales:
+            key: tuple = (str(path), flip)
+            model, ids = self.model, self.candidate_ids
+        else:
+            key = (str(path), flip, model.config.feature_scales, tuple(sorted(ids or ())))
         if key not in self.views:
-            self.views[key] = self.model.extractor.view(path, self.candidate_ids, flip=flip).to("cpu")  # host memory
+            self.views[key] = model.extractor.view(path, ids, flip=flip).to("cpu")  # host memory
         return self.views[key]
 
     def prepare(self, on_image: Callable[[int, int], None] | None = None) -> None:
@@ -157,32 +196,36 @@ class LayerSearch:
             if on_image:
                 on_image(self.group.progress()[0], total)
 
-    def evaluate(self, ids: Sequence[int]) -> Evaluated:
-        """PCK of one id set on the search pairs (cached across calls and runs)."""
-        key = _key(ids)
+    def evaluate(self, ids: Sequence[int], options: dict[str, Any] | None = None) -> Evaluated:
+        """PCK of one id set on the search pairs, with ``options`` changed from the search's
+        configuration (cached across calls and runs)."""
+        options = dict(options or {})
+        key = _key(ids, options)
         if key in self.done:
             return self.done[key]
         t0 = time.perf_counter()
+        model = self.model_for(options)
         hyper = {}
         rows: list[list[float]] = []
-        mirrors = self.model.config.flip == "auto"  # sources are matched mirrored too
+        mirrors = model.config.flip == "auto"  # sources are matched mirrored too
         for i in self.shard:
             pair = self.dataset.pairs[i]
             for k in (pair.src_key, pair.trg_key) + ((pair.src_mirror_key,) if mirrors else ()):
                 if k not in hyper:
-                    view = self.view(Path(k[0]), k[1]).to(self.model.device, ids)
-                    hyper[k] = self.model.extractor.describe(view, ids)
+                    view = self.view(Path(k[0]), k[1], model, ids).to(model.device, ids)
+                    hyper[k] = model.extractor.describe(view, ids)
             s, t = hyper[pair.src_key], hyper[pair.trg_key]
             if mirrors:
                 s = dataclasses.replace(s, mirror=hyper[pair.src_mirror_key])
             src_kps, _, _ = pair.oriented(s.original_size[0], t.original_size[0])
-            result = self.model.match(s, t, src_kps, keep_plan=False, check_bounds=False)
+            result = model.match(s, t, src_kps, keep_plan=False, check_bounds=False,
+                                 mirror_keypoints=mirror_keypoints(model, pair, s.original_size[0]))
             rec = score_pair(pair, result, self.thres)
             rows.append([pair_pck(rec["dist"], a) for a in ALPHAS])
         rows = self._all_rows(key, rows)
         per_alpha = {f"{a:.2f}": [row[j] for row in rows] for j, a in enumerate(ALPHAS)}
         pck = {a: 100.0 * sum(v) / len(v) for a, v in per_alpha.items()}
-        ev = Evaluated(tuple(sorted(ids)), pck, time.perf_counter() - t0)
+        ev = Evaluated(tuple(sorted(ids)), pck, time.perf_counter() - t0, options)
         self.done[key] = ev
         self.save_resume()
         return ev
@@ -230,8 +273,14 @@ def search_layers(
     on_eval: Callable[[Evaluated, Evaluated], None] | None = None,
     group: World | None = None,
     on_sharding: Callable[[Sharding], None] | None = None,
+    tries: dict[str, list[Any]] | None = None,
+    on_options: Callable[[int], None] | None = None,
 ) -> list[Evaluated]:
     """Beam search; returns every evaluated set, best first.
+
+    ``tries`` (option -> values, :func:`parse_tries`) then scores the best set under every
+    combination of those values and the configuration's own (``on_options(n)`` first,
+    with the number of combinations; ``on_eval`` after each).
 
     ``on_eval(evaluated, best_so_far)`` follows every scored set.  Under torchrun every
     rank of ``group`` calls this with the same arguments and gets the same result (see
@@ -283,7 +332,65 @@ def search_layers(
         if not nxt:
             break
         frontier = nxt
-    return sorted(search.done.values(), key=lambda e: (-e.score, len(e.ids), e.ids))
+    if tries:
+        assert best is not None
+        combos = option_combinations(model.config, tries)
+        if on_options:
+            on_options(len(combos))
+        for options in combos:
+            ev = search.evaluate(best.ids, options)
+            if ev.score > best.score:
+                best = ev
+            if on_eval:
+                on_eval(ev, best)
+    return sorted(search.done.values(), key=lambda e: (-e.score, len(e.ids), e.ids, _key((), e.options)))
+
+
+def parse_tries(texts: Sequence[str]) -> dict[str, list[Any]]:
+    """``--try NAME=VALUE`` texts as option -> values, each value checked as the option is.
+
+    NAME is one of :data:`SEARCHABLE` (``-`` may stand for ``_``); VALUE as on the command
+    line: ``on``/``off`` for a switch, ``1,1.5,2`` for feature scales.  A value given twice
+    counts once.
+    """
+    from .config import check_option, kind
+
+    out: dict[str, list[Any]] = {}
+    for text in texts:
+        name, sep, raw = text.partition("=")
+        name, raw = name.strip().replace("-", "_"), raw.strip()
+        if not sep or not name or not raw:
+            raise ScotError(f"'{text}': expected NAME=VALUE, e.g. transfer=mean", option="try")
+        if name not in SEARCHABLE:
+            raise ScotError(f"'{name}' cannot be tried; the options a preset records are {', '.join(SEARCHABLE)}",
+                            option="try")
+        value: Any = raw
+        try:
+            if kind(name) == "bool":
+                switch = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
+                if raw.lower() not in switch:
+                    raise ScotError(f"'{raw}' is not on or off")
+                value = switch[raw.lower()]
+            elif kind(name) in ("float", "int"):
+                try:
+                    value = float(raw)
+                except ValueError:
+                    raise ScotError(f"'{raw}' is not a number") from None
+            value = check_option(name, value)
+        except ScotError as exc:
+            raise ScotError(f"'{text}': {exc.message}", option="try") from None
+        if value not in out.setdefault(name, []):
+            out[name].append(value)
+    return out
+
+
+def option_combinations(config: SCOTConfig, tries: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the tried values and ``config``'s own, as the changes from
+    ``config`` (its own setting, ``{}``, first)."""
+    names = sorted(tries)
+    axes = [[getattr(config, n)] + [v for v in tries[n] if v != getattr(config, n)] for n in names]
+    return [{n: v for n, v, own in zip(names, values, (getattr(config, n) for n in names)) if v != own}
+            for values in itertools.product(*axes)]
 
 
 @dataclass
@@ -318,11 +425,15 @@ def plan_search(model: SCOT, dataset: Dataset, thres: str | None, grid_stride: i
     return SearchPlan(thres or dataset.default_thres, bases, cands, bb.name)
 
 
+def _label(e: Evaluated) -> str:
+    return str(list(e.ids)) + _key((), e.options)
+
+
 def format_results(results: Sequence[Evaluated], top: int = 5) -> str:
     """The number of sets scored, and the best ``top`` with their PCK at every alpha."""
-    lines = [f"{len(results)} sets evaluated; best: {list(results[0].ids)} PCK@0.10 {results[0].score:.2f}%"]
+    lines = [f"{len(results)} sets evaluated; best: {_label(results[0])} PCK@0.10 {results[0].score:.2f}%"]
     for e in results[:top]:
-        lines.append(f"  {str(list(e.ids)):<32} " + "  ".join(f"@{a}: {v:.2f}" for a, v in e.pck.items()))
+        lines.append(f"  {_label(e):<32} " + "  ".join(f"@{a}: {v:.2f}" for a, v in e.pck.items()))
     return "\n".join(lines)
 
 
@@ -332,18 +443,18 @@ def write_preset(path: Path, results: Sequence[Evaluated], model: SCOT, dataset:
     bb = model.backbone
     best = results[0]
     g = bb.geometry(best.ids[0], model.config.image_side, model.config.image_side)
+    config = model.config.replace(**best.options).to_dict()  # the options the best set was scored with
     doc = {
         "backbone": bb.name,
         "hyperpixel_ids": list(best.ids),
-        "exp2": model.config.exp2,
-        # the options the ids were scored with
-        "options": {k: v for k, v in model.config.to_dict().items() if k in PRESET_OPTIONS},
+        "exp2": config["exp2"],
+        "options": {k: v for k, v in config.items() if k in PRESET_OPTIONS},
         "grid_stride": g.jump,
         "metric": f"PCK@{HEADLINE_ALPHA:.2f}, mean over pairs (%)",
         "dataset": {"name": dataset.name, "split": dataset.split, "pairs": len(dataset), "thres": thres},
         "found_with": command,
-        "results": [{"hyperpixel_ids": list(e.ids), "pck": e.pck, "seconds": round(e.seconds, 2)}
-                    for e in results[:top]],
+        "results": [{"hyperpixel_ids": list(e.ids), "pck": e.pck, "seconds": round(e.seconds, 2),
+                     **({"options": e.options} if e.options else {})} for e in results[:top]],
         "evaluated_sets": len(results),
     }
     atomic_write_json(path, doc)

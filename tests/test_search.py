@@ -71,3 +71,43 @@ def test_bad_thres_is_one_line_before_any_work(photo_willow, tmp_path):
                                   "efficientnet-lite0", "--thres", "foo", "-o", str(tmp_path / cmd)])
         one_line_error(res, "--thres", "foo")
         assert not (tmp_path / cmd).exists()
+
+
+def test_search_tries_options_on_the_best_set(willow_root, tmp_path):
+    """--try scores the best id set under every combination of the tried values and the
+    command's own; each score is what scot eval gets with that setting, and the preset file
+    gets the best combination."""
+    out = tmp_path / "preset.json"
+    args = ["search-layers", "--dataset", "pfwillow", "--datapath", str(willow_root.parent), "--backbone",
+            "efficientnet-lite0", "--limit", "6", "--base-ids", "(11)", "--candidates", "(16)", "--beam", "1",
+            "--max-size", "1", "--no-cam", "-o", str(out), "--try", "transfer=mean", "--try", "exp2=1",
+            "--try", "feature-scales=1", "--try", "transfer=weighted"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    rows = doc["results"]
+    assert doc["evaluated_sets"] == 8 and all(r["hyperpixel_ids"] == [11] for r in rows)  # 2 x 2 x 2 combinations
+    tried = [r.get("options", {}) for r in rows]
+    assert {} in tried and {"transfer": "mean", "exp2": 1.0, "feature_scales": [1.0]} in tried
+    assert rows[0]["pck"]["0.10"] == max(r["pck"]["0.10"] for r in rows)
+    best = rows[0].get("options", {})
+    assert doc["exp2"] == best.get("exp2", 0.5) and doc["options"]["transfer"] == best.get("transfer", "weighted")
+    assert doc["options"]["feature_scales"] == best.get("feature_scales", [1.0, 1.5, 2.0])
+
+    data = load_dataset("pfwillow", willow_root.parent).select(limit=6)
+    for row in rows[:: 3]:  # a few settings, with and without another network pass
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in row.get("options", {}).items()}
+        model = SCOT(SCOTConfig(backbone="efficientnet-lite0", preset="pfwillow", cam=False, hyperpixel_ids=(11,),
+                                **options))
+        summary = evaluate(model, data, tmp_path / f"check{len(list(tmp_path.iterdir()))}", EvalSettings(thres="bbox"), {})
+        assert abs(summary["pck"]["overall"]["pck_mean_over_pairs"]["0.10"] - row["pck"]["0.10"]) < 1e-9, options
+
+
+def test_bad_try_is_one_line_before_any_work(photo_willow, tmp_path):
+    base = ["search-layers", "--dataset", "pfwillow", "--datapath", str(photo_willow.parent), "-o",
+            str(tmp_path / "p.json")]
+    for bad, said in (("transfer", "expected NAME=VALUE"), ("eps=0.1", "'eps' cannot be tried"),
+                      ("transfer=middle", "'middle' is not one of"), ("symmetric=maybe", "is not on or off"),
+                      ("exp2=big", "is not a number"), ("exp2=-1", "must be > 0")):
+        one_line_error(runner.invoke(app, [*base, "--try", bad]), "--try", said)
+    assert not (tmp_path / "p.json").exists()

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+from ..presets import FILE_OPTIONS
 from .options import (
     DATASET_PRESET,
     CategoryOpt,
@@ -53,6 +54,12 @@ def search_layers_cmd(
                                                    show_default="every id")] = None,
     beam: Annotated[int, typer.Option("--beam", help="Beam width.")] = 3,
     max_size: Annotated[int, typer.Option("--max-size", help="Largest id set.")] = 6,
+    tries: Annotated[list[str] | None, typer.Option(
+        "--try", help="After the ids, score the best set with this option value too, e.g. --try transfer=mean "
+                      "--try exp2=1 --try feature_scales=1 (repeatable; every combination of the values tried and "
+                      f"the command's own is scored). Options: {', '.join(FILE_OPTIONS)}.", show_default=False,
+        metavar="NAME=VALUE")
+    ] = None,
     resume_file: Annotated[Path | None, typer.Option("--resume-file", help="Scores are saved here after every "
                                                                            "evaluation and reused on rerun.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Preset JSON to write (load it with --preset-file).")
@@ -67,10 +74,11 @@ def search_layers_cmd(
     Under torchrun (torchrun --nproc-per-node N -m scot search-layers ...) the ranks share the pairs.
     """
     from ..datasets import load_dataset
-    from ..search import check_beam, format_results, plan_search, search_layers, write_preset
+    from ..search import check_beam, format_results, parse_tries, plan_search, search_layers, write_preset
     from ..writing import check_file
 
     check_beam(beam, max_size)
+    tried = parse_tries(tries or [])
     check_file(output, option="output", overwrite=overwrite)  # before hours of search, not after
     if resume_file is not None:
         check_file(resume_file, option="resume_file", overwrite=True)
@@ -88,6 +96,10 @@ def search_layers_cmd(
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn()) as bar:
             images = bar.add_task("backbone passes", total=len(data.image_keys()), info="")
             depth = bar.add_task("depth 1", total=1, info="", visible=False)
+
+            def on_options(n: int) -> None:
+                bar.reset(depth, total=n, description="options", visible=True)
+
             results = search_layers(model, data, thres=plan.thres, base_ids=plan.base_ids,
                                     candidate_ids=plan.candidates, beam=beam, max_size=max_size,
                                     resume_file=resume_file,
@@ -95,8 +107,9 @@ def search_layers_cmd(
                                     on_depth=lambda d, n: bar.reset(depth, total=n, description=f"depth {d}",
                                                                     visible=True),
                                     on_eval=lambda ev, best: bar.update(
-                                        depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"),
-                                    group=group, on_sharding=_show_sharding)
+                                        depth, advance=1, info=f"best {best.score:.2f}% {list(best.ids)}"
+                                                               + "".join(f" {k}={v}" for k, v in best.options.items())),
+                                    group=group, on_sharding=_show_sharding, tries=tried, on_options=on_options)
         if main:
             command = "scot search-layers " + " ".join(sys.argv[2:])
             write_preset(output, results, model, data, plan.thres, command)

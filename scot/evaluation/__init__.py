@@ -5,8 +5,8 @@ from .folder import find_resumable, resolve_run_folder
 from .journal import JOURNAL, RunState, load_journal
 from .report import format_table
 from .runner import evaluate
-from .scoring import score_pair
+from .scoring import mirror_keypoints, score_pair
 from .settings import EvalSettings
 
 __all__ = ["EvalSettings", "evaluate", "find_resumable", "resolve_run_folder", "format_table", "score_pair",
-           "load_journal", "RunState", "JOURNAL"]
+           "mirror_keypoints", "load_journal", "RunState", "JOURNAL"]

@@ -38,6 +38,9 @@ PRESET_DIR = Path(__file__).parent
 PRESET_OPTIONS = ("feature_scales", "center_features", "symmetric", "transfer", "flip")
 """Options besides the ids and ``exp2`` that a preset file may set."""
 
+FILE_OPTIONS = ("exp2",) + PRESET_OPTIONS
+"""Every option a preset file may set besides the ids (what ``scot search-layers --try`` may vary)."""
+
 PAPER_OPTIONS: dict[str, Any] = {"feature_scales": (1.0,), "center_features": False, "symmetric": False,
                                  "transfer": "mean", "flip": "off"}
 """What the preset options resolve to when neither the configuration nor the preset sets them."""
