@@ -432,3 +432,24 @@ def test_spair_mirror_partners_come_from_the_pair_and_the_source_annotation(spai
     pair = dataclasses.replace(ds.pairs[0], flip=True)
     assert torch.equal(pair.oriented_mirror_kps(300), flip_keypoints(ds.pairs[0].src_mirror_kps, 300))
     assert dataclasses.replace(pair, src_mirror_kps=None).oriented_mirror_kps(300) is None
+
+
+@pytest.mark.parametrize("content, said", [
+    ("{not json", "is not valid JSON"), ("[1, 2]", "must hold a JSON object"),
+    ('{"kps": [1, 2]}', "must hold an object with 'kps'"), ('{"kps": {"7": [1, "a"]}}', "not a number"),
+    ('{"kps": {"seven": [1, 2]}}', "must be keypoint numbers"),
+])
+def test_spair_bad_source_image_annotation_is_named(spair_sample, tmp_path, content, said):
+    """The source's ImageAnnotation file, read for the mirror partners, is checked like the pair file."""
+    root = tmp_path / "SPair-71k"
+    shutil.copytree(spair_sample, root)
+    partners = load_dataset("spair", tmp_path, check_images=False).pairs[0].src_mirror_kps
+    assert partners is not None and partners.shape == (3, 2)  # keypoints 0, 7 and 11 of an aeroplane
+    image_ann = root / "ImageAnnotation" / "aeroplane" / "2008_002719.json"
+    shown = json.loads(image_ann.read_text())["kps"]
+    assert partners[1].tolist() == (shown["6"] or shown["7"]) and partners[2].tolist() == (shown["10"] or shown["11"])
+    image_ann.write_text(content)
+    with pytest.raises(ScotError) as info:
+        load_dataset("spair", tmp_path, check_images=False)
+    message = str(info.value)
+    assert "image annotation" in message and str(image_ann) in message and said in message and "\n" not in message

@@ -132,6 +132,19 @@ def _image_name(value: Any, where: str, name: str) -> str:
     return text
 
 
+def _json_object(path: Path, where: str) -> dict:
+    """The JSON object an annotation file holds; ``where`` (naming the file) starts every error."""
+    with open_regular_file(path, where, max_bytes=MAX_ANNOTATION_BYTES) as fh:
+        raw = fh.read()
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ScotError(f"{where} is not valid JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise ScotError(f"{where} must hold a JSON object")
+    return data
+
+
 def read_pair_annotation(path: Path, category: str | None = None) -> dict:
     """Parse and validate one pair json, naming the file in every error.
 
@@ -147,14 +160,7 @@ def read_pair_annotation(path: Path, category: str | None = None) -> dict:
         (the declared (W, H), or None), ``kps_ids`` (int per row, or None when absent).
     """
     where = f"SPair-71k: annotation {path}"
-    with open_regular_file(path, where, max_bytes=MAX_ANNOTATION_BYTES) as fh:
-        raw = fh.read()
-    try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ScotError(f"{where} is not valid JSON ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict):
-        raise ScotError(f"{where} must hold a JSON object")
+    data = _json_object(path, where)
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise ScotError(f"{where} has no {', '.join(repr(m) for m in missing)}")
@@ -193,13 +199,7 @@ def read_image_keypoints(path: Path) -> dict[int, tuple[float, float]]:
     """The keypoints an ``ImageAnnotation/<category>/<image>.json`` file shows (id -> x, y;
     invisible ones, null in the file, left out), naming the file in every error."""
     where = f"SPair-71k: image annotation {path}"
-    with open_regular_file(path, where, max_bytes=MAX_ANNOTATION_BYTES) as fh:
-        raw = fh.read()
-    try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ScotError(f"{where} is not valid JSON ({type(exc).__name__}: {exc})") from None
-    kps = data.get("kps") if isinstance(data, dict) else None
+    kps = _json_object(path, where).get("kps")
     if not isinstance(kps, dict):
         raise ScotError(f"{where} must hold an object with 'kps' (keypoint id -> [x, y] or null)")
     out = {}
