@@ -85,13 +85,14 @@ symmetry (a nose, a tail) or have no side.  From SPair-71k's keypoint definition
 ``tests/test_datasets.py`` checks them against annotated left- and right-facing images."""
 
 
+_PARTNERS = {category: {**{a: b for a, b in pairs}, **{b: a for a, b in pairs}}
+             for category, pairs in SIDED_PARTS.items()}
+
+
 def mirror_partner(category: str) -> dict[int, int]:
     """Keypoint id -> the id it looks like in a mirror, for the sided parts of ``category``
-    (:data:`SIDED_PARTS`; empty for a category it does not name)."""
-    out: dict[int, int] = {}
-    for a, b in SIDED_PARTS.get(category, ()):
-        out[a], out[b] = b, a
-    return out
+    (:data:`SIDED_PARTS`; empty for a category it does not name).  Built once; do not modify."""
+    return _PARTNERS.get(category, {})
 
 
 def _box(value: Any, where: str, name: str) -> tuple[float, float, float, float]:
